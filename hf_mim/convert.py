@@ -1,0 +1,290 @@
+"""Convert existing MAE checkpoints into hf_mim ones.
+
+Two sources:
+
+- a transformers `ViTMAEForPreTraining` folder (config.json with `model_type: vit_mae`, such as a local copy of
+  facebook/vit-mae-base). It is read through transformers itself, which knows every key layout it ever wrote;
+- a facebookresearch/mae state dict (`.pth`, read with `torch.load(weights_only=True)`, or `.safetensors`),
+  full pretraining checkpoints or encoder-only ones. Encoder-only ones get a freshly initialised decoder, with a
+  warning. The configuration is read off the tensor shapes; the number of attention heads, which shapes do not
+  show, follows the ViT presets unless given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from .modeling.mae import MAEConfig, MAEForPreTraining
+
+# Heads of the standard ViT widths (Ti, S, B, L, H); MAE's decoders use 16 heads.
+_HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+_OFFICIAL_DECODER_HEADS = 16
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def convert_mae_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
+    **config_overrides,
+) -> MAEForPreTraining:
+    """Convert `src` (a transformers ViTMAE folder or an official MAE state-dict file) into `MAEForPreTraining`;
+    save it to `dst` when given. `config_overrides` (for example `num_attention_heads=12`, `norm_pix_loss=False`)
+    set fields the source does not record or that should differ."""
+    src = Path(src)
+    if src.is_dir():
+        config_file = src / "config.json"
+        if not config_file.is_file():
+            raise ConversionError(f"{src} is a folder without config.json; expected a transformers ViTMAE checkpoint")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != "vit_mae":
+            raise ConversionError(f"{src}/config.json has model_type={model_type!r}; only 'vit_mae' folders convert")
+        model = _from_transformers(src, config_overrides)
+    elif src.is_file():
+        model = _from_official(src, config_overrides)
+    else:
+        raise FileNotFoundError(f"no checkpoint at {src}")
+    if dst is not None:
+        model.save_pretrained(dst)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------------
+# transformers ViTMAE
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _from_transformers(src: Path, overrides: dict) -> MAEForPreTraining:
+    from transformers import ViTMAEForPreTraining
+
+    source = ViTMAEForPreTraining.from_pretrained(src)
+    cfg = source.config
+    fields = dict(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size if isinstance(cfg.patch_size, int) else int(cfg.patch_size[0]),
+        num_channels=cfg.num_channels,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_act=cfg.hidden_act,
+        hidden_dropout_prob=cfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        initializer_range=cfg.initializer_range,
+        layer_norm_eps=cfg.layer_norm_eps,
+        qkv_bias=cfg.qkv_bias,
+        decoder_hidden_size=cfg.decoder_hidden_size,
+        decoder_num_hidden_layers=cfg.decoder_num_hidden_layers,
+        decoder_num_attention_heads=cfg.decoder_num_attention_heads,
+        decoder_intermediate_size=cfg.decoder_intermediate_size,
+        mask_ratio=cfg.mask_ratio,
+        norm_pix_loss=cfg.norm_pix_loss,
+    )
+    preprocessor = src / "preprocessor_config.json"
+    if preprocessor.is_file():
+        proc = json.loads(preprocessor.read_text())
+        if "image_mean" in proc and "image_std" in proc:
+            fields.update(image_mean=proc["image_mean"], image_std=proc["image_std"])
+    fields.update(overrides)
+    config = MAEConfig(**fields)
+    state = _transformers_to_hf_mim(source.state_dict(), config)
+    return _load(config, state, encoder_only=False)
+
+
+# transformers v5 in-memory names; v4 names are rewritten to these first.
+_V4_TO_V5 = [
+    (r"^vit\.encoder\.layer\.", "vit.layers."),
+    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
+    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+]
+
+_TRANSFORMERS_RENAMES = {
+    "vit.embeddings.cls_token": "vit.cls_token",
+    "vit.embeddings.position_embeddings": "vit.pos_embed",
+    "vit.embeddings.patch_embeddings.projection.weight": "vit.patch_embed.proj.weight",
+    "vit.embeddings.patch_embeddings.projection.bias": "vit.patch_embed.proj.bias",
+    "vit.layernorm.weight": "vit.norm.weight",
+    "vit.layernorm.bias": "vit.norm.bias",
+    "decoder.decoder_embed.weight": "decoder.embed.weight",
+    "decoder.decoder_embed.bias": "decoder.embed.bias",
+    "decoder.mask_token": "decoder.mask_token",
+    "decoder.decoder_pos_embed": "decoder.pos_embed",
+    "decoder.decoder_norm.weight": "decoder.norm.weight",
+    "decoder.decoder_norm.bias": "decoder.norm.bias",
+    "decoder.decoder_pred.weight": "decoder.pred.weight",
+    "decoder.decoder_pred.bias": "decoder.pred.bias",
+}
+
+_TRANSFORMERS_BLOCK = {
+    "layernorm_before": "norm1",
+    "attention.o_proj": "attn.proj",
+    "layernorm_after": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
+def _transformers_to_hf_mim(state: dict[str, torch.Tensor], config: MAEConfig) -> dict[str, torch.Tensor]:
+    normalised = {}
+    for key, value in state.items():
+        for pattern, repl in _V4_TO_V5:
+            key = re.sub(pattern, repl, key)
+        normalised[key] = value
+    out = {new: normalised.pop(old) for old, new in _TRANSFORMERS_RENAMES.items() if old in normalised}
+    for src_prefix, dst_prefix, depth in (
+        ("vit.layers", "vit.blocks", config.num_hidden_layers),
+        ("decoder.decoder_layers", "decoder.blocks", config.decoder_num_hidden_layers),
+    ):
+        for i in range(depth):
+            src, dst = f"{src_prefix}.{i}.", f"{dst_prefix}.{i}."
+            for kind in ("weight", "bias"):
+                parts = [normalised.pop(f"{src}attention.{p}_proj.{kind}", None) for p in "qkv"]
+                if all(p is not None for p in parts):
+                    out[f"{dst}attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+                for old, new in _TRANSFORMERS_BLOCK.items():
+                    if f"{src}{old}.{kind}" in normalised:
+                        out[f"{dst}{new}.{kind}"] = normalised.pop(f"{src}{old}.{kind}")
+    if normalised:
+        raise ConversionError(f"unrecognised ViTMAE weights: {sorted(normalised)[:8]}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# facebookresearch/mae
+# ------------------------------------------------------------------------------------------------------------
+
+
+def load_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of an official checkpoint. Never unpickles arbitrary objects: `weights_only=True`, with only
+    `argparse.Namespace` (the `args` entry MAE's training script saves) allowed beside tensors."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConversionError(f"{path} holds no state dict (expected a dict of tensors, or one under 'model')")
+    return obj
+
+
+_OFFICIAL_DECODER = [
+    (r"^decoder_embed\.", "decoder.embed."),
+    (r"^mask_token$", "decoder.mask_token"),
+    (r"^decoder_pos_embed$", "decoder.pos_embed"),
+    (r"^decoder_blocks\.", "decoder.blocks."),
+    (r"^decoder_norm\.", "decoder.norm."),
+    (r"^decoder_pred\.", "decoder.pred."),
+]
+_OFFICIAL_ENCODER = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.|norm\.)")
+
+
+def _from_official(path: Path, overrides: dict) -> MAEForPreTraining:
+    raw = load_official_state_dict(path)
+    raw = {k.removeprefix("module."): v for k, v in raw.items()}  # DDP-saved dicts
+    state, dropped = {}, []
+    for key, value in raw.items():
+        if _OFFICIAL_ENCODER.match(key):
+            state["vit." + key] = value
+            continue
+        for pattern, repl in _OFFICIAL_DECODER:
+            if re.match(pattern, key):
+                state[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            dropped.append(key)
+    if "vit.patch_embed.proj.weight" not in state:
+        raise ConversionError(f"{path} is not an MAE/ViT state dict: no patch_embed.proj.weight")
+    if dropped:
+        warnings.warn(f"dropping weights that MAE pretraining does not use: {sorted(dropped)}", stacklevel=3)
+
+    fields = {**_infer_official_config(state), **overrides}
+    if "num_attention_heads" not in fields:
+        raise ConversionError(
+            f"cannot tell the number of attention heads of a width-{fields['hidden_size']} encoder from its weights; "
+            "pass num_attention_heads"
+        )
+    config = MAEConfig(**fields)
+    encoder_only = not any(k.startswith("decoder.") for k in state)
+    if encoder_only:
+        warnings.warn(
+            f"{path} holds only the encoder: the decoder is freshly initialised "
+            f"({config.decoder_num_hidden_layers} blocks, width {config.decoder_hidden_size}); "
+            "fine for feature extraction and fine-tuning, but reconstructions need further pretraining",
+            stacklevel=3,
+        )
+    return _load(config, state, encoder_only=encoder_only)
+
+
+def _infer_official_config(state: dict[str, torch.Tensor]) -> dict:
+    proj = state["vit.patch_embed.proj.weight"]
+    hidden, channels, patch, _ = proj.shape
+    depth = _count_blocks(state, "vit.blocks.")
+    num_patches = state["vit.pos_embed"].shape[1] - 1
+    side = int(round(num_patches**0.5))
+    if side * side != num_patches:
+        raise ConversionError(f"pos_embed has {num_patches} patch positions, not a square grid; pass image_size")
+    fields = dict(
+        image_size=side * patch,
+        patch_size=patch,
+        num_channels=channels,
+        hidden_size=hidden,
+        num_hidden_layers=depth,
+        intermediate_size=state["vit.blocks.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="vit.blocks.0.attn.qkv.bias" in state,
+        layer_norm_eps=1e-6,
+    )
+    if hidden in _HEADS_BY_WIDTH:
+        fields["num_attention_heads"] = _HEADS_BY_WIDTH[hidden]
+    if "decoder.embed.weight" in state:
+        decoder_hidden = state["decoder.embed.weight"].shape[0]
+        fields.update(
+            decoder_hidden_size=decoder_hidden,
+            decoder_num_hidden_layers=_count_blocks(state, "decoder.blocks."),
+            decoder_intermediate_size=state["decoder.blocks.0.mlp.fc1.weight"].shape[0],
+            decoder_num_attention_heads=_OFFICIAL_DECODER_HEADS,
+        )
+    return fields
+
+
+def _count_blocks(state: dict, prefix: str) -> int:
+    indices = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
+    return max(indices) + 1 if indices else 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _load(config: MAEConfig, state: dict[str, torch.Tensor], encoder_only: bool) -> MAEForPreTraining:
+    model = MAEForPreTraining(config)
+    expected = model.state_dict()
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if mismatched:
+        raise ConversionError("shape mismatch (pass the right config overrides): " + "; ".join(mismatched[:5]))
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (encoder_only and k.startswith("decoder."))]
+    if missing or result.unexpected_keys:
+        raise ConversionError(f"conversion left missing={missing[:8]} unexpected={result.unexpected_keys[:8]}")
+    return model
+
+
+__all__ = ["convert_mae_checkpoint", "load_official_state_dict", "ConversionError"]

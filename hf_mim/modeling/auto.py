@@ -1,0 +1,31 @@
+"""Registration with transformers' Auto classes. Each method adds one `register_method(...)` line below."""
+
+from __future__ import annotations
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+)
+
+from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
+
+#: model_type -> (config, encoder, pretraining, classification) for every registered method.
+METHODS: dict[str, tuple] = {}
+
+
+def register_method(config_class, model_class, pretraining_class, classification_class) -> None:
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    # exist_ok: re-importing hf_mim (importlib.reload, notebooks) must not fail.
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoModelForPreTraining.register(config_class, pretraining_class, exist_ok=True)
+    AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
+    AutoImageProcessor.register(config_class, slow_image_processor_class=ViTImageProcessorPil, exist_ok=True)
+    METHODS[config_class.model_type] = (config_class, model_class, pretraining_class, classification_class)
+
+
+register_method(MAEConfig, MAEModel, MAEForPreTraining, MAEForImageClassification)

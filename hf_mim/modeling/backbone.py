@@ -1,0 +1,548 @@
+"""The ViT encoder every hf_mim method shares.
+
+Parameter names follow timm and facebookresearch/mae (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``blocks.N.attn.qkv``, ...) so that official checkpoints map onto it by prefixing alone.
+
+Shape conventions: B batch, C channels, L patches on the grid, K visible patches, D width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
+
+POSITION_EMBEDDING_TYPES = ("sincos", "learned")
+POOLING_TYPES = ("cls", "mean")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_2tuple(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def config_error(field: str, value, allowed: str) -> ValueError:
+    """The one shape of config error: which field, what it was, what is allowed."""
+    return ValueError(f"{field}={value!r} is invalid: {allowed}")
+
+
+class MIMConfig(PretrainedConfig):
+    r"""
+    Fields shared by every hf_mim method: they describe the ViT encoder. Method configs (for example
+    [`MAEConfig`]) subclass this one and add their own fields. Names follow transformers' `ViTMAEConfig`.
+
+    Args:
+        image_size (`int` or `tuple[int, int]`, *optional*, defaults to 224):
+            Input resolution the position embeddings are laid out for, as `size` or `(height, width)`.
+        patch_size (`int`, *optional*, defaults to 16):
+            Side of the square patches; must divide both sides of `image_size`.
+        num_channels (`int`, *optional*, defaults to 3):
+            Channels of the input images.
+        hidden_size (`int`, *optional*, defaults to 768):
+            Width of the encoder.
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            Number of transformer blocks in the encoder.
+        num_attention_heads (`int`, *optional*, defaults to 12):
+            Attention heads per encoder block; must divide `hidden_size`.
+        intermediate_size (`int`, *optional*, defaults to 3072):
+            Hidden width of the encoder MLPs.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the MLPs, any key of `transformers.activations.ACT2FN`.
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout after the attention projection and the MLP (0 for pretraining, as in MAE).
+        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout on the attention probabilities.
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic-depth rate of the last block, rising linearly from 0 at the first (fine-tuning uses 0.1).
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of the CLS token, mask tokens and learned position
+            embeddings. Linear layers use Xavier-uniform, as in MAE.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of every LayerNorm (MAE's value; transformers' ViTMAE uses 1e-12).
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Whether the query, key and value projections have a bias.
+        position_embedding_type (`str`, *optional*, defaults to `"sincos"`):
+            `"sincos"`: fixed 2-D sine-cosine embeddings (MAE), stored in the checkpoint but never trained.
+            `"learned"`: trained embeddings initialised from a truncated normal.
+        pooling (`str`, *optional*, defaults to `"cls"`):
+            How `pooler_output` and the classification head summarise the tokens: `"cls"` (the CLS token) or
+            `"mean"` (the mean of the patch tokens, MAE's fine-tuning choice).
+        image_mean (`list[float]`, *optional*, defaults to the ImageNet mean):
+            Per-channel mean used to normalise images in pretraining; one value per channel. Written to
+            `preprocessor_config.json` and used to de-normalise reconstructions.
+        image_std (`list[float]`, *optional*, defaults to the ImageNet standard deviation):
+            Per-channel standard deviation, as `image_mean`.
+    """
+
+    model_type = "hf_mim_vit"
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        drop_path_rate: float = 0.0,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-6,
+        qkv_bias: bool = True,
+        position_embedding_type: str = "sincos",
+        pooling: str = "cls",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        **kwargs,
+    ):
+        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.drop_path_rate = drop_path_rate
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.qkv_bias = qkv_bias
+        self.position_embedding_type = position_embedding_type
+        self.pooling = pooling
+        if image_mean is None:
+            image_mean = IMAGENET_MEAN if num_channels == 3 else (0.5,) * num_channels
+        if image_std is None:
+            image_std = IMAGENET_STD if num_channels == 3 else (0.5,) * num_channels
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+        self._validate_encoder()
+        super().__init__(**kwargs)
+
+    def _validate_encoder(self) -> None:
+        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+            raise config_error("patch_size", self.patch_size, "a positive int")
+        try:
+            height, width = to_2tuple(self.image_size)
+        except (TypeError, ValueError):
+            raise config_error("image_size", self.image_size, "an int or a pair (height, width)") from None
+        if height < 1 or width < 1 or height % self.patch_size or width % self.patch_size:
+            raise config_error(
+                "image_size", self.image_size, f"both sides must be positive multiples of patch_size={self.patch_size}"
+            )
+        for field in ("num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise config_error(field, value, "a positive int")
+        if self.hidden_size % self.num_attention_heads:
+            raise config_error(
+                "hidden_size",
+                self.hidden_size,
+                f"must be divisible by num_attention_heads={self.num_attention_heads}",
+            )
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise config_error("position_embedding_type", self.position_embedding_type, f"one of {POSITION_EMBEDDING_TYPES}")
+        if self.position_embedding_type == "sincos" and self.hidden_size % 4:
+            raise config_error("hidden_size", self.hidden_size, "must be divisible by 4 for sincos position embeddings")
+        if self.pooling not in POOLING_TYPES:
+            raise config_error("pooling", self.pooling, f"one of {POOLING_TYPES}")
+        if self.hidden_act not in ACT2FN:
+            raise config_error("hidden_act", self.hidden_act, "a key of transformers.activations.ACT2FN")
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                raise config_error(field, value, "a probability in [0, 1)")
+        if not self.layer_norm_eps > 0:
+            raise config_error("layer_norm_eps", self.layer_norm_eps, "a positive float")
+        for field in ("image_mean", "image_std"):
+            value = getattr(self, field)
+            if len(value) != self.num_channels:
+                raise config_error(field, value, f"one value per channel (num_channels={self.num_channels})")
+        if any(s <= 0 for s in self.image_std):
+            raise config_error("image_std", self.image_std, "positive values")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches per column and per row at the configured `image_size`."""
+        height, width = to_2tuple(self.image_size)
+        return height // self.patch_size, width // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        rows, cols = self.grid_size
+        return rows * cols
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Position embeddings and patches
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sincos_2d_position_embedding(dim: int, grid_size: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sine-cosine embeddings, (1 + rows * cols, dim) with a zero row for the CLS token first.
+
+    Laid out as facebookresearch/mae writes it: the first half of the channels encodes the column (x), the second
+    the row (y), each as [sin | cos] over dim/4 frequencies. Computed in float64 like the reference, so converted
+    and fresh models carry the same float32 values.
+    """
+    if dim % 4:
+        raise ValueError(f"dim={dim} must be divisible by 4 for 2-D sincos embeddings")
+    rows, cols = grid_size
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+    grid_y, grid_x = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
+
+    def encode(positions: np.ndarray) -> np.ndarray:
+        angles = np.einsum("m,d->md", positions.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    table = np.concatenate([encode(grid_x), encode(grid_y)], axis=1)
+    if cls_token:
+        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
+    return torch.from_numpy(table).float()
+
+
+def resize_position_embedding(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resample the patch part of a (1, 1 + L, D) table to another grid; the CLS row is kept.
+
+    Interpolation runs in float32 (bicubic has no half-precision CPU kernel) and returns the input dtype.
+    """
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    dim = pos_embed.shape[-1]
+    patch_pos = patch_pos.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
+    patch_pos = F.interpolate(patch_pos, size=new_grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=1)
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, patch_size**2 * C), each patch flattened as (row, column, channel) like MAE."""
+    batch, channels, height, width = pixel_values.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"image of {height}x{width} pixels is not divisible into {patch_size}x{patch_size} patches")
+    rows, cols = height // patch_size, width // patch_size
+    patches = pixel_values.reshape(batch, channels, rows, patch_size, cols, patch_size)
+    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, rows * cols, patch_size * patch_size * channels)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid_size: tuple[int, int], num_channels: int) -> torch.Tensor:
+    """Inverse of `patchify`: (B, L, patch_size**2 * C) -> (B, C, rows * patch_size, cols * patch_size)."""
+    batch, length, width = patches.shape
+    rows, cols = grid_size
+    if length != rows * cols or width != patch_size * patch_size * num_channels:
+        raise ValueError(
+            f"patches of shape {tuple(patches.shape)} do not fit a {rows}x{cols} grid of "
+            f"{patch_size}x{patch_size}x{num_channels} patches"
+        )
+    images = patches.reshape(batch, rows, cols, patch_size, patch_size, num_channels)
+    return images.permute(0, 5, 1, 3, 2, 4).reshape(batch, num_channels, rows * patch_size, cols * patch_size)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Transformer blocks
+# --------------------------------------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens: a strided convolution, (B, C, H, W) -> (B, L, D)."""
+
+    def __init__(self, num_channels: int, hidden_size: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.proj = nn.Conv2d(num_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.proj(pixel_values).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection and `scaled_dot_product_attention`."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(batch, length, dim)
+        return self.proj_drop(self.proj(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = ACT2FN[act]
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample, rescaling the survivors."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        act: str = "gelu",
+        qkv_bias: bool = True,
+        layer_norm_eps: float = 1e-6,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.mlp = MLP(dim, mlp_dim, act=act, drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class BlockStack(nn.ModuleList):
+    """A sequence of blocks (a `ModuleList`, so keys read `blocks.0.attn.qkv...` as in timm and MAE) run with
+    optional activation checkpointing and per-block hidden states.
+
+    The `gradient_checkpointing` attribute is what `PreTrainedModel.gradient_checkpointing_enable` switches.
+    """
+
+    def __init__(self, blocks: list[Block]):
+        super().__init__(blocks)
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False):
+        hidden_states = (x,) if output_hidden_states else None
+        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self:
+            x = self._gradient_checkpointing_func(block.__call__, x) if checkpoint else block(x)
+            if output_hidden_states:
+                hidden_states = hidden_states + (x,)
+        return x, hidden_states
+
+
+def build_blocks(
+    config: MIMConfig, dim: int, depth: int, num_heads: int, mlp_dim: int, drop_path_rate: float = 0.0
+) -> BlockStack:
+    rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [drop_path_rate] * depth
+    return BlockStack(
+        [
+            Block(
+                dim,
+                num_heads,
+                mlp_dim,
+                act=config.hidden_act,
+                qkv_bias=config.qkv_bias,
+                layer_norm_eps=config.layer_norm_eps,
+                drop=config.hidden_dropout_prob,
+                attn_drop=config.attention_probs_dropout_prob,
+                drop_path=rate,
+            )
+            for rate in rates
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The encoder
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ViTEncoder(nn.Module):
+    """The shared ViT: patch embedding, CLS token, position embeddings, pre-norm blocks, final LayerNorm.
+
+    Three stages, usable separately by methods that need to act between them:
+
+    - `embed(pixel_values)`: patch tokens with their position embeddings (B, L, D), and the CLS token (B, 1, D);
+    - a method may drop tokens (MAE) or replace some by a mask token (SimMIM) here;
+    - `forward_tokens(tokens)`: the blocks and the final norm on whatever sequence it is given.
+
+    `forward` composes them, optionally keeping only the patches `ids_keep` (B, K).
+    """
+
+    def __init__(self, config: MIMConfig):
+        super().__init__()
+        self.config = config
+        self.patch_size = config.patch_size
+        self.grid_size = config.grid_size
+        self.patch_embed = PatchEmbed(config.num_channels, config.hidden_size, config.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        table = torch.zeros(1, 1 + config.num_patches, config.hidden_size)
+        if config.position_embedding_type == "learned":
+            self.pos_embed = nn.Parameter(table)
+        else:
+            # A persistent buffer: saved with the weights, so a checkpoint reloads exactly what it was trained
+            # with, yet never seen by optimizers, weight decay or DDP's gradient buckets.
+            self.register_buffer("pos_embed", table, persistent=True)
+        self.blocks = build_blocks(
+            config,
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.drop_path_rate,
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def input_grid(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> tuple[int, int]:
+        """Validate `pixel_values` and return its patch grid (rows, cols)."""
+        expected_c = self.config.num_channels
+        expected_h, expected_w = to_2tuple(self.config.image_size)
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != expected_c:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {expected_c}, height, width), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        height, width = pixel_values.shape[-2:]
+        if interpolate_pos_encoding:
+            if height % self.patch_size or width % self.patch_size:
+                raise ValueError(
+                    f"pixel_values of {height}x{width} pixels cannot be cut into {self.patch_size}x{self.patch_size} "
+                    "patches: both sides must be multiples of patch_size"
+                )
+        elif (height, width) != (expected_h, expected_w):
+            raise ValueError(
+                f"pixel_values have size {height}x{width} but the model expects {expected_h}x{expected_w}; "
+                "resize the images or pass interpolate_pos_encoding=True"
+            )
+        return height // self.patch_size, width // self.patch_size
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        return resize_position_embedding(self.pos_embed, self.grid_size, grid)
+
+    def embed(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens with position embeddings (B, L, D) and the CLS token with its own (B, 1, D)."""
+        grid = self.input_grid(pixel_values, interpolate_pos_encoding)
+        pos = self.position_embedding(grid)
+        tokens = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype)) + pos[:, 1:]
+        cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1)
+        return tokens, cls
+
+    def forward_tokens(self, x: torch.Tensor, output_hidden_states: bool = False):
+        """Blocks then final norm on a (B, N, D) sequence; returns (normed output, hidden states or None)."""
+        x, hidden_states = self.blocks(x, output_hidden_states=output_hidden_states)
+        return self.norm(x), hidden_states
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+    ):
+        """Encode all patches, or only `ids_keep` (B, K). Returns ((B, 1 + K, D) normed, hidden states)."""
+        tokens, cls = self.embed(pixel_values, interpolate_pos_encoding)
+        if ids_keep is not None:
+            tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self.forward_tokens(torch.cat([cls, tokens], dim=1), output_hidden_states)
+
+
+def init_vit_weights(module: nn.Module, config: MIMConfig, init) -> None:
+    """MAE's initialisation for the modules defined here; `init` is `transformers.initialization`.
+
+    Going through `transformers.initialization` (not `torch.nn.init`) matters: from_pretrained builds the model
+    on the meta device and calls this only for tensors the checkpoint lacks, skipping those flagged as loaded.
+    """
+    if isinstance(module, nn.Linear):
+        init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+    elif isinstance(module, PatchEmbed):
+        # MAE initialises the patch projection like a linear layer over the flattened patch.
+        weight = module.proj.weight
+        if not getattr(weight, "_is_hf_initialized", False):
+            init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        if module.proj.bias is not None:
+            init.zeros_(module.proj.bias)
+    elif isinstance(module, ViTEncoder):
+        init.normal_(module.cls_token, std=config.initializer_range)
+        if config.position_embedding_type == "learned":
+            init.trunc_normal_(module.pos_embed, std=config.initializer_range)
+        else:
+            init.copy_(module.pos_embed, sincos_2d_position_embedding(config.hidden_size, config.grid_size)[None])
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def pool(last_hidden_state: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, 1 + L, D) -> (B, D): the CLS token or the mean of the patch tokens."""
+    if pooling == "cls":
+        return last_hidden_state[:, 0]
+    if pooling == "mean":
+        return last_hidden_state[:, 1:].mean(dim=1)
+    raise config_error("pooling", pooling, f"one of {POOLING_TYPES}")
+
+
+__all__ = [
+    "MIMConfig",
+    "ViTEncoder",
+    "Block",
+    "BlockStack",
+    "Attention",
+    "PatchEmbed",
+    "build_blocks",
+    "sincos_2d_position_embedding",
+    "resize_position_embedding",
+    "patchify",
+    "unpatchify",
+    "pool",
+    "init_vit_weights",
+    "count_parameters",
+    "to_2tuple",
+]

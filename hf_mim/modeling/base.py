@@ -1,0 +1,110 @@
+"""The `PreTrainedModel` base every hf_mim model derives from, and the shared downstream encoder."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .backbone import MIMConfig, ViTEncoder, init_vit_weights, pool, to_2tuple
+from .heads import init_head_weights
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def build_image_processor(config: MIMConfig):
+    """The transformers image processor matching a config: resize to `image_size`, scale to [0, 1], normalise
+    with the pretraining `image_mean` / `image_std`. Saved as preprocessor_config.json, it loads with
+    `AutoImageProcessor` without hf_mim (it is transformers' own ViT processor, PIL backend)."""
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    height, width = to_2tuple(config.image_size)
+    return ViTImageProcessorPil(
+        size={"height": height, "width": width},
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+    )
+
+
+class MIMPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, gradient checkpointing and saving conventions shared by all hf_mim models.
+
+    The encoder always lives under `vit.`, in every model class, so any checkpoint's encoder loads into any other
+    class of the same method (pretraining -> AutoModel -> classification) without prefix juggling.
+    """
+
+    config_class = MIMConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _can_compile_fullgraph = True
+    _no_split_modules = ["Block"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        init_vit_weights(module, self.config, init)
+        init_head_weights(module, self.config, init)
+
+    def get_input_embeddings(self):
+        return self.vit.patch_embed
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus preprocessor_config.json when the folder has none yet, so that
+        every checkpoint works with `AutoImageProcessor` and `pipeline` as it is."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and not os.path.exists(os.path.join(save_directory, PREPROCESSOR_CONFIG)):
+            build_image_processor(self.config).save_pretrained(save_directory)
+        return result
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that should not be weight-decayed (timm convention): tokens, position tables,
+        and every bias and norm weight (all tensors of fewer than two dimensions)."""
+        return {
+            name
+            for name, param in self.named_parameters()
+            if param.ndim < 2 or name.endswith(("cls_token", "mask_token", "pos_embed"))
+        }
+
+
+class MIMModel(MIMPreTrainedModel):
+    """The pretrained encoder for downstream use: every patch is seen, nothing is masked, so the output is
+    deterministic in eval mode. `AutoModel.from_pretrained` on any hf_mim checkpoint returns this class.
+
+    Returns `BaseModelOutputWithPooling`: `last_hidden_state` (B, 1 + L, D) with the CLS token first, after the final
+    LayerNorm; `pooler_output` (B, D) by `config.pooling`; `hidden_states` when asked for.
+    """
+
+    # Loading from a pretraining checkpoint leaves its decoder / heads unused, by design.
+    _keys_to_ignore_on_load_unexpected = [r"^(?!vit\.)"]
+
+    def __init__(self, config: MIMConfig):
+        super().__init__(config)
+        self.vit = ViTEncoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        last_hidden_state, hidden_states = self.vit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
+        )
+        pooled = pool(last_hidden_state, self.config.pooling)
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, pooled, hidden_states) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states
+        )
+
+
+__all__ = ["MIMPreTrainedModel", "MIMModel", "build_image_processor", "PREPROCESSOR_CONFIG"]

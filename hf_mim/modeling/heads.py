@@ -1,0 +1,55 @@
+"""Heads shared across methods."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbone import MIMConfig, build_blocks, resize_position_embedding, sincos_2d_position_embedding
+
+
+class MAEDecoder(nn.Module):
+    """MAE's light transformer decoder: visible latents plus mask tokens in grid order -> pixels of every patch.
+
+    Used by MAE and by R-MAE. Reads `decoder_hidden_size`, `decoder_num_hidden_layers`,
+    `decoder_num_attention_heads` and `decoder_intermediate_size` from the config.
+    """
+
+    def __init__(self, config: MIMConfig):
+        super().__init__()
+        self.config = config
+        dim = config.decoder_hidden_size
+        self.grid_size = config.grid_size
+        self.embed = nn.Linear(config.hidden_size, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Fixed sincos like the encoder's; a buffer for the same reasons (see ViTEncoder).
+        self.register_buffer("pos_embed", torch.zeros(1, 1 + config.num_patches, dim), persistent=True)
+        self.blocks = build_blocks(
+            config, dim, config.decoder_num_hidden_layers, config.decoder_num_attention_heads, config.decoder_intermediate_size
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.pred = nn.Linear(dim, config.patch_size**2 * config.num_channels)
+
+    def forward(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, grid_size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """latent (B, 1 + K, D) with CLS first; ids_restore (B, L) -> pixel predictions (B, L, patch**2 * C)."""
+        x = self.embed(latent)
+        batch, num_tokens, dim = x.shape
+        num_masked = ids_restore.shape[1] - (num_tokens - 1)
+        patches = torch.cat([x[:, 1:], self.mask_token.expand(batch, num_masked, dim).to(x.dtype)], dim=1)
+        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
+        pos = resize_position_embedding(self.pos_embed, self.grid_size, grid_size or self.grid_size)
+        x = torch.cat([x[:, :1], patches], dim=1) + pos
+        x, _ = self.blocks(x)
+        return self.pred(self.norm(x))[:, 1:]
+
+
+def init_head_weights(module: nn.Module, config: MIMConfig, init) -> None:
+    """Initialise the parameters the heads here own directly (their Linear/LayerNorm children are MAE-initialised)."""
+    if isinstance(module, MAEDecoder):
+        init.normal_(module.mask_token, std=config.initializer_range)
+        init.copy_(module.pos_embed, sincos_2d_position_embedding(config.decoder_hidden_size, config.grid_size)[None])
+
+
+__all__ = ["MAEDecoder", "init_head_weights"]

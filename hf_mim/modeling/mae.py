@@ -1,0 +1,199 @@
+"""MAE: He et al., "Masked Autoencoders Are Scalable Vision Learners" (2021), https://arxiv.org/abs/2111.06377.
+
+The encoder sees only the visible patches; a light decoder sees visible latents plus mask tokens and predicts the
+pixels of every patch; the loss is the MSE on masked patches, of per-patch normalised pixels when `norm_pix_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .backbone import MIMConfig, ViTEncoder, config_error, patchify, to_2tuple, unpatchify
+from .base import MIMModel, MIMPreTrainedModel
+from .classification import MIMForImageClassification
+from .heads import MAEDecoder
+from .losses import masked_mse_loss, normalize_patches
+from .masking import num_visible_patches, random_masking
+from .outputs import MAEForPreTrainingOutput
+
+
+class MAEConfig(MIMConfig):
+    r"""
+    Configuration of an MAE model. Field names are those of transformers' `ViTMAEConfig`; defaults give ViT-B/16
+    with the paper's 8-layer, 512-wide decoder. The encoder fields are documented on [`MIMConfig`]
+    (`image_size`, `patch_size`, `num_channels`, `hidden_size`, `num_hidden_layers`, `num_attention_heads`,
+    `intermediate_size`, `hidden_act`, `hidden_dropout_prob`, `attention_probs_dropout_prob`, `drop_path_rate`,
+    `initializer_range`, `layer_norm_eps`, `qkv_bias`, `position_embedding_type`, `pooling`, `image_mean`,
+    `image_std`) and accepted here as keywords.
+
+    Args:
+        decoder_hidden_size (`int`, *optional*, defaults to 512):
+            Width of the decoder.
+        decoder_num_hidden_layers (`int`, *optional*, defaults to 8):
+            Number of transformer blocks in the decoder.
+        decoder_num_attention_heads (`int`, *optional*, defaults to 16):
+            Attention heads per decoder block; must divide `decoder_hidden_size`.
+        decoder_intermediate_size (`int`, *optional*, defaults to 2048):
+            Hidden width of the decoder MLPs.
+        mask_ratio (`float`, *optional*, defaults to 0.75):
+            Fraction of patches hidden from the encoder, strictly between 0 and 1; `int(L * (1 - mask_ratio))`
+            patches stay visible, and at least one patch must be masked and one kept.
+        norm_pix_loss (`bool`, *optional*, defaults to `True`):
+            Whether the target is each patch's pixels normalised by that patch's mean and standard deviation (the
+            paper's recommended setting, Table 3). transformers' `ViTMAEConfig` defaults to `False`. With it, the
+            raw logits are not images: de-normalise them with the visible patches' statistics to look at them.
+
+    Example:
+
+    ```python
+    >>> from hf_mim import MAEConfig, MAEForPreTraining
+    >>> config = MAEConfig(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+    ...                    intermediate_size=1536)  # ViT-S/16
+    >>> model = MAEForPreTraining(config)
+    ```
+    """
+
+    model_type = "hf_mim_mae"
+
+    def __init__(
+        self,
+        decoder_hidden_size: int = 512,
+        decoder_num_hidden_layers: int = 8,
+        decoder_num_attention_heads: int = 16,
+        decoder_intermediate_size: int = 2048,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+        **kwargs,
+    ):
+        self.decoder_hidden_size = decoder_hidden_size
+        self.decoder_num_hidden_layers = decoder_num_hidden_layers
+        self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.decoder_intermediate_size = decoder_intermediate_size
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        super().__init__(**kwargs)
+        self._validate_mae()
+
+    def _validate_mae(self) -> None:
+        for field in ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise config_error(field, value, "a positive int")
+        if self.decoder_hidden_size % self.decoder_num_attention_heads:
+            raise config_error(
+                "decoder_hidden_size",
+                self.decoder_hidden_size,
+                f"must be divisible by decoder_num_attention_heads={self.decoder_num_attention_heads}",
+            )
+        if self.decoder_hidden_size % 4:
+            raise config_error("decoder_hidden_size", self.decoder_hidden_size, "must be divisible by 4 (sincos position embeddings)")
+        if not isinstance(self.mask_ratio, (int, float)) or not 0.0 < self.mask_ratio < 1.0:
+            raise config_error("mask_ratio", self.mask_ratio, "a float strictly between 0 and 1")
+        visible = num_visible_patches(self.num_patches, self.mask_ratio)
+        if not 0 < visible < self.num_patches:
+            raise config_error(
+                "mask_ratio",
+                self.mask_ratio,
+                f"keeps {visible} of {self.num_patches} patches visible; at least one must be kept and one masked",
+            )
+
+
+class MAEPreTrainedModel(MIMPreTrainedModel):
+    config_class = MAEConfig
+
+
+class MAEModel(MIMModel):
+    """The MAE encoder without masking (what `AutoModel` returns); see [`MIMModel`]."""
+
+    config_class = MAEConfig
+
+
+class MAEForImageClassification(MIMForImageClassification):
+    """MAE encoder plus a linear head; see [`MIMForImageClassification`]."""
+
+    config_class = MAEConfig
+
+
+class MAEForPreTraining(MAEPreTrainedModel):
+    """MAE for pretraining: masked encoder, pixel decoder, masked MSE loss."""
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        self.vit = ViTEncoder(config)
+        self.decoder = MAEDecoder(config)
+        self.post_init()
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, patch_size**2 * C), laid out as `logits`."""
+        return patchify(pixel_values, self.config.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor, image_size: Sequence[int] | None = None) -> torch.Tensor:
+        """(B, L, patch_size**2 * C) -> (B, C, H, W) for `image_size` (H, W), the configured one by default."""
+        height, width = to_2tuple(image_size if image_size is not None else self.config.image_size)
+        p = self.config.patch_size
+        return unpatchify(patches, p, (height // p, width // p), self.config.num_channels)
+
+    # The four stages of facebookresearch/mae's models_mae.py -------------------------------------------------
+
+    def forward_encoder(self, pixel_values, noise=None, interpolate_pos_encoding=False, output_hidden_states=False):
+        """Embed, drop the masked patches, encode the rest. Returns latent (B, 1 + K, D), mask, ids_restore, grid,
+        hidden states."""
+        tokens, cls = self.vit.embed(pixel_values, interpolate_pos_encoding)
+        batch, length, dim = tokens.shape
+        masking = random_masking(batch, length, self.config.mask_ratio, noise=noise, device=tokens.device)
+        visible = torch.gather(tokens, 1, masking.ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+        latent, hidden_states = self.vit.forward_tokens(torch.cat([cls, visible], dim=1), output_hidden_states)
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        return latent, masking.mask, masking.ids_restore, grid, hidden_states
+
+    def forward_decoder(self, latent, ids_restore, grid=None):
+        """Pixel predictions of every patch, (B, L, patch_size**2 * C)."""
+        return self.decoder(latent, ids_restore, grid)
+
+    def forward_loss(self, pixel_values, logits, mask):
+        """MSE over masked patches; targets normalised per patch when `norm_pix_loss`."""
+        target = self.patchify(pixel_values)
+        if self.config.norm_pix_loss:
+            target = normalize_patches(target.float())
+        return masked_mse_loss(logits, target, mask)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MAEForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images.
+            noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+                As transformers' ViTMAE `noise`: patches are sorted by ascending noise and the lowest are kept.
+                Drawn uniformly when not given; pass it for reproducible masks.
+            interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+                Accept other resolutions (multiples of the patch size, square or not) by resampling the position
+                embeddings; at the configured size it changes nothing.
+            output_hidden_states (`bool`, *optional*):
+                Also return the encoder's hidden states.
+            return_dict (`bool`, *optional*):
+                Return a [`MAEForPreTrainingOutput`] rather than a tuple.
+        """
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        latent, mask, ids_restore, grid, hidden_states = self.forward_encoder(
+            pixel_values, noise, interpolate_pos_encoding, output_hidden_states
+        )
+        logits = self.forward_decoder(latent, ids_restore, grid)
+        loss = self.forward_loss(pixel_values, logits, mask)
+        if not return_dict:
+            return tuple(v for v in (loss, logits, mask, ids_restore, hidden_states) if v is not None)
+        return MAEForPreTrainingOutput(
+            loss=loss, logits=logits, mask=mask, ids_restore=ids_restore, hidden_states=hidden_states
+        )
+
+
+__all__ = ["MAEConfig", "MAEPreTrainedModel", "MAEModel", "MAEForPreTraining", "MAEForImageClassification"]
