@@ -501,13 +501,14 @@ def init_vit_weights(module: nn.Module, config: MIMConfig, init) -> None:
     elif isinstance(module, nn.LayerNorm):
         init.ones_(module.weight)
         init.zeros_(module.bias)
-    elif isinstance(module, PatchEmbed):
-        # MAE initialises the patch projection like a linear layer over the flattened patch.
-        weight = module.proj.weight
-        if not getattr(weight, "_is_hf_initialized", False):
-            init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        if module.proj.bias is not None:
-            init.zeros_(module.proj.bias)
+    elif isinstance(module, nn.Conv2d):
+        # MAE initialises the patch projection like a linear layer over the flattened patch. Keyed on the Conv2d,
+        # not on PatchEmbed: for non-transformers models, v5 skips modules that own no parameters directly.
+        # The flag check is ours because a view does not carry the "already loaded" flag of its base tensor.
+        if not getattr(module.weight, "_is_hf_initialized", False):
+            init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+        if module.bias is not None:
+            init.zeros_(module.bias)
     elif isinstance(module, ViTEncoder):
         init.normal_(module.cls_token, std=config.initializer_range)
         if config.position_embedding_type == "learned":

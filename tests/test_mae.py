@@ -1,0 +1,422 @@
+import argparse
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel, ViTMAEConfig, ViTMAEForPreTraining
+
+from hf_mim import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, patchify
+from hf_mim.convert import ConversionError, convert_mae_checkpoint
+
+from .model_tester import ModelTesterMixin
+
+TINY = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    decoder_hidden_size=16,
+    decoder_num_hidden_layers=2,
+    decoder_num_attention_heads=2,
+    decoder_intermediate_size=32,
+)
+
+
+def tiny_config(**overrides) -> MAEConfig:
+    return MAEConfig(**{**TINY, **overrides})
+
+
+class TestMAE(ModelTesterMixin):
+    config_class = MAEConfig
+    encoder_class = MAEModel
+    pretraining_class = MAEForPreTraining
+    classification_class = MAEForImageClassification
+
+    def get_config(self, **overrides):
+        return tiny_config(**overrides)
+
+    def pretraining_inputs(self, config, seed=0):
+        g = torch.Generator().manual_seed(seed + 1)
+        return {
+            "pixel_values": self.pixel_values(config, seed),
+            "noise": torch.rand(self.batch_size, config.num_patches, generator=g),
+        }
+
+    def check_pretraining_outputs(self, config, outputs, inputs):
+        b, length = self.batch_size, config.num_patches
+        assert outputs.logits.shape == (b, length, config.patch_size**2 * config.num_channels)
+        assert outputs.mask.shape == (b, length) and outputs.ids_restore.shape == (b, length)
+        kept = int(length * (1 - config.mask_ratio))
+        assert outputs.mask.sum(dim=1).tolist() == [length - kept] * b
+        # noise semantics: the lowest-noise patches are the visible ones
+        lowest = inputs["noise"].argsort(dim=1)[:, :kept]
+        assert (outputs.mask.gather(1, lowest) == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(image_size=30), "image_size"),
+        (dict(image_size=[32, 36]), "image_size"),
+        (dict(hidden_size=30), "hidden_size"),
+        (dict(mask_ratio=0.0), "mask_ratio"),
+        (dict(mask_ratio=1.0), "mask_ratio"),
+        (dict(mask_ratio=-0.2), "mask_ratio"),
+        (dict(mask_ratio=1e-18), "mask_ratio"),  # rounds to masking nothing
+        (dict(mask_ratio=0.99), "mask_ratio"),  # keeps no patch of 16
+        (dict(decoder_hidden_size=18), "decoder_hidden_size"),
+        (dict(position_embedding_type="rope"), "position_embedding_type"),
+        (dict(pooling="max"), "pooling"),
+        (dict(hidden_act="nope"), "hidden_act"),
+        (dict(image_mean=[0.5, 0.5]), "image_mean"),
+        (dict(drop_path_rate=1.0), "drop_path_rate"),
+    ],
+)
+def test_config_rejects_invalid_values_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"^{field}="):
+        tiny_config(**overrides)
+
+
+def test_config_keeps_vitmae_field_names_and_documents_each():
+    reference = set(ViTMAEConfig().to_dict())
+    ours = set(tiny_config().to_dict())
+    named_in_issue = {
+        "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        "intermediate_size", "hidden_act", "layer_norm_eps", "qkv_bias", "decoder_hidden_size",
+        "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size", "mask_ratio",
+        "norm_pix_loss",
+    }
+    assert named_in_issue <= reference & ours
+    docs = (MAEConfig.__doc__ or "") + (MAEConfig.__mro__[1].__doc__ or "")
+    from transformers import PretrainedConfig
+
+    for field in ours - set(PretrainedConfig().to_dict()):
+        assert f"{field} (`" in docs, f"{field} has no docstring entry"
+    assert MAEConfig.model_type == "hf_mim_mae"
+
+
+def test_non_square_images_and_other_channel_counts():
+    for overrides in (dict(image_size=[32, 48]), dict(num_channels=1), dict(num_channels=4)):
+        config = tiny_config(**overrides)
+        model = MAEForPreTraining(config)
+        h, w = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
+        pixels = torch.randn(2, config.num_channels, h, w)
+        out = model(pixel_values=pixels)
+        assert out.logits.shape == (2, config.num_patches, 64 * config.num_channels)
+        out.loss.backward()
+        # the reconstruction of the exact target gives zero loss: patchify, loss and unpatchify agree
+        target = model.patchify(pixels)
+        assert torch.equal(model.unpatchify(target, (h, w)), pixels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Numerics
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_loss_matches_hand_computation():
+    config = tiny_config(norm_pix_loss=False)
+    model = MAEForPreTraining(config).eval()
+    pixels, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        out = model(pixel_values=pixels, noise=noise)
+    target = patchify(pixels, 8)
+    per_patch = ((out.logits - target) ** 2).mean(-1)
+    masked = [per_patch[b, i] for b in range(2) for i in range(16) if out.mask[b, i] == 1]
+    torch.testing.assert_close(out.loss, torch.stack(masked).mean(), rtol=1e-6, atol=0)
+
+    config = tiny_config(norm_pix_loss=True)
+    model = MAEForPreTraining(config).eval()
+    with torch.no_grad():
+        out = model(pixel_values=pixels, noise=noise)
+    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True, unbiased=True)
+    normalised = (target - mean) / torch.sqrt(var + 1e-6)
+    per_patch = ((out.logits - normalised) ** 2).mean(-1)
+    torch.testing.assert_close(out.loss, (per_patch * out.mask).sum() / out.mask.sum(), rtol=1e-6, atol=0)
+
+
+def test_only_masked_patches_drive_the_loss():
+    model = MAEForPreTraining(tiny_config()).eval()
+    pixels, noise = torch.randn(1, 3, 32, 32), torch.rand(1, 16)
+    with torch.no_grad():
+        out = model(pixel_values=pixels, noise=noise)
+    # Changing a visible patch's *target* pixels alone must not move the loss; changing a masked one must.
+    # The encoder sees visible pixels, so compare with the loss function directly.
+    target_changed = pixels.clone()
+    visible = int((out.mask[0] == 0).nonzero()[0])
+    row, col = divmod(visible, 4)
+    target_changed[..., row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] += 5.0
+    assert torch.equal(model.forward_loss(target_changed, out.logits, out.mask), out.loss)
+    masked = int((out.mask[0] == 1).nonzero()[0])
+    row, col = divmod(masked, 4)
+    target_changed[..., row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] += torch.randn(3, 8, 8)
+    assert not torch.equal(model.forward_loss(target_changed, out.logits, out.mask), out.loss)
+
+
+def test_visible_only_encoding_ignores_masked_pixels():
+    model = MAEForPreTraining(tiny_config()).eval()
+    pixels, noise = torch.randn(1, 3, 32, 32), torch.rand(1, 16)
+    with torch.no_grad():
+        latent, mask, *_ = model.forward_encoder(pixels, noise)
+        masked = int((mask[0] == 1).nonzero()[0])
+        row, col = divmod(masked, 4)
+        pixels[..., row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] = 100.0
+        latent_again, *_ = model.forward_encoder(pixels, noise)
+    assert latent.shape == (1, 1 + 4, 32)
+    assert torch.equal(latent, latent_again)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Conversion and parity with transformers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def transformers_mae(num_channels=3, norm_pix_loss=False, qkv_bias=True) -> ViTMAEForPreTraining:
+    torch.manual_seed(0)
+    config = ViTMAEConfig(
+        **{k: v for k, v in TINY.items()},
+        num_channels=num_channels,
+        norm_pix_loss=norm_pix_loss,
+        qkv_bias=qkv_bias,
+        layer_norm_eps=1e-12,
+    )
+    model = ViTMAEForPreTraining(config).eval()
+    # transformers zero-initialises biases and norms, and (5.x) leaves fresh position tables at zero: randomise
+    # every tensor, tables included, so that no mapping slip can hide behind a zero.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize(
+    "variant", [dict(), dict(norm_pix_loss=True), dict(num_channels=1), dict(qkv_bias=False)], ids=str
+)
+def test_converted_transformers_checkpoint_matches_transformers(tmp_path, variant):
+    reference = transformers_mae(**variant)
+    reference.save_pretrained(tmp_path / "tf")
+    converted = convert_mae_checkpoint(tmp_path / "tf", tmp_path / "ours")
+    ours = MAEForPreTraining.from_pretrained(tmp_path / "ours").eval()
+    assert ours.config.layer_norm_eps == 1e-12 and ours.config.norm_pix_loss == reference.config.norm_pix_loss
+    channels = reference.config.num_channels
+    pixels, noise = torch.randn(3, channels, 32, 32), torch.rand(3, 16)
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels, noise=noise)
+        got = ours(pixel_values=pixels, noise=noise)
+        got_in_memory = converted.eval()(pixel_values=pixels, noise=noise)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=1e-5)
+    assert torch.equal(got.mask, expected.mask) and torch.equal(got.ids_restore, expected.ids_restore)
+    assert torch.equal(got_in_memory.logits, got.logits)
+
+    # The converted encoder, unmasked, gives transformers' last_hidden_state when transformers masks nothing
+    # (mask_ratio 0 and ascending noise keep every patch in grid order).
+    reference.config.mask_ratio = 0.0
+    encoder = AutoModel.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        ordered = torch.arange(16.0).expand(3, 16)
+        expected_hidden = reference.vit(pixel_values=pixels, noise=ordered).last_hidden_state
+        got_hidden = encoder(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(got_hidden, expected_hidden, rtol=0, atol=1e-5)
+
+
+def official_state_dict(reference: ViTMAEForPreTraining) -> dict:
+    """The facebookresearch/mae layout of a transformers ViTMAE, written out key by key."""
+    sd = reference.state_dict()
+    out = {
+        "cls_token": sd["vit.embeddings.cls_token"],
+        "pos_embed": sd["vit.embeddings.position_embeddings"],
+        "patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": sd["vit.layernorm.weight"],
+        "norm.bias": sd["vit.layernorm.bias"],
+        "decoder_embed.weight": sd["decoder.decoder_embed.weight"],
+        "decoder_embed.bias": sd["decoder.decoder_embed.bias"],
+        "mask_token": sd["decoder.mask_token"],
+        "decoder_pos_embed": sd["decoder.decoder_pos_embed"],
+        "decoder_norm.weight": sd["decoder.decoder_norm.weight"],
+        "decoder_norm.bias": sd["decoder.decoder_norm.bias"],
+        "decoder_pred.weight": sd["decoder.decoder_pred.weight"],
+        "decoder_pred.bias": sd["decoder.decoder_pred.bias"],
+    }
+    for src, dst, depth in (("vit.layers", "blocks", 2), ("decoder.decoder_layers", "decoder_blocks", 2)):
+        for i in range(depth):
+            s = f"{src}.{i}."
+            for kind in ("weight", "bias"):
+                out[f"{dst}.{i}.attn.qkv.{kind}"] = torch.cat(
+                    [sd[f"{s}attention.{p}_proj.{kind}"] for p in "qkv"]
+                )
+                out[f"{dst}.{i}.attn.proj.{kind}"] = sd[f"{s}attention.o_proj.{kind}"]
+                out[f"{dst}.{i}.norm1.{kind}"] = sd[f"{s}layernorm_before.{kind}"]
+                out[f"{dst}.{i}.norm2.{kind}"] = sd[f"{s}layernorm_after.{kind}"]
+                out[f"{dst}.{i}.mlp.fc1.{kind}"] = sd[f"{s}mlp.fc1.{kind}"]
+                out[f"{dst}.{i}.mlp.fc2.{kind}"] = sd[f"{s}mlp.fc2.{kind}"]
+    return out
+
+
+def test_converted_official_checkpoint_matches(tmp_path):
+    reference = transformers_mae()
+    checkpoint = {"model": official_state_dict(reference), "epoch": 799, "args": argparse.Namespace(norm_pix_loss=False)}
+    torch.save(checkpoint, tmp_path / "mae_pretrain.pth")
+    # width 32 is no ViT preset: the heads must be given, and the error says so
+    with pytest.raises(ConversionError, match="num_attention_heads"):
+        convert_mae_checkpoint(tmp_path / "mae_pretrain.pth")
+    ours = convert_mae_checkpoint(
+        tmp_path / "mae_pretrain.pth", tmp_path / "out", num_attention_heads=4, decoder_num_attention_heads=2,
+        norm_pix_loss=False, layer_norm_eps=1e-12,
+    ).eval()
+    pixels, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels, noise=noise)
+        got = MAEForPreTraining.from_pretrained(tmp_path / "out").eval()(pixel_values=pixels, noise=noise)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=1e-5)
+    assert ours.config.image_size == 32 and ours.config.patch_size == 8 and ours.config.num_hidden_layers == 2
+
+
+def test_encoder_only_official_checkpoint_warns_and_keeps_the_encoder(tmp_path):
+    reference = transformers_mae()
+    state = {k: v for k, v in official_state_dict(reference).items() if k.startswith(("cls_token", "pos_embed", "patch_embed", "blocks", "norm"))}
+    state["head.weight"] = torch.zeros(10, 32)  # a fine-tuned file's classifier: dropped, and said so
+    torch.save(state, tmp_path / "encoder.pth")
+    with pytest.warns(UserWarning) as record:
+        ours = convert_mae_checkpoint(tmp_path / "encoder.pth", num_attention_heads=4, layer_norm_eps=1e-12)
+    messages = " ".join(str(w.message) for w in record)
+    assert "decoder is freshly initialised" in messages and "head.weight" in messages
+    reference.config.mask_ratio = 0.0
+    pixels = torch.randn(2, 3, 32, 32)
+    encoder = MAEModel(ours.config)
+    encoder.vit.load_state_dict(ours.vit.state_dict())
+    with torch.no_grad():
+        expected = reference.vit(pixel_values=pixels, noise=torch.arange(16.0).expand(2, 16)).last_hidden_state
+        got = encoder.eval()(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_conversion_rejects_what_it_cannot_convert(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        convert_mae_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ConversionError, match="vit_mae"):
+        convert_mae_checkpoint(tmp_path / "folder")
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
+    with pytest.raises(ConversionError, match="patch_embed"):
+        convert_mae_checkpoint(tmp_path / "other.pth")
+
+
+def test_official_loader_refuses_arbitrary_pickles(tmp_path):
+    import collections
+
+    torch.save({"model": collections.Counter(a=1)}, tmp_path / "evil.pth")  # not a tensor, not allow-listed
+    with pytest.raises(Exception):
+        convert_mae_checkpoint(tmp_path / "evil.pth")
+
+
+def test_cli_convert_and_help(tmp_path):
+    transformers_mae().save_pretrained(tmp_path / "tf")
+    run = subprocess.run(
+        [sys.executable, "-m", "hf_mim", "convert", str(tmp_path / "tf"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert type(AutoModel.from_pretrained(tmp_path / "out")) is MAEModel
+    bad = subprocess.run(
+        [sys.executable, "-m", "hf_mim", "convert", str(tmp_path / "nowhere"), str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2 and "no checkpoint at" in bad.stderr and "Traceback" not in bad.stderr
+    helptext = subprocess.run([sys.executable, "-m", "hf_mim", "--help"], capture_output=True, text=True, timeout=300)
+    assert helptext.returncode == 0 and "convert" in helptext.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transformers.Trainer
+# ----------------------------------------------------------------------------------------------------------
+
+
+class PixelsOnly(torch.utils.data.Dataset):
+    def __init__(self, n, labels=False):
+        g = torch.Generator().manual_seed(0)
+        self.pixels = torch.randn(n, 3, 32, 32, generator=g)
+        self.labels = torch.arange(n) % 3 if labels else None
+
+    def __len__(self):
+        return len(self.pixels)
+
+    def __getitem__(self, i):
+        item = {"pixel_values": self.pixels[i]}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+def trainer_args(tmp_path, **kw):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(tmp_path / "trainer"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3,
+        logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, dataloader_num_workers=0, **kw,
+    )
+
+
+def test_trains_with_transformers_trainer_on_pixel_values_only(tmp_path):
+    from transformers import Trainer
+
+    model = MAEForPreTraining(tiny_config())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(model=model, args=trainer_args(tmp_path), train_dataset=PixelsOnly(16))
+    result = trainer.train()
+    assert result.global_step == 4 and torch.isfinite(torch.tensor(result.training_loss))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert set(changed) == set(before), "every trainable parameter should have been updated"
+    trainer.save_model(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    assert MAEForPreTraining.from_pretrained(tmp_path / "saved") is not None
+
+
+def test_classification_fine_tunes_with_trainer_from_a_pretrained_checkpoint(tmp_path):
+    from transformers import AutoModelForImageClassification, Trainer
+
+    MAEForPreTraining(tiny_config(pooling="mean")).save_pretrained(tmp_path / "pretrained")
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "pretrained", num_labels=3)
+    assert isinstance(model, MAEForImageClassification) and model.config.pooling == "mean"
+    trainer = Trainer(
+        model=model, args=trainer_args(tmp_path), train_dataset=PixelsOnly(16, labels=True), eval_dataset=PixelsOnly(8, labels=True)
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
+    out = model(pixel_values=torch.randn(2, 3, 32, 32).to(model.device), labels=torch.tensor([0, 2]).to(model.device))
+    expected = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 2]).to(model.device))
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_fresh_initialisation_follows_mae():
+    config = tiny_config(hidden_size=768, num_attention_heads=12, decoder_hidden_size=512, decoder_num_attention_heads=16)
+    torch.manual_seed(0)
+    model = MAEForPreTraining(config)
+    for token in (model.vit.cls_token, model.decoder.mask_token):
+        assert abs(token.std().item() - 0.02) < 0.003, token.std()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            bound = (6 / (module.in_features + module.out_features)) ** 0.5  # Xavier-uniform
+            w = module.weight.abs().max().item()
+            assert 0.99 * bound < w <= bound, (name, w, bound)
+            assert not module.bias.any(), name
+        if isinstance(module, torch.nn.LayerNorm):
+            assert (module.weight == 1).all() and not module.bias.any(), name
+    proj = model.vit.patch_embed.proj.weight  # Xavier over the flattened patch, like a linear layer
+    bound = (6 / (proj.shape[0] + proj[0].numel())) ** 0.5
+    assert 0.99 * bound < proj.abs().max().item() <= bound
