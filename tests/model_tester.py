@@ -165,8 +165,10 @@ class ModelTesterMixin:
             torch.manual_seed(0)
             model = self.pretraining_class(config).train()
             if checkpointing:
-                model.gradient_checkpointing_enable()
-                assert model.is_gradient_checkpointing
+                # transformers 5 renamed gradient_checkpointing_enable (still there, deprecated); accept both
+                enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+                enable()
+                assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
             outputs = model(**inputs)
             outputs.loss.backward()
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -226,3 +228,21 @@ class ModelTesterMixin:
             wrong_size = self.pixel_values(config, size=(config.grid_size[0] * p + p, config.grid_size[1] * p))
             with pytest.raises(ValueError, match="expects"):
                 model(pixel_values=wrong_size)
+
+    def test_image_feature_extraction_pipeline(self, tmp_path):
+        import numpy as np
+        from PIL import Image
+        from transformers import pipeline
+
+        config = self.get_config()
+        if config.num_channels != 3:
+            pytest.skip("the pipeline feeds RGB images")
+        self.pretraining_class(config).save_pretrained(tmp_path)
+        pipe = pipeline("image-feature-extraction", model=str(tmp_path))
+        image = Image.fromarray((np.random.default_rng(0).random((45, 30, 3)) * 255).astype("uint8"))
+        features = pipe(image, return_tensors=True)
+        encoder = AutoModel.from_pretrained(tmp_path).eval()
+        with torch.no_grad():
+            expected = encoder(**AutoImageProcessor.from_pretrained(tmp_path)(image, return_tensors="pt")).last_hidden_state
+        assert features.shape == (1, 1 + config.num_patches, config.hidden_size)
+        torch.testing.assert_close(features, expected)

@@ -42,7 +42,7 @@ class MAEDecoder(nn.Module):
         pos = resize_position_embedding(self.pos_embed, self.grid_size, grid_size or self.grid_size)
         x = torch.cat([x[:, :1], patches], dim=1) + pos
         x, _ = self.blocks(x)
-        return self.pred(self.norm(x))[:, 1:]
+        return self.pred(self.norm(x[:, 1:]))  # the CLS token's prediction would be thrown away
 
 
 def init_head_weights(module: nn.Module, config: MIMConfig, init) -> None:
