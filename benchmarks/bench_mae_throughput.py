@@ -2,12 +2,13 @@
 
 Both models have identical dimensions (ViT-S/16 encoder, MAE's 8x512 decoder, 224 px, mask ratio 0.75,
 norm_pix_loss) and identical weights: the transformers model is randomly initialised and converted with
-hf_mim's converter, and the first step's losses under the same noise must agree to 1e-5 before anything is timed.
+hf_mim's converter, and their losses on the same batch and noise must agree to 1e-5 before anything is timed.
 A step is forward, backward and an AdamW step (same optimizer settings for both). Steps are interleaved
 (A B, B A, A B, ...) after warm-up, and medians are reported, so that drift on a noisy machine hits both alike.
 
-Peak memory is measured in a fresh subprocess per model: on CPU, the growth of the peak resident set size (VmHWM)
-over the process's size after imports, through model construction and three training steps; on CUDA, torch.cuda.max_memory_allocated.
+Peak memory is measured in a fresh subprocess per model: on CPU, the growth of the peak resident set size
+(VmHWM) over the process's size after imports, through model construction and three training steps; on CUDA,
+torch.cuda.max_memory_allocated.
 
     python benchmarks/bench_mae_throughput.py                # CPU, ViT-S/16, batch 8
     python benchmarks/bench_mae_throughput.py --device cuda --batch-size 128 --dtype bf16
@@ -37,14 +38,16 @@ DECODER = dict(
 
 def build_pair(size: str, image_size: int, patch_size: int):
     """(hf_mim model, transformers model) with the same weights."""
-    import hf_mim  # noqa: F401
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
+    import hf_mim  # noqa: F401
     from hf_mim.convert import _load, _transformers_to_hf_mim
     from hf_mim.modeling.backbone import sincos_2d_position_embedding
     from hf_mim.modeling.mae import MAEConfig
 
-    dims = dict(image_size=image_size, patch_size=patch_size, **SIZES[size], **DECODER, mask_ratio=0.75, norm_pix_loss=True)
+    dims = dict(
+        image_size=image_size, patch_size=patch_size, **SIZES[size], **DECODER, mask_ratio=0.75, norm_pix_loss=True
+    )
     torch.manual_seed(0)
     theirs = ViTMAEForPreTraining(ViTMAEConfig(**dims, layer_norm_eps=1e-6, attn_implementation="sdpa"))
     grid = (image_size // patch_size,) * 2
@@ -57,7 +60,9 @@ def build_pair(size: str, image_size: int, patch_size: int):
 
 
 def build_one(which: str, size: str, image_size: int, patch_size: int):
-    dims = dict(image_size=image_size, patch_size=patch_size, **SIZES[size], **DECODER, mask_ratio=0.75, norm_pix_loss=True)
+    dims = dict(
+        image_size=image_size, patch_size=patch_size, **SIZES[size], **DECODER, mask_ratio=0.75, norm_pix_loss=True
+    )
     if which == "hf_mim":
         from hf_mim.modeling.mae import MAEConfig, MAEForPreTraining
 
@@ -71,7 +76,11 @@ def make_step(model, device, dtype, compile_model):
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
     forward = torch.compile(model) if compile_model else model
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(device.type, enabled=False)
+    autocast = (
+        torch.autocast(device.type, dtype=dtype)
+        if dtype != torch.float32
+        else torch.autocast(device.type, enabled=False)
+    )
 
     def step(pixel_values, noise):
         with autocast:
@@ -106,7 +115,10 @@ def _status_kib(field: str) -> int:
 
 def memory_child(args) -> None:
     """Runs in a subprocess: peak memory of one model's training steps."""
-    device, dtype = torch.device(args.device), getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype])
+    device, dtype = (
+        torch.device(args.device),
+        getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]),
+    )
     torch.set_num_threads(args.threads)
     base_rss = _status_kib("VmRSS")
     model = build_one(args.memory_of, args.size, args.image_size, args.patch_size)  # weights do not matter here
@@ -182,8 +194,11 @@ def main() -> None:
     if not torch.allclose(a, b, rtol=0, atol=1e-5):
         raise SystemExit(f"losses differ: hf_mim {a.item()} vs transformers {b.item()}")
 
-    steps = {"hf_mim": make_step(ours, device, dtype, args.compile), "transformers": make_step(theirs, device, dtype, args.compile)}
-    for name, step in steps.items():
+    steps = {
+        "hf_mim": make_step(ours, device, dtype, args.compile),
+        "transformers": make_step(theirs, device, dtype, args.compile),
+    }
+    for step in steps.values():
         for _ in range(args.warmup):
             step(*batch)
     times = {name: [] for name in steps}

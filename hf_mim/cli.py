@@ -15,7 +15,9 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-mim", description="Masked-image-modeling pretraining as Hugging Face models.")
+    parser = argparse.ArgumentParser(
+        prog="hf-mim", description="Masked-image-modeling pretraining as Hugging Face models."
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -27,13 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("src", help="transformers checkpoint folder, or official .pth / .safetensors file")
     convert.add_argument("dst", help="output folder (safetensors, config.json, preprocessor_config.json)")
-    convert.add_argument("--num-attention-heads", type=int, help="encoder heads, when the weights cannot tell (official files)")
+    convert.add_argument(
+        "--num-attention-heads", type=int, help="encoder heads, when the weights cannot tell (official files)"
+    )
     convert.add_argument("--decoder-num-attention-heads", type=int, help="decoder heads (official files; default 16)")
     convert.add_argument("--norm-pix-loss", type=_bool, help="true/false: the target the checkpoint was trained with")
     convert.add_argument("--mask-ratio", type=float, help="mask ratio to record in the config")
 
     demo = sub.add_parser("demo", help="train a tiny MAE on generated images for a minute: checks an install")
-    demo.add_argument("--output-dir", default="outputs/mae-demo", help="where the checkpoint goes (default: %(default)s)")
+    demo.add_argument(
+        "--output-dir", default="outputs/mae-demo", help="where the checkpoint goes (default: %(default)s)"
+    )
     demo.add_argument("--steps", type=int, default=60, help="optimizer steps (default: %(default)s)")
     demo.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed for data, masks and weights (default: %(default)s)")

@@ -42,10 +42,20 @@ def synthetic_images(num_images: int, image_size: int = 32, seed: int = 0) -> to
 def run_demo(output_dir: str | Path = "outputs/mae-demo", steps: int = 60, batch_size: int = 32, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     config = MAEConfig(
-        image_size=32, patch_size=4, hidden_size=96, num_hidden_layers=4, num_attention_heads=3,
-        intermediate_size=384, decoder_hidden_size=64, decoder_num_hidden_layers=2,
-        decoder_num_attention_heads=4, decoder_intermediate_size=256, mask_ratio=0.75, norm_pix_loss=False,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
+        image_size=32,
+        patch_size=4,
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=384,
+        decoder_hidden_size=64,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=256,
+        mask_ratio=0.75,
+        norm_pix_loss=False,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.25, 0.25],
     )
     model = MAEForPreTraining(config)
     mean, std = torch.tensor(config.image_mean)[:, None, None], torch.tensor(config.image_std)[:, None, None]

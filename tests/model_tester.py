@@ -16,6 +16,8 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from hf_mim.modeling.backbone import to_2tuple
+
 
 class ModelTesterMixin:
     config_class = None
@@ -40,7 +42,7 @@ class ModelTesterMixin:
 
     def pixel_values(self, config, seed: int = 0, size=None) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        height, width = size or (config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2)
+        height, width = size or to_2tuple(config.image_size)
         return torch.randn(self.batch_size, config.num_channels, height, width, generator=g)
 
     def all_model_classes(self):
@@ -106,7 +108,9 @@ class ModelTesterMixin:
         model = model_class(config).train()
         outputs = model(**self.inputs_for(model_class, config))
         self.scalar(model, outputs).backward()
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+        missing = [
+            n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+        ]
         assert not missing, f"no gradient reached {missing}"
         bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         assert not bad, f"non-finite gradients in {bad}"
@@ -243,6 +247,8 @@ class ModelTesterMixin:
         features = pipe(image, return_tensors=True)
         encoder = AutoModel.from_pretrained(tmp_path).eval()
         with torch.no_grad():
-            expected = encoder(**AutoImageProcessor.from_pretrained(tmp_path)(image, return_tensors="pt")).last_hidden_state
+            expected = encoder(
+                **AutoImageProcessor.from_pretrained(tmp_path)(image, return_tensors="pt")
+            ).last_hidden_state
         assert features.shape == (1, 1 + config.num_patches, config.hidden_size)
         torch.testing.assert_close(features, expected)

@@ -53,9 +53,18 @@ def test_sincos_matches_transformers_vitmae_table_builder():
 def test_fresh_models_carry_sincos_tables():
     from hf_mim import MAEConfig, MAEForPreTraining
 
-    config = MAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                       intermediate_size=64, decoder_hidden_size=16, decoder_num_hidden_layers=1,
-                       decoder_num_attention_heads=2, decoder_intermediate_size=32)
+    config = MAEConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
     model = MAEForPreTraining(config)
     assert torch.equal(model.vit.pos_embed[0], sincos_2d_position_embedding(32, (4, 4)))
     assert torch.equal(model.decoder.pos_embed[0], sincos_2d_position_embedding(16, (4, 4)))
@@ -66,7 +75,11 @@ def test_sincos_non_square_grid_orders_rows_then_columns():
     assert table.shape == (6, 8)
     # patch index = row * cols + col; first half encodes the column, second the row
     x_half, y_half = table[:, :4], table[:, 4:]
-    assert torch.equal(x_half[1], x_half[4]) and torch.equal(y_half[0], y_half[2]) and not torch.equal(y_half[0], y_half[3])
+    assert (
+        torch.equal(x_half[1], x_half[4])
+        and torch.equal(y_half[0], y_half[2])
+        and not torch.equal(y_half[0], y_half[3])
+    )
 
 
 def test_attention_matches_hand_written_softmax_attention():
@@ -109,7 +122,9 @@ def test_resize_position_embedding():
 
 
 def config(**overrides):
-    base = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    base = dict(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
     return MIMConfig(**{**base, **overrides})
 
 

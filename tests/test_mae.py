@@ -89,9 +89,21 @@ def test_config_keeps_vitmae_field_names_and_documents_each():
     reference = set(ViTMAEConfig().to_dict())
     ours = set(tiny_config().to_dict())
     named_in_issue = {
-        "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "hidden_act", "layer_norm_eps", "qkv_bias", "decoder_hidden_size",
-        "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size", "mask_ratio",
+        "image_size",
+        "patch_size",
+        "num_channels",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "layer_norm_eps",
+        "qkv_bias",
+        "decoder_hidden_size",
+        "decoder_num_hidden_layers",
+        "decoder_num_attention_heads",
+        "decoder_intermediate_size",
+        "mask_ratio",
         "norm_pix_loss",
     }
     assert named_in_issue <= reference & ours
@@ -251,9 +263,7 @@ def official_state_dict(reference: ViTMAEForPreTraining) -> dict:
         for i in range(depth):
             s = f"{src}.{i}."
             for kind in ("weight", "bias"):
-                out[f"{dst}.{i}.attn.qkv.{kind}"] = torch.cat(
-                    [sd[f"{s}attention.{p}_proj.{kind}"] for p in "qkv"]
-                )
+                out[f"{dst}.{i}.attn.qkv.{kind}"] = torch.cat([sd[f"{s}attention.{p}_proj.{kind}"] for p in "qkv"])
                 out[f"{dst}.{i}.attn.proj.{kind}"] = sd[f"{s}attention.o_proj.{kind}"]
                 out[f"{dst}.{i}.norm1.{kind}"] = sd[f"{s}layernorm_before.{kind}"]
                 out[f"{dst}.{i}.norm2.{kind}"] = sd[f"{s}layernorm_after.{kind}"]
@@ -264,14 +274,22 @@ def official_state_dict(reference: ViTMAEForPreTraining) -> dict:
 
 def test_converted_official_checkpoint_matches(tmp_path):
     reference = transformers_mae()
-    checkpoint = {"model": official_state_dict(reference), "epoch": 799, "args": argparse.Namespace(norm_pix_loss=False)}
+    checkpoint = {
+        "model": official_state_dict(reference),
+        "epoch": 799,
+        "args": argparse.Namespace(norm_pix_loss=False),
+    }
     torch.save(checkpoint, tmp_path / "mae_pretrain.pth")
     # width 32 is no ViT preset: the heads must be given, and the error says so
     with pytest.raises(ConversionError, match="num_attention_heads"):
         convert_mae_checkpoint(tmp_path / "mae_pretrain.pth")
     ours = convert_mae_checkpoint(
-        tmp_path / "mae_pretrain.pth", tmp_path / "out", num_attention_heads=4, decoder_num_attention_heads=2,
-        norm_pix_loss=False, layer_norm_eps=1e-12,
+        tmp_path / "mae_pretrain.pth",
+        tmp_path / "out",
+        num_attention_heads=4,
+        decoder_num_attention_heads=2,
+        norm_pix_loss=False,
+        layer_norm_eps=1e-12,
     ).eval()
     pixels, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
     with torch.no_grad():
@@ -284,7 +302,11 @@ def test_converted_official_checkpoint_matches(tmp_path):
 
 def test_encoder_only_official_checkpoint_warns_and_keeps_the_encoder(tmp_path):
     reference = transformers_mae()
-    state = {k: v for k, v in official_state_dict(reference).items() if k.startswith(("cls_token", "pos_embed", "patch_embed", "blocks", "norm"))}
+    state = {
+        k: v
+        for k, v in official_state_dict(reference).items()
+        if k.startswith(("cls_token", "pos_embed", "patch_embed", "blocks", "norm"))
+    }
     state["head.weight"] = torch.zeros(10, 32)  # a fine-tuned file's classifier: dropped, and said so
     torch.save(state, tmp_path / "encoder.pth")
     with pytest.warns(UserWarning) as record:
@@ -313,26 +335,44 @@ def test_conversion_rejects_what_it_cannot_convert(tmp_path):
         convert_mae_checkpoint(tmp_path / "other.pth")
 
 
-def test_official_loader_refuses_arbitrary_pickles(tmp_path):
-    import collections
+class _Exploit:
+    """Unpickling this runs a shell command: what a malicious .pth would carry."""
 
-    torch.save({"model": collections.Counter(a=1)}, tmp_path / "evil.pth")  # not a tensor, not allow-listed
-    with pytest.raises(Exception):
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_official_loader_refuses_arbitrary_pickles(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    torch.save({"model": {"cls_token": torch.zeros(1)}, "payload": _Exploit(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
         convert_mae_checkpoint(tmp_path / "evil.pth")
+    assert not marker.exists(), "the checkpoint's code ran"
 
 
 def test_cli_convert_and_help(tmp_path):
     transformers_mae().save_pretrained(tmp_path / "tf")
     run = subprocess.run(
         [sys.executable, "-m", "hf_mim", "convert", str(tmp_path / "tf"), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert type(AutoModel.from_pretrained(tmp_path / "out")) is MAEModel
     bad = subprocess.run(
         [sys.executable, "-m", "hf_mim", "convert", str(tmp_path / "nowhere"), str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode == 2 and "no checkpoint at" in bad.stderr and "Traceback" not in bad.stderr
     helptext = subprocess.run([sys.executable, "-m", "hf_mim", "--help"], capture_output=True, text=True, timeout=300)
@@ -364,8 +404,16 @@ def trainer_args(tmp_path, **kw):
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        output_dir=str(tmp_path / "trainer"), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3,
-        logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, dataloader_num_workers=0, **kw,
+        output_dir=str(tmp_path / "trainer"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        **kw,
     )
 
 
@@ -393,7 +441,10 @@ def test_classification_fine_tunes_with_trainer_from_a_pretrained_checkpoint(tmp
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "pretrained", num_labels=3)
     assert isinstance(model, MAEForImageClassification) and model.config.pooling == "mean"
     trainer = Trainer(
-        model=model, args=trainer_args(tmp_path), train_dataset=PixelsOnly(16, labels=True), eval_dataset=PixelsOnly(8, labels=True)
+        model=model,
+        args=trainer_args(tmp_path),
+        train_dataset=PixelsOnly(16, labels=True),
+        eval_dataset=PixelsOnly(8, labels=True),
     )
     trainer.train()
     metrics = trainer.evaluate()
@@ -404,7 +455,9 @@ def test_classification_fine_tunes_with_trainer_from_a_pretrained_checkpoint(tmp
 
 
 def test_fresh_initialisation_follows_mae():
-    config = tiny_config(hidden_size=768, num_attention_heads=12, decoder_hidden_size=512, decoder_num_attention_heads=16)
+    config = tiny_config(
+        hidden_size=768, num_attention_heads=12, decoder_hidden_size=512, decoder_num_attention_heads=16
+    )
     torch.manual_seed(0)
     model = MAEForPreTraining(config)
     for token in (model.vit.cls_token, model.decoder.mask_token):

@@ -144,10 +144,9 @@ class MIMConfig(PretrainedConfig):
             raise config_error(
                 "image_size", self.image_size, f"both sides must be positive multiples of patch_size={self.patch_size}"
             )
-        for field in ("num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise config_error(field, value, "a positive int")
+        self._require_positive_ints(
+            "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"
+        )
         if self.hidden_size % self.num_attention_heads:
             raise config_error(
                 "hidden_size",
@@ -155,7 +154,9 @@ class MIMConfig(PretrainedConfig):
                 f"must be divisible by num_attention_heads={self.num_attention_heads}",
             )
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            raise config_error("position_embedding_type", self.position_embedding_type, f"one of {POSITION_EMBEDDING_TYPES}")
+            raise config_error(
+                "position_embedding_type", self.position_embedding_type, f"one of {POSITION_EMBEDDING_TYPES}"
+            )
         if self.position_embedding_type == "sincos" and self.hidden_size % 4:
             raise config_error("hidden_size", self.hidden_size, "must be divisible by 4 for sincos position embeddings")
         if self.pooling not in POOLING_TYPES:
@@ -174,6 +175,12 @@ class MIMConfig(PretrainedConfig):
                 raise config_error(field, value, f"one value per channel (num_channels={self.num_channels})")
         if any(s <= 0 for s in self.image_std):
             raise config_error("image_std", self.image_std, "positive values")
+
+    def _require_positive_ints(self, *fields: str) -> None:
+        for field in fields:
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise config_error(field, value, "a positive int")
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -215,7 +222,9 @@ def sincos_2d_position_embedding(dim: int, grid_size: tuple[int, int], cls_token
     return torch.from_numpy(table).float()
 
 
-def resize_position_embedding(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+def resize_position_embedding(
+    pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
     """Bicubically resample the patch part of a (1, 1 + L, D) table to another grid; the CLS row is kept.
 
     Interpolation runs in float32 (bicubic has no half-precision CPU kernel) and returns the input dtype.
@@ -439,8 +448,7 @@ class ViTEncoder(nn.Module):
         expected_h, expected_w = to_2tuple(self.config.image_size)
         if pixel_values.ndim != 4 or pixel_values.shape[1] != expected_c:
             raise ValueError(
-                f"pixel_values must have shape (batch, {expected_c}, height, width), "
-                f"got {tuple(pixel_values.shape)}"
+                f"pixel_values must have shape (batch, {expected_c}, height, width), got {tuple(pixel_values.shape)}"
             )
         height, width = pixel_values.shape[-2:]
         if interpolate_pos_encoding:

@@ -50,6 +50,12 @@ class MIMPreTrainedModel(PreTrainedModel):
         init_vit_weights(module, self.config, init)
         init_head_weights(module, self.config, init)
 
+    def _output_flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
+        """Per-call flags, falling back to the config's, as transformers models do."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return bool(output_hidden_states), self.config.return_dict if return_dict is None else return_dict
+
     def get_input_embeddings(self):
         return self.vit.patch_embed
 
@@ -57,7 +63,9 @@ class MIMPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.save_pretrained`, plus preprocessor_config.json when the folder has none yet, so that
         every checkpoint works with `AutoImageProcessor` and `pipeline` as it is."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True) and not os.path.exists(os.path.join(save_directory, PREPROCESSOR_CONFIG)):
+        if kwargs.get("is_main_process", True) and not os.path.exists(
+            os.path.join(save_directory, PREPROCESSOR_CONFIG)
+        ):
             build_image_processor(self.config).save_pretrained(save_directory)
         return result
 
@@ -94,8 +102,7 @@ class MIMModel(MIMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
         last_hidden_state, hidden_states = self.vit(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
         )

@@ -45,8 +45,7 @@ class MIMForImageClassification(MIMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ImageClassifierOutput | tuple:
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
         last_hidden_state, hidden_states = self.vit(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
         )

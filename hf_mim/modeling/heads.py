@@ -25,7 +25,11 @@ class MAEDecoder(nn.Module):
         # Fixed sincos like the encoder's; a buffer for the same reasons (see ViTEncoder).
         self.register_buffer("pos_embed", torch.zeros(1, 1 + config.num_patches, dim), persistent=True)
         self.blocks = build_blocks(
-            config, dim, config.decoder_num_hidden_layers, config.decoder_num_attention_heads, config.decoder_intermediate_size
+            config,
+            dim,
+            config.decoder_num_hidden_layers,
+            config.decoder_num_attention_heads,
+            config.decoder_intermediate_size,
         )
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.pred = nn.Linear(dim, config.patch_size**2 * config.num_channels)

@@ -77,10 +77,12 @@ class MAEConfig(MIMConfig):
         self._validate_mae()
 
     def _validate_mae(self) -> None:
-        for field in ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise config_error(field, value, "a positive int")
+        self._require_positive_ints(
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+            "decoder_intermediate_size",
+        )
         if self.decoder_hidden_size % self.decoder_num_attention_heads:
             raise config_error(
                 "decoder_hidden_size",
@@ -88,7 +90,9 @@ class MAEConfig(MIMConfig):
                 f"must be divisible by decoder_num_attention_heads={self.decoder_num_attention_heads}",
             )
         if self.decoder_hidden_size % 4:
-            raise config_error("decoder_hidden_size", self.decoder_hidden_size, "must be divisible by 4 (sincos position embeddings)")
+            raise config_error(
+                "decoder_hidden_size", self.decoder_hidden_size, "must be divisible by 4 (sincos position embeddings)"
+            )
         if not isinstance(self.mask_ratio, (int, float)) or not 0.0 < self.mask_ratio < 1.0:
             raise config_error("mask_ratio", self.mask_ratio, "a float strictly between 0 and 1")
         visible = num_visible_patches(self.num_patches, self.mask_ratio)
@@ -182,8 +186,7 @@ class MAEForPreTraining(MAEPreTrainedModel):
             return_dict (`bool`, *optional*):
                 Return a [`MAEForPreTrainingOutput`] rather than a tuple.
         """
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
         latent, mask, ids_restore, grid, hidden_states = self.forward_encoder(
             pixel_values, noise, interpolate_pos_encoding, output_hidden_states
         )

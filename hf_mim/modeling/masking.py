@@ -50,7 +50,9 @@ def random_masking(
     if noise is None:
         noise = torch.rand(batch_size, num_patches, generator=generator, device=device)
     elif tuple(noise.shape) != (batch_size, num_patches):
-        raise ValueError(f"noise must have shape (batch, num_patches) = {(batch_size, num_patches)}, got {tuple(noise.shape)}")
+        raise ValueError(
+            f"noise must have shape (batch, num_patches) = {(batch_size, num_patches)}, got {tuple(noise.shape)}"
+        )
     len_keep = num_visible_patches(num_patches, mask_ratio)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
