@@ -36,14 +36,97 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--norm-pix-loss", type=_bool, help="true/false: the target the checkpoint was trained with")
     convert.add_argument("--mask-ratio", type=float, help="mask ratio to record in the config")
 
-    demo = sub.add_parser("demo", help="train a tiny MAE on generated images for a minute: checks an install")
-    demo.add_argument(
-        "--output-dir", default="outputs/mae-demo", help="where the checkpoint goes (default: %(default)s)"
-    )
-    demo.add_argument("--steps", type=int, default=60, help="optimizer steps (default: %(default)s)")
-    demo.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed for data, masks and weights (default: %(default)s)")
+    _add_pretrain_parser(sub)
+
     return parser
+
+
+def _add_pretrain_parser(sub) -> None:
+    from .training.methods import ENCODER_PRESETS, TRAINING_METHODS
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a model (one process, or many under `accelerate launch`)",
+        description="Pretrain with Accelerate: `hf-mim pretrain` on one device, `accelerate launch -m hf_mim "
+        "pretrain ...` on several (DDP; FSDP and DeepSpeed through your accelerate config). With no --dataset, "
+        "trains a ViT-Ti on the built-in digits dataset in a few minutes on a CPU.",
+    )
+    add = p.add_argument
+    add("--method", default="mae", choices=sorted(TRAINING_METHODS), help="pretraining method (default: %(default)s)")
+    add(
+        "--dataset",
+        help="Hub dataset id, local image folder, folder written by save_to_disk, or 'digits' (built in, the default)",
+    )
+    add("--dataset-config", help="dataset configuration name (Hub datasets)")
+    add("--split", default="train", help="split to train on (default: %(default)s)")
+    add("--image-column", help="column holding the images (default: the first Image column, else 'image'/'img')")
+    add(
+        "--output-dir",
+        default="outputs/pretrain",
+        help="where checkpoints and the final model go (default: %(default)s)",
+    )
+    add("--max-steps", type=int, help="optimizer steps to train; overrides --epochs")
+    add("--epochs", type=int, help="passes over the data (default: 8 on the built-in dataset, else 1)")
+    add("--batch-size", type=int, default=64, help="images per device per micro-step (default: %(default)s)")
+    add("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default: %(default)s)")
+    add(
+        "--base-lr",
+        type=float,
+        help="learning rate per 256 images: lr = base_lr * effective batch / 256, as in "
+        "MAE (default: 1.5e-4; 1e-2 on the built-in dataset)",
+    )
+    add("--lr", type=float, help="absolute learning rate; overrides --base-lr")
+    add("--weight-decay", type=float, default=0.05, help="AdamW weight decay on weight matrices (default: %(default)s)")
+    add("--warmup-steps", type=int, help="linear warm-up steps before the cosine decay (default: 5%% of the steps)")
+    add("--image-size", type=int, help="input resolution (default: 224; 32 on the built-in dataset)")
+    add("--patch-size", type=int, help="patch size (default: 16; 4 on the built-in dataset)")
+    add(
+        "--model-size",
+        choices=sorted(ENCODER_PRESETS),
+        help="ViT-Ti/S/B/L encoder with the paper's decoder "
+        "(default: base; tiny with a 2-block, 256-wide decoder on the built-in dataset)",
+    )
+    add("--config", help='JSON file of config field overrides, applied last (e.g. {"mask_ratio": 0.6})')
+    add(
+        "--mixed-precision",
+        default="no",
+        choices=["no", "fp16", "bf16"],
+        help="autocast precision (default: %(default)s)",
+    )
+    add("--gradient-checkpointing", action="store_true", help="recompute activations in backward to save memory")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for weights, data order, augmentation and masks (default: %(default)s)",
+    )
+    add("--checkpointing-steps", type=int, help="write OUTPUT_DIR/checkpoints/step-N every N steps")
+    add("--checkpoints-total-limit", type=int, help="keep only the newest N checkpoints (default: keep all)")
+    add("--resume-from-checkpoint", help="a checkpoint folder, or 'latest' (the newest complete one in OUTPUT_DIR)")
+    add("--push-to-hub", metavar="REPO_ID", help="push the final model to this Hub repository")
+    add("--report-to", default="none", choices=["none", "tensorboard", "wandb"], help="tracker (default: %(default)s)")
+    add("--num-workers", type=int, default=2, help="DataLoader worker processes per device (default: %(default)s)")
+    add("--logging-steps", type=int, default=10, help="log loss, lr and images/s every N steps (default: %(default)s)")
+    add(
+        "--max-non-finite-steps",
+        type=int,
+        default=5,
+        help="stop after this many consecutive steps with a non-finite loss (default: %(default)s)",
+    )
+
+
+def _run_pretrain(args) -> int:
+    from .training.data import DatasetError
+    from .training.trainer import PretrainArguments, TrainingError, pretrain
+
+    fields = {k: v for k, v in vars(args).items() if k in PretrainArguments.__dataclass_fields__}
+    try:
+        pretrain(PretrainArguments(**fields))
+    except (DatasetError, TrainingError, ValueError, FileNotFoundError) as err:
+        print(f"hf-mim pretrain: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _version() -> str:
@@ -74,11 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"converted {args.src} -> {args.dst} ({model.num_parameters():,} parameters)")
         return 0
-    if args.command == "demo":
-        from .demo import run_demo
-
-        run_demo(args.output_dir, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-        return 0
+    if args.command == "pretrain":
+        return _run_pretrain(args)
     return 2
 
 

@@ -1,0 +1,224 @@
+"""Datasets for pretraining: resolution of `--dataset`, the embedded default, and a loader that survives bad files.
+
+Design points:
+- Decoding and augmentation run lazily in `with_transform`, in the DataLoader's workers. The image column is cast
+  to `Image(decode=False)` so that a corrupt file reaches our own decoder (which can skip it) instead of raising
+  inside `datasets`.
+- Each sample's randomness (crop, flip, the method's masking noise) comes from a generator seeded with
+  (seed, epoch, sample index). The data a run sees is therefore the same for any number of workers or processes,
+  and after a resume.
+- A sample that cannot be decoded is replaced in its batch by a good one, so every batch keeps its shape and
+  every process takes part in every step (no rank waits on another). A batch with no good sample at all gets
+  `loss_weight` 0. The names of skipped files travel with the batch for the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+
+from .transforms import MAETransform, open_image
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_DATASET = "digits"
+INDEX_COLUMN = "__hf_mim_index__"
+_IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
+
+
+class DatasetError(ValueError):
+    """A dataset problem found before training, with a message meant to be shown as is."""
+
+
+def builtin_digits() -> datasets.Dataset:
+    """scikit-learn's digits (UCI optical recognition of handwritten digits): 1,797 labelled 8x8 greyscale images
+    with 17 grey levels, shipped inside the scikit-learn package, so available offline."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()},
+        features=features,
+    )
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def load_pretraining_dataset(
+    name: str | None = None, config_name: str | None = None, split: str = "train"
+) -> tuple[datasets.Dataset, str]:
+    """Resolve `--dataset`: the built-in name (default), a local image folder, a folder written by
+    `save_to_disk`, or a Hub dataset id. Returns the split and a short description for logs and cards."""
+    name = name or BUILTIN_DATASET
+    if name == BUILTIN_DATASET:
+        return builtin_digits(), "scikit-learn digits (built in)"
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
+            loaded = datasets.load_from_disk(path)
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DatasetError(f"{name} has splits {sorted(loaded)}, not {split!r}; pass --split")
+                loaded = loaded[split]
+            return loaded, f"{name} (saved dataset)"
+        try:
+            return datasets.load_dataset("imagefolder", data_dir=path, split=split), f"{name} (image folder)"
+        except (ValueError, FileNotFoundError) as err:
+            raise DatasetError(f"could not read images from {name}: {_first_line(err)}") from None
+    if os.path.exists(path):
+        raise DatasetError(f"--dataset {name} is a file; pass a folder of images, a saved dataset or a Hub id")
+    if _looks_like_path(name):
+        raise DatasetError(f"dataset path not found: {name}")
+    try:
+        return datasets.load_dataset(name, config_name, split=split), name
+    except Exception as err:  # the Hub client raises many types; the user needs the first line of any of them
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise DatasetError(
+            f"could not load dataset {name!r} from the Hub{offline}: {_first_line(err)}. "
+            f"For local data pass a folder path; the built-in dataset is {BUILTIN_DATASET!r}"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def find_image_column(dataset: datasets.Dataset, requested: str | None = None) -> str:
+    columns = list(dataset.column_names)
+    if requested is not None:
+        if requested not in columns:
+            raise DatasetError(f"--image-column {requested!r} is not a column; the columns are {columns}")
+        return requested
+    image_features = [c for c in columns if isinstance(dataset.features[c], datasets.Image)]
+    if image_features:
+        return image_features[0]
+    for candidate in _IMAGE_COLUMN_NAMES:
+        if candidate in columns:
+            return candidate
+    raise DatasetError(f"found no image column; the columns are {columns}. Pass --image-column")
+
+
+def check_size(dataset: datasets.Dataset, num_processes: int, description: str) -> None:
+    if len(dataset) == 0:
+        raise DatasetError(f"the dataset {description} is empty")
+    if len(dataset) < num_processes:
+        raise DatasetError(
+            f"the dataset {description} has {len(dataset)} samples, fewer than the {num_processes} processes"
+        )
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    # A large odd multiplier keeps nearby (epoch, index) pairs from sharing seeds.
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2_147_483_659 + index)
+
+
+@dataclass
+class PretrainingTransform:
+    """The `with_transform` function: decode, augment and draw per-sample extras (e.g. MAE's noise)."""
+
+    image_column: str
+    augment: MAETransform
+    seed: int
+    extras: Callable[[torch.Generator], dict[str, torch.Tensor]] | None = None
+    epoch: int = 0
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {"pixel_values": [], "error": [], "name": []}
+        extras: list[dict] = []
+        for value, index in zip(batch[self.image_column], batch[INDEX_COLUMN], strict=True):
+            generator = sample_generator(self.seed, self.epoch, int(index))
+            try:
+                pixels, error = self.augment(open_image(value), generator), None
+            except Exception as err:  # any undecodable input is skipped, whatever the decoder raised
+                pixels, error = None, f"{type(err).__name__}: {_first_line(err)}"
+            out["pixel_values"].append(pixels)
+            out["error"].append(error)
+            out["name"].append(_describe(value, int(index)))
+            extras.append(self.extras(generator) if self.extras else {})
+        for key in extras[0] if extras else ():
+            out[key] = [e[key] for e in extras]
+        return out
+
+
+def _describe(value, index: int) -> str:
+    if isinstance(value, dict) and value.get("path"):
+        return os.path.basename(value["path"])
+    return f"sample {index}"
+
+
+def prepare_dataset(dataset: datasets.Dataset, image_column: str, transform: PretrainingTransform) -> datasets.Dataset:
+    keep = [image_column]
+    dataset = dataset.select_columns(keep)
+    if isinstance(dataset.features[image_column], datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+    return dataset.with_transform(transform)
+
+
+@dataclass
+class SkipReport:
+    """Files skipped so far on this process: name -> reason."""
+
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def add(self, names: list[str], errors: list[str]) -> list[str]:
+        new = [n for n in names if n not in self.skipped]
+        self.skipped.update(zip(names, errors, strict=True))
+        return new
+
+
+@dataclass
+class Collator:
+    """Stack a batch, replacing undecodable samples by good ones of the same batch (see the module docstring).
+    `pixel_shape` (C, H, W) shapes the zero batch used when no sample of a batch decodes."""
+
+    pixel_shape: tuple[int, int, int]
+
+    def __call__(self, items: list[dict]) -> dict:
+        good = [i for i, item in enumerate(items) if item["error"] is None]
+        bad = [i for i, item in enumerate(items) if item["error"] is not None]
+        batch: dict = {
+            "skipped_names": [items[i]["name"] for i in bad],
+            "skipped_errors": [items[i]["error"] for i in bad],
+            "loss_weight": torch.tensor(1.0 if good else 0.0),
+        }
+        source = [
+            i if not good or items[i]["error"] is None else good[k % len(good)] for k, i in enumerate(range(len(items)))
+        ]
+        if good:
+            batch["pixel_values"] = torch.stack([items[j]["pixel_values"] for j in source])
+        else:
+            batch["pixel_values"] = torch.zeros(len(items), *self.pixel_shape)
+        for key in items[0]:
+            if key not in ("pixel_values", "error", "name"):
+                batch[key] = torch.stack([items[j][key] for j in source])
+        return batch
+
+
+__all__ = [
+    "BUILTIN_DATASET",
+    "DatasetError",
+    "PretrainingTransform",
+    "SkipReport",
+    "builtin_digits",
+    "check_size",
+    "Collator",
+    "find_image_column",
+    "load_pretraining_dataset",
+    "prepare_dataset",
+    "sample_generator",
+]

@@ -1,0 +1,408 @@
+"""`hf-mim pretrain`: the Accelerate training loop.
+
+One process, multi-process DDP (`accelerate launch`), FSDP or DeepSpeed through the user's accelerate config. The
+loop is accelerate's canonical one (prepare, accumulate, save_state / load_state, skip_first_batches,
+trackers); what a method needs beyond a loss goes through its `TrainingMethod` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoints import load_trainer_state, resolve_resume, save_checkpoint
+from .data import (
+    BUILTIN_DATASET,
+    Collator,
+    PretrainingTransform,
+    SkipReport,
+    check_size,
+    find_image_column,
+    load_pretraining_dataset,
+    prepare_dataset,
+)
+from .methods import ENCODER_PRESETS, TRAINING_METHODS
+from .transforms import MAETransform
+
+logger = logging.getLogger("hf_mim.pretrain")
+
+# Testing aid: exit abruptly (no cleanup, like a kill) right after the checkpoint of this step is written.
+_EXIT_AFTER_CHECKPOINT = "HF_MIM_EXIT_AFTER_CHECKPOINT"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class PretrainArguments:
+    """Every `hf-mim pretrain` flag; the CLI's `--help` documents each. None means "the default for the dataset"
+    (see `resolve_defaults`)."""
+
+    method: str = "mae"
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "train"
+    image_column: str | None = None
+    output_dir: str = "outputs/pretrain"
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 64
+    grad_accum: int = 1
+    base_lr: float | None = None
+    lr: float | None = None
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None
+    image_size: int | None = None
+    patch_size: int | None = None
+    model_size: str | None = None
+    config: str | None = None
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    seed: int = 0
+    checkpointing_steps: int | None = None
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    push_to_hub: str | None = None
+    report_to: str = "none"
+    num_workers: int = 2
+    logging_steps: int = 10
+    max_non_finite_steps: int = 5
+    config_overrides: dict = field(default_factory=dict)
+
+
+# The built-in dataset is 8x8 digits: a small model at 32 px trains on it in minutes on two CPU cores.
+BUILTIN_DEFAULTS = dict(
+    image_size=32,
+    patch_size=4,
+    model_size="tiny",
+    epochs=8,
+    base_lr=1e-2,
+    decoder=dict(
+        decoder_hidden_size=256,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=8,
+        decoder_intermediate_size=1024,
+    ),
+)
+DEFAULTS = dict(image_size=224, patch_size=16, model_size="base", epochs=1, base_lr=1.5e-4)
+
+
+def resolve_defaults(args: PretrainArguments) -> PretrainArguments:
+    builtin = args.dataset in (None, BUILTIN_DATASET)
+    defaults = BUILTIN_DEFAULTS if builtin else DEFAULTS
+    for name in ("image_size", "patch_size", "model_size", "base_lr"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    if args.max_steps is None and args.epochs is None:
+        args.epochs = defaults["epochs"]
+    if builtin and args.model_size == BUILTIN_DEFAULTS["model_size"]:
+        args.config_overrides = {**BUILTIN_DEFAULTS["decoder"], **args.config_overrides}
+    return args
+
+
+def validate(args: PretrainArguments) -> None:
+    def bad(flag, value, allowed):
+        raise ValueError(f"--{flag.replace('_', '-')}={value!r} is invalid: {allowed}")
+
+    if args.method not in TRAINING_METHODS:
+        bad("method", args.method, f"one of {sorted(TRAINING_METHODS)}")
+    if args.model_size not in ENCODER_PRESETS:
+        bad("model_size", args.model_size, f"one of {sorted(ENCODER_PRESETS)}")
+    for name in ("batch_size", "grad_accum", "logging_steps", "max_non_finite_steps"):
+        if getattr(args, name) < 1:
+            bad(name, getattr(args, name), "a positive int")
+    if args.num_workers < 0:
+        bad("num_workers", args.num_workers, "0 (load in the main process) or more")
+    for name in ("max_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            bad(name, value, "a positive int")
+    if args.mixed_precision not in ("no", "fp16", "bf16"):
+        bad("mixed_precision", args.mixed_precision, "no, fp16 or bf16")
+    if args.report_to not in ("none", "tensorboard", "wandb"):
+        bad("report_to", args.report_to, "none, tensorboard or wandb")
+    for name in ("lr", "base_lr"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            bad(name, getattr(args, name), "a positive float")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        bad("warmup_steps", args.warmup_steps, "a non-negative int")
+
+
+def build_config(args: PretrainArguments, method):
+    overrides = dict(args.config_overrides)
+    if args.config:
+        try:
+            overrides.update(json.loads(Path(args.config).read_text()))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--config {args.config}: not a readable JSON object ({err})") from None
+    fields = {**ENCODER_PRESETS[args.model_size], "image_size": args.image_size, "patch_size": args.patch_size}
+    return method.build_config(**{**fields, **overrides})
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only (nanoGPT / MAE): no decay on biases, norms, tokens and position tables."""
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, rest = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (rest if name in no_decay or param.ndim < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def pretrain(args: PretrainArguments) -> dict:
+    """Run pretraining; returns the summary also written to OUTPUT_DIR/training_summary.json."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+
+    args = resolve_defaults(args)
+    validate(args)
+    method = TRAINING_METHODS[args.method]()
+    cpu_kwargs = {}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # accelerate forms a CPU (gloo) process group only when told the run is on CPU; launched by torchrun or
+        # `accelerate launch --multi_gpu` on a machine without GPUs, each process would otherwise train alone,
+        # all of them writing the same output folder.
+        cpu_kwargs["cpu"] = True
+    accelerator = Accelerator(
+        **cpu_kwargs,
+        gradient_accumulation_steps=args.grad_accum,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    _setup_logging(accelerator)
+    set_seed(args.seed)
+
+    # ---- data -------------------------------------------------------------------------------------------
+    raw, description = load_pretraining_dataset(args.dataset, args.dataset_config, args.split)
+    image_column = find_image_column(raw, args.image_column)
+    check_size(raw, accelerator.num_processes, description)
+    config = build_config(args, method)
+    augment = MAETransform(config.image_size, config.image_mean, config.image_std, config.num_channels)
+    transform = PretrainingTransform(image_column, augment, args.seed, method.sample_extras(config))
+    dataset = prepare_dataset(raw, image_column, transform)
+    height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= args.batch_size * accelerator.num_processes,
+        num_workers=args.num_workers,
+        collate_fn=Collator((config.num_channels, height, width)),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    # ---- model, optimizer, schedule -----------------------------------------------------------------------
+    model = method.build_model(config)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    world = accelerator.num_processes
+    effective_batch = args.batch_size * args.grad_accum * world
+    lr = args.lr if args.lr is not None else args.base_lr * effective_batch / 256
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
+    if args.compile:
+        model = torch.compile(model)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = max(1, math.ceil(len(loader) / args.grad_accum))
+    max_steps = args.max_steps or steps_per_epoch * args.epochs
+    epochs = math.ceil(max_steps / steps_per_epoch)
+    warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * max_steps)
+    scheduler = cosine_with_warmup(optimizer, warmup, max_steps)
+    accelerator.register_for_checkpointing(scheduler, *method.checkpoint_objects())
+
+    # ---- resume -------------------------------------------------------------------------------------------
+    state = {"epoch": 0, "batches_in_epoch": 0, "loss_history": [], "non_finite_steps": [], "skipped": {}}
+    global_step = 0
+    resume_path = resolve_resume(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    if args.resume_from_checkpoint and resume_path is None:
+        logger.warning("no checkpoint to resume from in %s; starting from step 0", args.output_dir)
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        state.update(load_trainer_state(resume_path))
+        global_step = state["step"]
+        logger.info("resumed from %s at step %d", resume_path, global_step)
+
+    summary = {
+        "method": args.method,
+        "dataset": description,
+        "num_samples": len(raw),
+        "image_column": image_column,
+        "num_processes": world,
+        "effective_batch_size": effective_batch,
+        "learning_rate": lr,
+        "warmup_steps": warmup,
+        "max_steps": max_steps,
+        "epochs": epochs,
+        "mixed_precision": args.mixed_precision,
+        "hardware": _hardware(accelerator),
+    }
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        Path(args.output_dir, "training_args.json").write_text(json.dumps(asdict(args), indent=2))
+    if args.report_to != "none":
+        accelerator.init_trackers("hf-mim", config={k: v for k, v in asdict(args).items() if not isinstance(v, dict)})
+
+    # ---- loop ---------------------------------------------------------------------------------------------
+    from tqdm.auto import tqdm
+
+    skips = SkipReport(dict(state["skipped"]))
+    progress = tqdm(
+        total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="pretrain"
+    )
+    model.train()
+    window_bad, window_loss, window_n = False, 0.0, 0
+    images_seen, start = 0, time.perf_counter()
+    consecutive_bad = 0
+    done = global_step >= max_steps
+    for epoch in range(state["epoch"], epochs):
+        if done:
+            break
+        transform.epoch = epoch
+        loader.set_epoch(epoch)
+        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        batches_in_epoch = skip
+        for batch in batches:
+            batches_in_epoch += 1
+            new = skips.add(batch.pop("skipped_names"), batch.pop("skipped_errors"))
+            for name in new:
+                logger.warning(
+                    "[rank %d] skipped unreadable image %s: %s", accelerator.process_index, name, skips.skipped[name]
+                )
+            weight = batch.pop("loss_weight")
+            with accelerator.accumulate(model):
+                loss = method.loss(model, batch) * weight
+                non_finite = accelerator.reduce(
+                    torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device), "sum"
+                )
+                if non_finite.item() > 0:
+                    window_bad = True
+                else:
+                    accelerator.backward(loss)
+                    window_loss += loss.detach().float().item()
+                    window_n += 1
+                if accelerator.sync_gradients:
+                    if window_bad:
+                        consecutive_bad += 1
+                        state["non_finite_steps"].append(global_step + 1)
+                        logger.warning("step %d: non-finite loss; update skipped", global_step + 1)
+                        if consecutive_bad >= args.max_non_finite_steps:
+                            raise TrainingError(
+                                f"{consecutive_bad} consecutive steps with a non-finite loss (last: step "
+                                f"{global_step + 1}); stopping. Lower the learning rate or use bf16 rather than fp16."
+                            )
+                    else:
+                        consecutive_bad = 0
+                        optimizer.step()
+                        method.after_optimizer_step(accelerator, model, global_step + 1)
+                    optimizer.zero_grad(set_to_none=True)
+            images_seen += batch["pixel_values"].shape[0] * world
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            global_step += 1
+            window_bad = False
+            progress.update(1)
+            if global_step % args.logging_steps == 0 or global_step == max_steps:
+                mean_loss = accelerator.reduce(
+                    torch.tensor(window_loss / max(window_n, 1), device=accelerator.device), "mean"
+                ).item()
+                elapsed = time.perf_counter() - start
+                logs = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "images_per_second": images_seen / elapsed}
+                state["loss_history"].append([global_step, mean_loss])
+                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                accelerator.log(logs, step=global_step)
+                window_loss, window_n = 0.0, 0
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                state.update(epoch=epoch, batches_in_epoch=batches_in_epoch, skipped=skips.skipped)
+                save_checkpoint(accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit)
+                if os.environ.get(_EXIT_AFTER_CHECKPOINT) == str(global_step):
+                    os._exit(1)
+            if global_step >= max_steps:
+                done = True
+                break
+    progress.close()
+    wall = time.perf_counter() - start
+
+    # ---- finish -------------------------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    all_skipped = {}
+    for report in gather_object([skips.skipped]):
+        all_skipped.update(report)
+    in_sync = _ranks_in_sync(accelerator, model)
+    state_dict = accelerator.get_state_dict(model)
+    summary.update(
+        steps=global_step,
+        wall_time_seconds=round(wall, 2),
+        images_per_second=round(images_seen / wall, 2) if wall > 0 else None,
+        final_loss=state["loss_history"][-1][1] if state["loss_history"] else None,
+        loss_history=state["loss_history"],
+        non_finite_steps=state["non_finite_steps"],
+        skipped_images=all_skipped,
+        ranks_in_sync=in_sync,
+        resumed_from=str(resume_path) if resume_path else None,
+    )
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(args.output_dir, state_dict=state_dict)
+        Path(args.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
+        if args.push_to_hub:
+            unwrapped.push_to_hub(args.push_to_hub)
+    # end_training destroys the process group. Without this barrier the other ranks did so while the main process
+    # was still saving, and with 2 CPU processes the main one then blocked for good at teardown.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        print(
+            f"done: {global_step} steps in {wall:.1f}s ({summary['images_per_second']} images/s), "
+            f"final loss {summary['final_loss']}, skipped images {len(all_skipped)}; model in {args.output_dir}"
+        )
+    if not in_sync:
+        raise TrainingError("parameters differ across processes at the end of training")
+    return summary
+
+
+def _ranks_in_sync(accelerator, model) -> bool:
+    """Every process holds the same parameters (a float64 checksum per process, compared)."""
+    if accelerator.num_processes == 1 or accelerator.distributed_type.name not in ("MULTI_CPU", "MULTI_GPU"):
+        return True
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for param in accelerator.unwrap_model(model).parameters():
+        p = param.detach().double()
+        total += torch.stack([p.sum(), (p * p).sum()])
+    sums = accelerator.gather(total[None]).cpu()
+    return bool(torch.equal(sums, sums[:1].expand_as(sums)))
+
+
+def _hardware(accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        return f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
+    cpu = platform.processor() or platform.machine()
+    return f"{accelerator.num_processes} process(es) on {cpu}, {os.cpu_count()} CPUs"
+
+
+def _setup_logging(accelerator) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for name in ("hf_mim.pretrain", "hf_mim.training.checkpoints", "hf_mim.training.data"):
+        logging.getLogger(name).setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)

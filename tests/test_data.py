@@ -1,0 +1,145 @@
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_mim.training.data import (
+    Collator,
+    DatasetError,
+    PretrainingTransform,
+    builtin_digits,
+    check_size,
+    find_image_column,
+    load_pretraining_dataset,
+    prepare_dataset,
+)
+from hf_mim.training.transforms import MAETransform, open_image, random_resized_crop_box, to_channels
+
+from .images import BAD, GOOD, exif_rotated, make_images, write_image_folder
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("name", sorted(make_images()))
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_every_mode_becomes_the_model_channels(name, channels):
+    image = make_images()[name]
+    out = MAETransform(32, [0.5] * channels, [0.25] * channels, channels)(image, torch.Generator().manual_seed(0))
+    assert out.shape == (channels, 32, 32) and torch.isfinite(out).all()
+
+
+def test_exif_orientation_is_applied():
+    image = exif_rotated(20, 10)  # stored 20 wide, displayed 10 wide
+    assert image.size == (20, 10)
+    upright = to_channels(image, 3)
+    assert upright.size == (10, 20)
+
+
+def test_transparency_is_composited_on_white_and_16_bit_is_stretched():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert to_channels(rgba, 3).getpixel((0, 0)) == (255, 255, 255)
+    sixteen = Image.fromarray(np.array([[0, 1000], [30000, 65535]], dtype=np.uint16)).convert("I;16")
+    grey = to_channels(sixteen, 1)
+    assert grey.mode == "L" and grey.getpixel((0, 0)) == 0 and grey.getpixel((1, 1)) == 255
+
+
+@pytest.mark.parametrize("size", [(2, 2), (3, 500), (500, 3), (1, 1)])
+def test_crop_box_stays_inside_tiny_and_thin_images(size):
+    width, height = size
+    for seed in range(50):
+        left, top, w, h = random_resized_crop_box(width, height, torch.Generator().manual_seed(seed))
+        assert 0 <= left and 0 <= top and w >= 1 and h >= 1 and left + w <= width and top + h <= height
+
+
+def test_crop_box_respects_scale_and_is_deterministic():
+    areas = []
+    for seed in range(200):
+        box = random_resized_crop_box(400, 300, torch.Generator().manual_seed(seed))
+        assert box == random_resized_crop_box(400, 300, torch.Generator().manual_seed(seed))
+        areas.append(box[2] * box[3] / (400 * 300))
+    assert min(areas) >= 0.2 * 0.95 and max(areas) <= 1.0 and np.std(areas) > 0.1
+
+
+def test_open_image_rejects_broken_inputs(tmp_path):
+    write_image_folder(tmp_path)
+    for name in BAD:
+        with pytest.raises((OSError, ValueError)):  # PIL raises OSError subclasses for all of these
+            open_image({"path": str(tmp_path / name), "bytes": None})
+    for name in GOOD:
+        assert open_image({"path": str(tmp_path / name), "bytes": None}).size[0] >= 1
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index():
+    ds = builtin_digits().select(range(6))
+    transform = PretrainingTransform(
+        "image", MAETransform(16, MEAN, STD), seed=3, extras=lambda g: {"noise": torch.rand(4, generator=g)}
+    )
+    prepared = prepare_dataset(ds, "image", transform)
+    forward = [prepared[i] for i in range(6)]
+    backward = [prepared[i] for i in reversed(range(6))][::-1]
+    for a, b in zip(forward, backward, strict=True):
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["noise"], b["noise"])
+    transform.epoch = 1
+    assert not torch.equal(prepared[0]["pixel_values"], forward[0]["pixel_values"])
+
+
+def test_folder_with_bad_files_decodes_the_good_and_names_the_bad(tmp_path):
+    dataset, _ = load_pretraining_dataset(str(write_image_folder(tmp_path / "imgs")))
+    transform = PretrainingTransform("image", MAETransform(16, MEAN, STD), seed=0)
+    prepared = prepare_dataset(dataset, "image", transform)
+    items = [prepared[i] for i in range(len(prepared))]
+    failed = {item["name"] for item in items if item["error"] is not None}
+    assert failed == set(BAD)
+    batch = Collator((3, 16, 16))(items)
+    assert batch["pixel_values"].shape == (len(items), 3, 16, 16)
+    assert sorted(batch["skipped_names"]) == sorted(BAD) and batch["loss_weight"] == 1
+
+
+def test_collator_keeps_shape_when_nothing_decodes():
+    items = [
+        {"pixel_values": None, "error": "OSError: broken", "name": f"f{i}", "noise": torch.rand(4)} for i in range(3)
+    ]
+    batch = Collator((3, 8, 8))(items)
+    assert batch["pixel_values"].shape == (3, 3, 8, 8) and batch["loss_weight"] == 0
+    assert batch["noise"].shape == (3, 4)
+
+
+def test_builtin_dataset_is_real_and_labelled():
+    ds = builtin_digits()
+    assert len(ds) == 1797 and set(ds.column_names) == {"image", "label"}
+    assert ds.features["label"].num_classes == 10
+    image = ds[0]["image"]
+    assert image.size == (8, 8) and image.mode == "L" and np.asarray(image).max() > 0
+
+
+def test_image_column_detection_and_errors():
+    ds = datasets.Dataset.from_dict({"img": [Image.new("RGB", (4, 4))], "label": [0]})
+    assert find_image_column(ds) == "img"
+    with pytest.raises(DatasetError, match=r"the columns are \['img', 'label'\]"):
+        find_image_column(ds, "photo")
+    no_images = datasets.Dataset.from_dict({"text": ["a"], "label": [0]})
+    with pytest.raises(DatasetError, match=r"found no image column; the columns are \['text', 'label'\]"):
+        find_image_column(no_images)
+
+
+def test_empty_dataset_and_too_few_samples_fail_early():
+    ds = builtin_digits()
+    with pytest.raises(DatasetError, match="is empty"):
+        check_size(ds.select([]), 1, "x")
+    with pytest.raises(DatasetError, match="3 samples, fewer than the 4 processes"):
+        check_size(ds.select(range(3)), 4, "x")
+
+
+def test_dataset_resolution(tmp_path):
+    with pytest.raises(DatasetError, match="^dataset path not found: ./nowhere$"):
+        load_pretraining_dataset("./nowhere")
+    with pytest.raises(DatasetError, match="from the Hub"):
+        load_pretraining_dataset("someone/not-a-dataset")  # HF_HUB_OFFLINE=1 in tests
+    saved = builtin_digits().select(range(10))
+    saved.save_to_disk(tmp_path / "flat")
+    datasets.DatasetDict({"train": saved, "test": saved.select(range(2))}).save_to_disk(tmp_path / "dict")
+    assert len(load_pretraining_dataset(str(tmp_path / "flat"))[0]) == 10
+    assert len(load_pretraining_dataset(str(tmp_path / "dict"), split="test")[0]) == 2
+    with pytest.raises(DatasetError, match="splits"):
+        load_pretraining_dataset(str(tmp_path / "dict"), split="validation")

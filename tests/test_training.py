@@ -1,0 +1,285 @@
+"""`hf-mim pretrain` end to end: tiny models, a few steps each."""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForPreTraining
+
+from hf_mim import MAEForPreTraining
+from hf_mim.training.methods import MAEMethod
+from hf_mim.training.trainer import PretrainArguments, TrainingError, pretrain
+
+from .images import BAD, write_image_folder
+
+TINY_MODEL = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    decoder_hidden_size=32,
+    decoder_num_hidden_layers=1,
+    decoder_num_attention_heads=2,
+    decoder_intermediate_size=64,
+)
+TINY_FLAGS = ["--image-size", "16", "--patch-size", "4", "--logging-steps", "1", "--num-workers", "0"]
+
+
+def tiny_args(tmp_path, **kw) -> PretrainArguments:
+    fields = dict(
+        output_dir=str(tmp_path / "run"),
+        image_size=16,
+        patch_size=4,
+        batch_size=8,
+        max_steps=4,
+        logging_steps=1,
+        num_workers=0,
+        config_overrides=dict(TINY_MODEL),
+    )
+    fields.update(kw)
+    return PretrainArguments(**fields)
+
+
+def run_group(cmd, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run in a session of its own, and on timeout kill the whole group: a launcher's workers must not outlive a
+    failed test."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd[:6]}... did not finish in {timeout}s; stderr tail: {err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_cli(args, env=None, timeout=300):
+    return run_group([sys.executable, "-m", "hf_mim", "pretrain", *args], env=env, timeout=timeout)
+
+
+def weights(folder):
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_MODEL))
+    return str(path)
+
+
+def test_cli_default_run_on_the_builtin_dataset(tmp_path):
+    out = tmp_path / "default"
+    run = run_cli(["--output-dir", str(out), "--max-steps", "2", "--batch-size", "16", "--num-workers", "0"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "done: 2 steps" in run.stdout
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "training_args.json",
+        "training_summary.json",
+    ):
+        assert (out / name).is_file(), name
+    model = AutoModelForPreTraining.from_pretrained(out)
+    assert isinstance(model, MAEForPreTraining)
+    assert model.config.hidden_size == 192 and model.config.image_size == 32  # ViT-Ti at 32 px on the digits
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["dataset"].startswith("scikit-learn digits") and summary["num_samples"] == 1797
+    assert summary["steps"] == 2 and summary["effective_batch_size"] == 16
+    assert summary["learning_rate"] == pytest.approx(1e-2 * 16 / 256)  # base lr scaled by batch / 256
+    assert json.loads((out / "training_args.json").read_text())["max_steps"] == 2
+
+
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_config_file):
+    flags = [
+        *TINY_FLAGS,
+        "--config",
+        tiny_config_file,
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--checkpointing-steps",
+        "2",
+    ]
+    straight = run_cli(["--output-dir", str(tmp_path / "a"), *flags])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = run_cli(["--output-dir", str(tmp_path / "b"), *flags], env={"HF_MIM_EXIT_AFTER_CHECKPOINT": "4"})
+    assert killed.returncode != 0 and not (tmp_path / "b" / "model.safetensors").exists()
+    resumed = run_cli(["--output-dir", str(tmp_path / "b"), *flags, "--resume-from-checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "step-4" in resumed.stderr
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    summaries = [json.loads((tmp_path / d / "training_summary.json").read_text()) for d in "ab"]
+    assert summaries[0]["loss_history"] == summaries[1]["loss_history"]
+
+
+def test_truncated_newest_checkpoint_is_skipped(tmp_path, caplog):
+    args = dict(max_steps=6, checkpointing_steps=2)
+    pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "a"), **args))
+    pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "b"), **args))
+    newest = tmp_path / "b" / "checkpoints" / "step-6"
+    weights_file = newest / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])  # a copy that stopped early
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-4")  # and the previous one is gone too
+    with caplog.at_level(logging.WARNING):
+        summary = pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "b"), resume_from_checkpoint="latest", **args))
+    assert "skipping checkpoint" in caplog.text and "step-6" in caplog.text
+    assert summary["resumed_from"].endswith("step-2")
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+
+
+def test_checkpoints_are_complete_and_limited(tmp_path):
+    pretrain(tiny_args(tmp_path, max_steps=6, checkpointing_steps=1, checkpoints_total_limit=2))
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-5", "step-6"]  # no temporary folders left
+    state = json.loads((root / "step-6" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["batches_in_epoch"] >= 1
+    manifest = json.loads((root / "step-6" / "manifest.json").read_text())
+    assert {"model.safetensors", "optimizer.bin", "trainer_state.json"} <= set(manifest)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tiny_config_file):
+    flags = [*TINY_FLAGS, "--config", tiny_config_file, "--max-steps", "4"]
+    single = run_cli(["--output-dir", str(tmp_path / "one"), *flags, "--batch-size", "16"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "hf_mim",
+        "pretrain",
+        "--output-dir",
+        str(tmp_path / "two"),
+        *flags,
+        "--batch-size",
+        "8",
+    ]
+    double = run_group(launch)
+    assert double.returncode == 0, double.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True
+    assert summary["effective_batch_size"] == 16
+    one = json.loads((tmp_path / "one" / "training_summary.json").read_text())
+    for (s1, l1), (s2, l2) in zip(one["loss_history"], summary["loss_history"], strict=True):
+        assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-5)
+    assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), atol=1e-4)
+
+
+def test_folder_of_bad_images_trains_to_the_end_and_reports_them(tmp_path):
+    folder = write_image_folder(tmp_path / "images", copies=2)
+    # one whole epoch (26 files in batches of 2), so that every bad file is met
+    summary = pretrain(tiny_args(tmp_path, dataset=str(folder), batch_size=2, max_steps=None, epochs=1))
+    assert summary["num_samples"] == 26 and summary["steps"] == 13
+    assert set(summary["skipped_images"]) == set(BAD)
+    assert all(summary["skipped_images"][name] for name in BAD)  # each with its reason
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, caplog):
+    original = MAEMethod.loss
+    calls = {"n": 0}
+
+    def loss_with_a_nan(self, model, batch):
+        calls["n"] += 1
+        value = original(self, model, batch)
+        return value * float("nan") if calls["n"] == 2 else value
+
+    monkeypatch.setattr(MAEMethod, "loss", loss_with_a_nan)
+    with caplog.at_level(logging.WARNING):
+        summary = pretrain(tiny_args(tmp_path, max_steps=4))
+    assert summary["non_finite_steps"] == [2] and summary["steps"] == 4
+    assert "step 2: non-finite loss" in caplog.text
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
+
+    monkeypatch.setattr(MAEMethod, "loss", lambda self, model, batch: original(self, model, batch) * float("inf"))
+    with pytest.raises(TrainingError, match="3 consecutive steps with a non-finite loss"):
+        pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "bad"), max_steps=10, max_non_finite_steps=3))
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    summary = pretrain(tiny_args(tmp_path, batch_size=4, grad_accum=2, max_steps=3))
+    assert summary["steps"] == 3 and summary["effective_batch_size"] == 8
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "0"], "--batch-size=0 is invalid"),
+        (["--dataset", "./missing/folder"], "dataset path not found: ./missing/folder"),
+        (["--max-steps", "-1"], "--max-steps=-1 is invalid"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, flags, message):
+    run = run_cli(["--output-dir", str(tmp_path / "x"), *flags])
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_help_documents_every_flag():
+    run = subprocess.run([sys.executable, "-m", "hf_mim", "pretrain", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0
+    for flag in (
+        "--method",
+        "--dataset",
+        "--dataset-config",
+        "--split",
+        "--image-column",
+        "--output-dir",
+        "--max-steps",
+        "--epochs",
+        "--batch-size",
+        "--grad-accum",
+        "--base-lr",
+        "--lr",
+        "--weight-decay",
+        "--warmup-steps",
+        "--image-size",
+        "--patch-size",
+        "--model-size",
+        "--config",
+        "--mixed-precision",
+        "--gradient-checkpointing",
+        "--compile",
+        "--seed",
+        "--checkpointing-steps",
+        "--resume-from-checkpoint",
+        "--push-to-hub",
+        "--report-to",
+        "--num-workers",
+    ):
+        assert flag in run.stdout, flag
