@@ -220,9 +220,18 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, 
         return value * float("nan") if calls["n"] == 2 else value
 
     monkeypatch.setattr(MAEMethod, "loss", loss_with_a_nan)
+    updates = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def counting_step(self, *args, **kwargs):
+        updates["n"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
     with caplog.at_level(logging.WARNING):
         summary = pretrain(tiny_args(tmp_path, max_steps=4))
     assert summary["non_finite_steps"] == [2] and summary["steps"] == 4
+    assert updates["n"] == 3  # every step but the skipped one updated the weights
     assert "step 2: non-finite loss" in caplog.text
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
 
@@ -283,3 +292,94 @@ def test_help_documents_every_flag():
         "--num-workers",
     ):
         assert flag in run.stdout, flag
+
+
+def test_two_processes_survive_bad_images(tmp_path, tiny_config_file):
+    folder = write_image_folder(tmp_path / "images", copies=2)  # 26 files, 4 of them unreadable
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "hf_mim",
+        "pretrain",
+        "--dataset",
+        str(folder),
+        "--output-dir",
+        str(tmp_path / "two"),
+        *TINY_FLAGS,
+        "--config",
+        tiny_config_file,
+        "--batch-size",
+        "1",
+        "--epochs",
+        "1",
+    ]
+    run = run_group(launch)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True and summary["steps"] == 13
+    assert set(summary["skipped_images"]) == set(BAD)  # gathered from both ranks
+
+
+def test_compiled_training_saves_a_loadable_model(tmp_path):
+    pretrain(tiny_args(tmp_path, max_steps=2, compile=True))
+    model, info = AutoModelForPreTraining.from_pretrained(tmp_path / "run", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert_same_weights(model.state_dict(), weights(tmp_path / "run"))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    pretrain(tiny_args(tmp_path, max_steps=4, checkpointing_steps=2))
+    with pytest.raises(ValueError, match=r"batch_size=8 but this run has batch_size=4; the data position"):
+        pretrain(tiny_args(tmp_path, max_steps=4, batch_size=4, resume_from_checkpoint="latest"))
+
+
+def test_report_to_needs_its_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.startswith("tensorboard") else real(name, *a)
+    )
+    with pytest.raises(ValueError, match="needs the tensorboard package"):
+        pretrain(tiny_args(tmp_path, report_to="tensorboard"))
+
+
+def test_each_epoch_draws_new_order_and_augmentations(tmp_path, monkeypatch):
+    from hf_mim.training import data
+
+    seen = []
+    real = data.sample_generator
+    monkeypatch.setattr(
+        data, "sample_generator", lambda seed, epoch, index: seen.append((epoch, index)) or real(seed, epoch, index)
+    )
+    digits = data.builtin_digits().select(range(16))
+    monkeypatch.setattr(data, "builtin_digits", lambda: digits)
+    pretrain(tiny_args(tmp_path, max_steps=None, epochs=2, batch_size=8))  # num_workers=0: the spy sees every call
+    orders = {e: [i for ep, i in seen if ep == e] for e in (0, 1)}
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(16))
+    assert orders[0] != orders[1]
+
+
+def test_resume_in_a_later_epoch_continues_that_epochs_order(tmp_path, monkeypatch):
+    from hf_mim.training import data
+
+    digits = data.builtin_digits().select(range(16))
+    monkeypatch.setattr(data, "builtin_digits", lambda: digits)
+    args = dict(max_steps=7, checkpointing_steps=3, batch_size=4)  # 4 steps an epoch: step 3 is in epoch 0,
+    pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "a"), **args))  # step 6 in the middle of epoch 1
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-6", tmp_path / "b" / "checkpoints" / "step-6")
+    summary = pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "b"), resume_from_checkpoint="latest", **args))
+    assert summary["resumed_from"].endswith("step-6") and summary["steps"] == 7
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))

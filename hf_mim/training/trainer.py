@@ -7,6 +7,7 @@ trackers); what a method needs beyond a loss goes through its `TrainingMethod` h
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -136,6 +137,10 @@ def validate(args: PretrainArguments) -> None:
             bad(name, getattr(args, name), "a positive float")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         bad("warmup_steps", args.warmup_steps, "a non-negative int")
+    tracker_package = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(args.report_to, ())
+    if tracker_package and not any(importlib.util.find_spec(name) for name in tracker_package):
+        # accelerate would only warn and log nothing
+        bad("report_to", args.report_to, f"needs the {tracker_package[0]} package: pip install {tracker_package[0]}")
 
 
 def build_config(args: PretrainArguments, method):
@@ -222,7 +227,9 @@ def pretrain(args: PretrainArguments) -> dict:
     lr = args.lr if args.lr is not None else args.base_lr * effective_batch / 256
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
     if args.compile:
-        model = torch.compile(model)
+        # In place: torch.compile(model) would return a wrapper whose state-dict keys carry "_orig_mod.", and the
+        # saved model would then load as freshly initialised weights.
+        model.compile()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, math.ceil(len(loader) / args.grad_accum))
     max_steps = args.max_steps or steps_per_epoch * args.epochs
@@ -237,9 +244,21 @@ def pretrain(args: PretrainArguments) -> dict:
     resume_path = resolve_resume(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
     if args.resume_from_checkpoint and resume_path is None:
         logger.warning("no checkpoint to resume from in %s; starting from step 0", args.output_dir)
+    layout = {"num_processes": world, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seed": args.seed}
     if resume_path is not None:
+        saved = load_trainer_state(resume_path)
+        saved_layout = saved.get("layout", {})
+        differs = {k: (saved_layout.get(k), v) for k, v in layout.items() if saved_layout.get(k) != v}
+        if differs:
+            raise ValueError(
+                f"cannot resume from {resume_path}: it was written with "
+                + ", ".join(f"{k}={old}" for k, (old, _) in differs.items())
+                + " but this run has "
+                + ", ".join(f"{k}={new}" for k, (_, new) in differs.items())
+                + "; the data position would not line up. Resume with the same settings"
+            )
         accelerator.load_state(str(resume_path))
-        state.update(load_trainer_state(resume_path))
+        state.update(saved)
         global_step = state["step"]
         logger.info("resumed from %s at step %d", resume_path, global_step)
 
@@ -335,7 +354,7 @@ def pretrain(args: PretrainArguments) -> dict:
                 accelerator.log(logs, step=global_step)
                 window_loss, window_n = 0.0, 0
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                state.update(epoch=epoch, batches_in_epoch=batches_in_epoch, skipped=skips.skipped)
+                state.update(epoch=epoch, batches_in_epoch=batches_in_epoch, skipped=skips.skipped, layout=layout)
                 save_checkpoint(accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit)
                 if os.environ.get(_EXIT_AFTER_CHECKPOINT) == str(global_step):
                     os._exit(1)
