@@ -71,6 +71,14 @@ def run_cli(args, env=None, timeout=300):
     return run_group([sys.executable, "-m", "hf_mim", "pretrain", *args], env=env, timeout=timeout)
 
 
+def run_two_processes(args, timeout=300):
+    """`hf-mim pretrain` on 2 CPU processes. `accelerate launch --multi_gpu` is accelerate's torchrun launcher;
+    on a machine without GPUs hf_mim asks it for a gloo group (`--cpu` would start one process in accelerate 1.x)."""
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_mim", "pretrain"]
+    return run_group([sys.executable, *launch, *args], timeout=timeout)
+
+
 def weights(folder):
     return load_file(os.path.join(folder, "model.safetensors"))
 
@@ -169,29 +177,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ti
     flags = [*TINY_FLAGS, "--config", tiny_config_file, "--max-steps", "4"]
     single = run_cli(["--output-dir", str(tmp_path / "one"), *flags, "--batch-size", "16"])
     assert single.returncode == 0, single.stderr[-3000:]
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "hf_mim",
-        "pretrain",
-        "--output-dir",
-        str(tmp_path / "two"),
-        *flags,
-        "--batch-size",
-        "8",
-    ]
-    double = run_group(launch)
+    double = run_two_processes(["--output-dir", str(tmp_path / "two"), *flags, "--batch-size", "8"])
     assert double.returncode == 0, double.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True
@@ -298,35 +284,10 @@ def test_help_documents_every_flag():
 
 def test_two_processes_survive_bad_images(tmp_path, tiny_config_file):
     folder = write_image_folder(tmp_path / "images", copies=2)  # 26 files, 4 of them unreadable
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "hf_mim",
-        "pretrain",
-        "--dataset",
-        str(folder),
-        "--output-dir",
-        str(tmp_path / "two"),
-        *TINY_FLAGS,
-        "--config",
-        tiny_config_file,
-        "--batch-size",
-        "1",
-        "--epochs",
-        "1",
-    ]
-    run = run_group(launch)
+    run = run_two_processes(
+        ["--dataset", str(folder), "--output-dir", str(tmp_path / "two"), *TINY_FLAGS, "--config", tiny_config_file]
+        + ["--batch-size", "1", "--epochs", "1"]
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True and summary["steps"] == 13
