@@ -24,15 +24,19 @@ GOOD = [
 BAD = ["truncated.jpg", "empty.png", "not_an_image.jpg", "random_bytes.png"]
 
 
-def exif_rotated(width: int = 20, height: int = 10) -> Image.Image:
-    """A width x height image whose EXIF says: rotate 90 degrees to display (orientation 6)."""
+def exif_rotated_jpeg(width: int = 20, height: int = 10) -> bytes:
+    """JPEG bytes of a width x height image whose EXIF says: rotate 90 degrees to display (orientation 6)."""
     image = Image.new("RGB", (width, height), (255, 0, 0))
     image.paste((0, 0, 255), (0, 0, width // 2, height))
     exif = image.getexif()
     exif[0x0112] = 6
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", exif=exif.tobytes())
-    return Image.open(io.BytesIO(buffer.getvalue()))
+    return buffer.getvalue()
+
+
+def exif_rotated(width: int = 20, height: int = 10) -> Image.Image:
+    return Image.open(io.BytesIO(exif_rotated_jpeg(width, height)))
 
 
 def make_images() -> dict[str, Image.Image]:
@@ -65,12 +69,7 @@ def write_image_folder(folder: Path, with_bad: bool = True, copies: int = 1) -> 
         for c in range(copies):
             target = folder / (name if c == 0 else f"copy{c}_{name}")
             if name == "exif_rotated.jpg":
-                buffer = io.BytesIO()
-                base = Image.new("RGB", (20, 10), (255, 0, 0))
-                exif = base.getexif()
-                exif[0x0112] = 6
-                base.save(buffer, "JPEG", exif=exif.tobytes())
-                target.write_bytes(buffer.getvalue())
+                target.write_bytes(exif_rotated_jpeg())  # re-saving through PIL would drop the EXIF tag
             else:
                 image.save(target)
     if with_bad:

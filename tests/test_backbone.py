@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hf_mim.modeling.backbone import (
     Attention,
@@ -176,9 +175,10 @@ def test_bf16_autocast_forward_backward():
     assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
 
 
-def test_sdpa_matches_math_kernel_under_dropout_free_training():
-    # attention dropout 0: training and eval must agree (no hidden randomness in SDPA)
+def test_attention_without_dropout_has_no_randomness_in_training_mode():
     attn = Attention(dim=8, num_heads=2)
     x = torch.randn(1, 3, 8)
     torch.testing.assert_close(attn.train()(x), attn.eval()(x))
-    assert F.scaled_dot_product_attention is not None
+    with_dropout = Attention(dim=8, num_heads=2, attn_drop=0.5).train()
+    with_dropout.load_state_dict(attn.state_dict())
+    assert not torch.equal(with_dropout(x), attn.eval()(x))  # and attn_drop does reach SDPA

@@ -54,7 +54,8 @@ def builtin_digits() -> datasets.Dataset:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    # A Hub id has at most one "/"; anything else path-like is a local path that does not exist.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
 def load_pretraining_dataset(
@@ -196,9 +197,8 @@ class Collator:
             "skipped_errors": [items[i]["error"] for i in bad],
             "loss_weight": torch.tensor(1.0 if good else 0.0),
         }
-        source = [
-            i if not good or items[i]["error"] is None else good[k % len(good)] for k, i in enumerate(range(len(items)))
-        ]
+        # each bad sample takes the place of a good one, cycling through them; with no good one, keep the indices
+        source = [i if not good or items[i]["error"] is None else good[i % len(good)] for i in range(len(items))]
         if good:
             batch["pixel_values"] = torch.stack([items[j]["pixel_values"] for j in source])
         else:

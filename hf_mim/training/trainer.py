@@ -290,7 +290,9 @@ def pretrain(args: PretrainArguments) -> dict:
         total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="pretrain"
     )
     model.train()
-    window_bad, window_loss, window_n = False, 0.0, 0
+    zero = torch.zeros((), device=accelerator.device)
+    step_loss, micro_steps = zero, 0  # the optimizer step being accumulated
+    log_loss, log_steps = zero, 0  # good steps since the last log line
     images_seen, start = 0, time.perf_counter()
     consecutive_bad = 0
     done = global_step >= max_steps
@@ -312,17 +314,14 @@ def pretrain(args: PretrainArguments) -> dict:
             weight = batch.pop("loss_weight")
             with accelerator.accumulate(model):
                 loss = method.loss(model, batch) * weight
-                non_finite = accelerator.reduce(
-                    torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device), "sum"
-                )
-                if non_finite.item() > 0:
-                    window_bad = True
-                else:
-                    accelerator.backward(loss)
-                    window_loss += loss.detach().float().item()
-                    window_n += 1
+                # Backward whatever the loss: whether it was finite is decided once per optimizer step, alike on
+                # every rank, so micro-steps carry no host sync and no collective of their own.
+                accelerator.backward(loss)
+                step_loss, micro_steps = step_loss + loss.detach().float(), micro_steps + 1
                 if accelerator.sync_gradients:
-                    if window_bad:
+                    step_loss = step_loss / micro_steps
+                    non_finite = accelerator.reduce((~torch.isfinite(step_loss)).float(), "sum").item() > 0
+                    if non_finite:
                         consecutive_bad += 1
                         state["non_finite_steps"].append(global_step + 1)
                         logger.warning("step %d: non-finite loss; update skipped", global_step + 1)
@@ -335,24 +334,24 @@ def pretrain(args: PretrainArguments) -> dict:
                         consecutive_bad = 0
                         optimizer.step()
                         method.after_optimizer_step(accelerator, model, global_step + 1)
-                    optimizer.zero_grad(set_to_none=True)
+                        log_loss, log_steps = log_loss + step_loss, log_steps + 1
+                    optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients go too
+                    step_loss, micro_steps = zero, 0
             images_seen += batch["pixel_values"].shape[0] * world
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
             global_step += 1
-            window_bad = False
             progress.update(1)
-            if global_step % args.logging_steps == 0 or global_step == max_steps:
-                mean_loss = accelerator.reduce(
-                    torch.tensor(window_loss / max(window_n, 1), device=accelerator.device), "mean"
-                ).item()
+            # log_steps is the same on every rank (the skip decision is shared), so all enter the reduce or none
+            if (global_step % args.logging_steps == 0 or global_step == max_steps) and log_steps:
+                mean_loss = accelerator.reduce(log_loss / log_steps, "mean").item()
                 elapsed = time.perf_counter() - start
                 logs = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "images_per_second": images_seen / elapsed}
                 state["loss_history"].append([global_step, mean_loss])
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
                 accelerator.log(logs, step=global_step)
-                window_loss, window_n = 0.0, 0
+                log_loss, log_steps = zero, 0
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 state.update(epoch=epoch, batches_in_epoch=batches_in_epoch, skipped=skips.skipped, layout=layout)
                 save_checkpoint(accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit)
