@@ -79,6 +79,14 @@ class ModelTesterMixin:
         assert json.loads(config.to_json_string())["model_type"].startswith("hf_mim_")
         assert self.config_class.from_dict(config.to_dict()).to_json_string() == config.to_json_string()
 
+    def test_every_config_field_is_documented(self):
+        from transformers import PretrainedConfig
+
+        docs = "".join(cls.__doc__ or "" for cls in self.config_class.__mro__)
+        fields = set(self.get_config().to_dict()) - set(PretrainedConfig().to_dict())
+        undocumented = sorted(f for f in fields if f"{f} (`" not in docs)
+        assert not undocumented, f"config fields without a docstring entry: {undocumented}"
+
     def test_pretraining_output_shapes(self):
         config = self.get_config()
         model = self.pretraining_class(config).eval()

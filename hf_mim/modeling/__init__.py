@@ -1,7 +1,21 @@
 from .backbone import MIMConfig, ViTEncoder, patchify, unpatchify
 from .base import MIMModel, MIMPreTrainedModel, build_image_processor
+from .beit import BEiTConfig, BEiTForImageClassification, BEiTForPreTraining, BEiTModel, BEiTPreTrainedModel
 from .classification import MIMForImageClassification
 from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, MAEPreTrainedModel
-from .masking import random_masking
-from .outputs import MAEForPreTrainingOutput
+from .masking import MASK_STRATEGIES, MaskedMIMConfig, MaskingSpec, random_masking
+from .outputs import (
+    BEiTForPreTrainingOutput,
+    MAEForPreTrainingOutput,
+    SimMIMForPreTrainingOutput,
+    VisualTokenizerOutput,
+)
+from .simmim import (
+    SimMIMConfig,
+    SimMIMForImageClassification,
+    SimMIMForPreTraining,
+    SimMIMModel,
+    SimMIMPreTrainedModel,
+)
+from .tokenizer import VisualTokenizer, VisualTokenizerConfig
 from . import auto  # noqa: F401  (registers every method with the Auto classes)

@@ -10,22 +10,33 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .beit import BEiTConfig, BEiTForImageClassification, BEiTForPreTraining, BEiTModel
 from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
+from .simmim import SimMIMConfig, SimMIMForImageClassification, SimMIMForPreTraining, SimMIMModel
+from .tokenizer import VisualTokenizer, VisualTokenizerConfig
 
 #: model_type -> (config, encoder, pretraining, classification) for every registered method.
 METHODS: dict[str, tuple] = {}
 
 
-def register_method(config_class, model_class, pretraining_class, classification_class) -> None:
+def _register_base(config_class, model_class) -> None:
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
     # exist_ok: re-importing hf_mim (importlib.reload, notebooks) must not fail.
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoImageProcessor.register(config_class, slow_image_processor_class=ViTImageProcessorPil, exist_ok=True)
+
+
+def register_method(config_class, model_class, pretraining_class, classification_class) -> None:
+    _register_base(config_class, model_class)
     AutoModelForPreTraining.register(config_class, pretraining_class, exist_ok=True)
     AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
-    AutoImageProcessor.register(config_class, slow_image_processor_class=ViTImageProcessorPil, exist_ok=True)
     METHODS[config_class.model_type] = (config_class, model_class, pretraining_class, classification_class)
 
 
 register_method(MAEConfig, MAEModel, MAEForPreTraining, MAEForImageClassification)
+register_method(SimMIMConfig, SimMIMModel, SimMIMForPreTraining, SimMIMForImageClassification)
+register_method(BEiTConfig, BEiTModel, BEiTForPreTraining, BEiTForImageClassification)
+# Not a pretraining method of its own: BEiT's tokenizer loads with AutoConfig / AutoModel.
+_register_base(VisualTokenizerConfig, VisualTokenizer)

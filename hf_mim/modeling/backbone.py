@@ -71,6 +71,9 @@ class MIMConfig(PretrainedConfig):
             Epsilon of every LayerNorm (MAE's value; transformers' ViTMAE uses 1e-12).
         qkv_bias (`bool`, *optional*, defaults to `True`):
             Whether the query, key and value projections have a bias.
+        layer_scale_init_value (`float`, *optional*, defaults to 0.0):
+            Initial value of LayerScale's per-channel gains on each residual branch (CaiT; BEiT uses 0.1). 0 turns
+            LayerScale off (MAE, SimMIM).
         position_embedding_type (`str`, *optional*, defaults to `"sincos"`):
             `"sincos"`: fixed 2-D sine-cosine embeddings (MAE), stored in the checkpoint but never trained.
             `"learned"`: trained embeddings initialised from a truncated normal.
@@ -102,6 +105,7 @@ class MIMConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         layer_norm_eps: float = 1e-6,
         qkv_bias: bool = True,
+        layer_scale_init_value: float = 0.0,
         position_embedding_type: str = "sincos",
         pooling: str = "cls",
         image_mean: Sequence[float] | None = None,
@@ -122,6 +126,7 @@ class MIMConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
         self.qkv_bias = qkv_bias
+        self.layer_scale_init_value = layer_scale_init_value
         self.position_embedding_type = position_embedding_type
         self.pooling = pooling
         if image_mean is None:
@@ -167,6 +172,8 @@ class MIMConfig(PretrainedConfig):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
                 raise config_error(field, value, "a probability in [0, 1)")
+        if not isinstance(self.layer_scale_init_value, (int, float)) or self.layer_scale_init_value < 0:
+            raise config_error("layer_scale_init_value", self.layer_scale_init_value, "0 (off) or a positive float")
         if not self.layer_norm_eps > 0:
             raise config_error("layer_norm_eps", self.layer_norm_eps, "a positive float")
         for field in ("image_mean", "image_std"):
@@ -331,8 +338,21 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class LayerScale(nn.Module):
+    """Per-channel gain on a residual branch (CaiT, BEiT); timm's name and layout (`ls1.gamma`)."""
+
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.init_value = init_value
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); LayerScale only when
+    `layer_scale_init_value` > 0."""
 
     def __init__(
         self,
@@ -345,6 +365,7 @@ class Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        layer_scale_init_value: float = 0.0,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
@@ -352,10 +373,13 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = MLP(dim, mlp_dim, act=act, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        scaled = layer_scale_init_value > 0
+        self.ls1 = LayerScale(dim, layer_scale_init_value) if scaled else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale_init_value) if scaled else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 class BlockStack(nn.ModuleList):
@@ -380,7 +404,13 @@ class BlockStack(nn.ModuleList):
 
 
 def build_blocks(
-    config: MIMConfig, dim: int, depth: int, num_heads: int, mlp_dim: int, drop_path_rate: float = 0.0
+    config: MIMConfig,
+    dim: int,
+    depth: int,
+    num_heads: int,
+    mlp_dim: int,
+    drop_path_rate: float = 0.0,
+    layer_scale_init_value: float = 0.0,
 ) -> BlockStack:
     rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [drop_path_rate] * depth
     return BlockStack(
@@ -395,6 +425,7 @@ def build_blocks(
                 drop=config.hidden_dropout_prob,
                 attn_drop=config.attention_probs_dropout_prob,
                 drop_path=rate,
+                layer_scale_init_value=layer_scale_init_value,
             )
             for rate in rates
         ]
@@ -412,7 +443,9 @@ class ViTEncoder(nn.Module):
     Three stages, usable separately by methods that need to act between them:
 
     - `embed(pixel_values)`: patch tokens with their position embeddings (B, L, D), and the CLS token (B, 1, D);
-    - a method may drop tokens (MAE) or replace some by a mask token (SimMIM) here;
+      given `bool_masked_pos` and a `mask_token`, masked patches' embeddings are replaced by the mask token
+      before the position embeddings are added (SimMIM, BEiT);
+    - a method may drop tokens (MAE) here;
     - `forward_tokens(tokens)`: the blocks and the final norm on whatever sequence it is given.
 
     `forward` composes them, optionally keeping only the patches `ids_keep` (B, K).
@@ -439,6 +472,7 @@ class ViTEncoder(nn.Module):
             config.num_attention_heads,
             config.intermediate_size,
             config.drop_path_rate,
+            config.layer_scale_init_value,
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -468,12 +502,27 @@ class ViTEncoder(nn.Module):
         return resize_position_embedding(self.pos_embed, self.grid_size, grid)
 
     def embed(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch tokens with position embeddings (B, L, D) and the CLS token with its own (B, 1, D)."""
+        """Patch tokens with position embeddings (B, L, D) and the CLS token with its own (B, 1, D). Where
+        `bool_masked_pos` (B, L) is True the patch embedding is replaced by `mask_token` (1, 1, D) first."""
         grid = self.input_grid(pixel_values, interpolate_pos_encoding)
         pos = self.position_embedding(grid)
-        tokens = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype)) + pos[:, 1:]
+        tokens = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))
+        if bool_masked_pos is not None:
+            if mask_token is None:
+                raise ValueError("bool_masked_pos needs a mask_token to put in place of the masked patches")
+            if tuple(bool_masked_pos.shape) != tuple(tokens.shape[:2]):
+                raise ValueError(
+                    f"bool_masked_pos must have shape (batch, num_patches) = {tuple(tokens.shape[:2])}, "
+                    f"got {tuple(bool_masked_pos.shape)}"
+                )
+            tokens = torch.where(bool_masked_pos.bool().unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+        tokens = tokens + pos[:, 1:]
         cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1)
         return tokens, cls
 
@@ -488,9 +537,12 @@ class ViTEncoder(nn.Module):
         ids_keep: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
     ):
-        """Encode all patches, or only `ids_keep` (B, K). Returns ((B, 1 + K, D) normed, hidden states)."""
-        tokens, cls = self.embed(pixel_values, interpolate_pos_encoding)
+        """Encode all patches, or only `ids_keep` (B, K), masked ones replaced by `mask_token` where
+        `bool_masked_pos`. Returns ((B, 1 + K, D) normed, hidden states)."""
+        tokens, cls = self.embed(pixel_values, interpolate_pos_encoding, bool_masked_pos, mask_token)
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         return self.forward_tokens(torch.cat([cls, tokens], dim=1), output_hidden_states)
@@ -517,6 +569,8 @@ def init_vit_weights(module: nn.Module, config: MIMConfig, init) -> None:
             init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
         if module.bias is not None:
             init.zeros_(module.bias)
+    elif isinstance(module, LayerScale):
+        init.constant_(module.gamma, module.init_value)
     elif isinstance(module, ViTEncoder):
         init.normal_(module.cls_token, std=config.initializer_range)
         if config.position_embedding_type == "learned":
@@ -542,6 +596,7 @@ __all__ = [
     "MIMConfig",
     "ViTEncoder",
     "Block",
+    "LayerScale",
     "BlockStack",
     "Attention",
     "PatchEmbed",

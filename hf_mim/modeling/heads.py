@@ -49,11 +49,30 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(x[:, 1:]))  # the CLS token's prediction would be thrown away
 
 
+class PixelShuffleHead(nn.Module):
+    """SimMIM's one-layer prediction head: a 1x1 convolution to `stride**2 * num_channels` maps, then a pixel shuffle
+    back to full resolution. (B, 1 + L, D) tokens with CLS first -> (B, C, rows * stride, cols * stride)."""
+
+    def __init__(self, hidden_size: int, stride: int, num_channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(hidden_size, stride**2 * num_channels, kernel_size=1)
+        self.shuffle = nn.PixelShuffle(stride)
+
+    def forward(self, hidden_states: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        patches = hidden_states[:, 1:]
+        batch, length, dim = patches.shape
+        maps = patches.transpose(1, 2).reshape(batch, dim, *grid_size)
+        return self.shuffle(self.proj(maps))
+
+
 def init_head_weights(module: nn.Module, config: MIMConfig, init) -> None:
     """Initialise the parameters the heads here own directly (their Linear/LayerNorm children are MAE-initialised)."""
     if isinstance(module, MAEDecoder):
         init.normal_(module.mask_token, std=config.initializer_range)
         init.copy_(module.pos_embed, sincos_2d_position_embedding(config.decoder_hidden_size, config.grid_size)[None])
+    elif isinstance(getattr(module, "mask_token", None), nn.Parameter):
+        # the encoder-side mask token of SimMIM / BEiT models: trunc_normal(std 0.02) in both references
+        init.trunc_normal_(module.mask_token, std=config.initializer_range)
 
 
-__all__ = ["MAEDecoder", "init_head_weights"]
+__all__ = ["MAEDecoder", "PixelShuffleHead", "init_head_weights"]

@@ -25,4 +25,26 @@ def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     return (per_patch * mask).sum() / mask.sum()
 
 
-__all__ = ["masked_mse_loss", "normalize_patches", "NORM_PIX_EPS"]
+def masked_pixel_l1_loss(
+    pred: torch.Tensor, target: torch.Tensor, bool_masked_pos: torch.Tensor, patch_size: int, eps: float = 1e-5
+) -> torch.Tensor:
+    """SimMIM's loss: L1 between (B, C, H, W) images, averaged over the pixels (and channels) of masked patches.
+
+    `bool_masked_pos` (B, rows * cols) is upsampled to pixels; the normaliser is
+    `(masked pixels + eps) * channels`, exactly as SimMIM and transformers' `ViTForMaskedImageModeling` compute it.
+    """
+    batch, channels, height, width = target.shape
+    rows, cols = height // patch_size, width // patch_size
+    mask = bool_masked_pos.reshape(batch, rows, cols).repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
+    mask = mask.unsqueeze(1).to(torch.float32)
+    per_pixel = torch.nn.functional.l1_loss(pred.float(), target.float(), reduction="none")
+    return (per_pixel * mask).sum() / (mask.sum() + eps) / channels
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, L, V) logits against (B, L) ids on the masked positions only (BEiT), in float32."""
+    mask = bool_masked_pos.bool()
+    return torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask])
+
+
+__all__ = ["masked_mse_loss", "masked_pixel_l1_loss", "masked_cross_entropy", "normalize_patches", "NORM_PIX_EPS"]

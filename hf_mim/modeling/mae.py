@@ -10,23 +10,26 @@ from collections.abc import Sequence
 
 import torch
 
-from .backbone import MIMConfig, ViTEncoder, config_error, patchify, to_2tuple, unpatchify
+from .backbone import ViTEncoder, config_error, patchify, to_2tuple, unpatchify
 from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
 from .heads import MAEDecoder
 from .losses import masked_mse_loss, normalize_patches
-from .masking import num_visible_patches, random_masking
+from .masking import MaskedMIMConfig, bool_mask_to_indices, random_masking
 from .outputs import MAEForPreTrainingOutput
 
 
-class MAEConfig(MIMConfig):
+class MAEConfig(MaskedMIMConfig):
     r"""
     Configuration of an MAE model. Field names are those of transformers' `ViTMAEConfig`; defaults give ViT-B/16
     with the paper's 8-layer, 512-wide decoder. The encoder fields are documented on [`MIMConfig`]
     (`image_size`, `patch_size`, `num_channels`, `hidden_size`, `num_hidden_layers`, `num_attention_heads`,
     `intermediate_size`, `hidden_act`, `hidden_dropout_prob`, `attention_probs_dropout_prob`, `drop_path_rate`,
-    `initializer_range`, `layer_norm_eps`, `qkv_bias`, `position_embedding_type`, `pooling`, `image_mean`,
-    `image_std`) and accepted here as keywords.
+    `initializer_range`, `layer_norm_eps`, `qkv_bias`, `layer_scale_init_value`, `position_embedding_type`,
+    `pooling`, `image_mean`, `image_std`) and accepted here as keywords, as are the masking fields documented on
+    [`MaskedMIMConfig`] (`mask_strategy`, `mask_patch_size`, `mask_min_num_patches`, `mask_max_num_patches`,
+    `mask_min_aspect`). MAE's default strategy is `"random"`; the others work too, since each masks the same
+    number of patches in every image, which is what dropping them needs.
 
     Args:
         decoder_hidden_size (`int`, *optional*, defaults to 512):
@@ -39,7 +42,8 @@ class MAEConfig(MIMConfig):
             Hidden width of the decoder MLPs.
         mask_ratio (`float`, *optional*, defaults to 0.75):
             Fraction of patches hidden from the encoder, strictly between 0 and 1; `int(L * (1 - mask_ratio))`
-            patches stay visible, and at least one patch must be masked and one kept.
+            patches stay visible (with `mask_strategy="random"`), and at least one patch must be masked and one
+            kept.
         norm_pix_loss (`bool`, *optional*, defaults to `True`):
             Whether the target is each patch's pixels normalised by that patch's mean and standard deviation (the
             paper's recommended setting, Table 3). transformers' `ViTMAEConfig` defaults to `False`. With it, the
@@ -71,9 +75,8 @@ class MAEConfig(MIMConfig):
         self.decoder_num_hidden_layers = decoder_num_hidden_layers
         self.decoder_num_attention_heads = decoder_num_attention_heads
         self.decoder_intermediate_size = decoder_intermediate_size
-        self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
-        super().__init__(**kwargs)
+        super().__init__(mask_ratio=mask_ratio, **kwargs)
         self._validate_mae()
 
     def _validate_mae(self) -> None:
@@ -92,15 +95,6 @@ class MAEConfig(MIMConfig):
         if self.decoder_hidden_size % 4:
             raise config_error(
                 "decoder_hidden_size", self.decoder_hidden_size, "must be divisible by 4 (sincos position embeddings)"
-            )
-        if not isinstance(self.mask_ratio, (int, float)) or not 0.0 < self.mask_ratio < 1.0:
-            raise config_error("mask_ratio", self.mask_ratio, "a float strictly between 0 and 1")
-        visible = num_visible_patches(self.num_patches, self.mask_ratio)
-        if not 0 < visible < self.num_patches:
-            raise config_error(
-                "mask_ratio",
-                self.mask_ratio,
-                f"keeps {visible} of {self.num_patches} patches visible; at least one must be kept and one masked",
             )
 
 
@@ -141,16 +135,45 @@ class MAEForPreTraining(MAEPreTrainedModel):
 
     # The four stages of facebookresearch/mae's models_mae.py -------------------------------------------------
 
-    def forward_encoder(self, pixel_values, noise=None, interpolate_pos_encoding=False, output_hidden_states=False):
+    def forward_encoder(
+        self,
+        pixel_values,
+        noise=None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=False,
+        bool_masked_pos=None,
+    ):
         """Embed, drop the masked patches, encode the rest. Returns latent (B, 1 + K, D), mask, ids_restore, grid,
         hidden states."""
         tokens, cls = self.vit.embed(pixel_values, interpolate_pos_encoding)
         batch, length, dim = tokens.shape
-        masking = random_masking(batch, length, self.config.mask_ratio, noise=noise, device=tokens.device)
+        masking = self.masking(batch, length, pixel_values, noise, bool_masked_pos)
         visible = torch.gather(tokens, 1, masking.ids_keep.unsqueeze(-1).expand(-1, -1, dim))
         latent, hidden_states = self.vit.forward_tokens(torch.cat([cls, visible], dim=1), output_hidden_states)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         return latent, masking.mask, masking.ids_restore, grid, hidden_states
+
+    def masking(self, batch, length, pixel_values, noise=None, bool_masked_pos=None):
+        """The index form of this batch's mask: from `bool_masked_pos` when given, else from `noise` (random
+        strategy), else drawn from the configured strategy."""
+        if bool_masked_pos is not None:
+            if noise is not None:
+                raise ValueError("pass noise or bool_masked_pos, not both")
+            if tuple(bool_masked_pos.shape) != (batch, length):
+                raise ValueError(
+                    f"bool_masked_pos must have shape (batch, num_patches) = {(batch, length)}, "
+                    f"got {tuple(bool_masked_pos.shape)}"
+                )
+            return bool_mask_to_indices(bool_masked_pos.to(pixel_values.device))
+        if self.config.mask_strategy == "random":
+            return random_masking(batch, length, self.config.mask_ratio, noise=noise, device=pixel_values.device)
+        if noise is not None:
+            raise ValueError(
+                f"noise only defines masks with mask_strategy='random' (this model uses "
+                f"{self.config.mask_strategy!r}); pass bool_masked_pos instead"
+            )
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        return bool_mask_to_indices(self.config.masking_spec().sample_batch(batch, grid, device=pixel_values.device))
 
     def forward_decoder(self, latent, ids_restore, grid=None):
         """Pixel predictions of every patch, (B, L, patch_size**2 * C)."""
@@ -170,6 +193,7 @@ class MAEForPreTraining(MAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
     ) -> MAEForPreTrainingOutput | tuple:
         r"""
         Args:
@@ -177,7 +201,7 @@ class MAEForPreTraining(MAEPreTrainedModel):
                 Normalised images.
             noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
                 As transformers' ViTMAE `noise`: patches are sorted by ascending noise and the lowest are kept.
-                Drawn uniformly when not given; pass it for reproducible masks.
+                Drawn uniformly when not given; pass it for reproducible masks. Only with `mask_strategy="random"`.
             interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
                 Accept other resolutions (multiples of the patch size, square or not) by resampling the position
                 embeddings; at the configured size it changes nothing.
@@ -185,10 +209,14 @@ class MAEForPreTraining(MAEPreTrainedModel):
                 Also return the encoder's hidden states.
             return_dict (`bool`, *optional*):
                 Return a [`MAEForPreTrainingOutput`] rather than a tuple.
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+                The mask itself (True = masked), as in transformers' `ViTForMaskedImageModeling`; every row must
+                mask the same number of patches. Instead of `noise`; when neither is given the configured
+                `mask_strategy` draws the masks.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
         latent, mask, ids_restore, grid, hidden_states = self.forward_encoder(
-            pixel_values, noise, interpolate_pos_encoding, output_hidden_states
+            pixel_values, noise, interpolate_pos_encoding, output_hidden_states, bool_masked_pos
         )
         logits = self.forward_decoder(latent, ids_restore, grid)
         loss = self.forward_loss(pixel_values, logits, mask)

@@ -33,4 +33,81 @@ class MAEForPreTrainingOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-__all__ = ["MAEForPreTrainingOutput"]
+@dataclass
+class SimMIMForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            L1 loss over the pixels of the masked patches.
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Predicted pixels of the whole image (in the normalised space of `pixel_values`), transformers'
+            `MaskedImageModelingOutput.reconstruction`.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`):
+            The mask used, True for masked patches (drawn by the model when not given).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Encoder input then each block's output, each `(batch_size, 1 + num_patches, hidden_size)`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class BEiTForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            Cross-entropy of the predicted visual tokens at the masked positions.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_patches, vocab_size)`):
+            Token scores at every patch position (only masked ones enter the loss).
+        labels (`torch.LongTensor` of shape `(batch_size, num_patches)`):
+            The visual-token ids of every patch: given, or computed by the frozen tokenizer.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`):
+            The mask used, True for masked patches.
+        accuracy (`torch.FloatTensor` of shape `()`):
+            Fraction of masked positions whose most likely token is the label.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Encoder input then each block's output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    labels: torch.LongTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+    accuracy: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class VisualTokenizerOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            Training loss: `reconstruction_loss + quantization_loss`.
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Decoded images, in the normalised space of `pixel_values`.
+        token_ids (`torch.LongTensor` of shape `(batch_size, rows, cols)`):
+            The discrete code of every patch, on the ViT patch grid.
+        reconstruction_loss (`torch.FloatTensor` of shape `()`):
+            Mean squared error between `reconstruction` and `pixel_values`.
+        quantization_loss (`torch.FloatTensor` of shape `()`):
+            VQ: commitment loss (`commitment_cost` * ||z - sg(e)||^2). Gumbel: `kl_weight` * KL(q || uniform).
+        perplexity (`torch.FloatTensor` of shape `()`):
+            exp(entropy) of the batch's code histogram (across processes when distributed): how many codes are in
+            effective use, between 1 and `vocab_size`.
+        codebook_usage (`torch.FloatTensor` of shape `()`):
+            Fraction of the vocabulary the batch used (across processes when distributed).
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    token_ids: torch.LongTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    quantization_loss: torch.FloatTensor | None = None
+    perplexity: torch.FloatTensor | None = None
+    codebook_usage: torch.FloatTensor | None = None
+
+
+__all__ = ["MAEForPreTrainingOutput", "SimMIMForPreTrainingOutput", "BEiTForPreTrainingOutput", "VisualTokenizerOutput"]

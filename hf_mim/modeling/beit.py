@@ -1,0 +1,273 @@
+"""BEiT: Bao et al., "BEiT: BERT Pre-Training of Image Transformers" (2021), https://arxiv.org/abs/2106.08254.
+
+Block-wise masked patches are replaced by a mask token, the encoder sees every token, and a linear head predicts, at
+each masked position, the discrete visual token a frozen tokenizer assigns to the original patch (cross-entropy on
+masked positions only). The tokenizer is a [`VisualTokenizer`] trained here (the original borrows DALL-E's); its
+weights are part of the BEiT checkpoint, so `from_pretrained` needs nothing else.
+
+Differences from the paper's model, on purpose: the shared ViT backbone uses absolute (sin-cos by default)
+position embeddings rather than BEiT's shared relative position bias; LayerScale (0.1) is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .backbone import ViTEncoder, config_error
+from .base import MIMModel, MIMPreTrainedModel
+from .classification import MIMForImageClassification
+from .losses import masked_cross_entropy
+from .masking import MaskedMIMConfig
+from .outputs import BEiTForPreTrainingOutput
+from .tokenizer import VisualTokenizer, VisualTokenizerConfig
+
+logger = logging.getLogger(__name__)
+
+
+class BEiTConfig(MaskedMIMConfig):
+    r"""
+    Configuration of a BEiT model: the encoder fields of [`MIMConfig`] (defaults: ViT-B/16 at 224 px), the masking
+    fields of [`MaskedMIMConfig`] with BEiT's defaults, and the visual tokenizer.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 8192):
+            Number of visual tokens the head predicts; must equal the tokenizer's `vocab_size`.
+        tokenizer_name_or_path (`str`, *optional*):
+            Folder or Hub id of a trained [`VisualTokenizer`]. Read once, when a model is first built from this
+            config (its config then lands in `tokenizer_config` and its weights in the BEiT checkpoint); models
+            loaded with `from_pretrained` never read it again. Kept as a record of where the tokenizer came from.
+        tokenizer_config (`dict`, *optional*):
+            The tokenizer's configuration ([`VisualTokenizerConfig`] as a dict), filled in when the model is built.
+            When neither this nor `tokenizer_name_or_path` is set, the model builds a randomly initialised, frozen
+            tokenizer from this config's image fields and `vocab_size`: the model runs, but its targets are
+            meaningless. That is a smoke-test setting only, and the model warns.
+        mask_strategy (`str`, *optional*, defaults to `"block"`):
+            BEiT's block-wise masking; any strategy of [`MaskedMIMConfig`] works.
+        mask_ratio (`float`, *optional*, defaults to 0.4):
+            About 40% of the patches, as BEiT (75 of 196).
+        layer_scale_init_value (`float`, *optional*, defaults to 0.1):
+            LayerScale on every residual branch, BEiT's value (see [`MIMConfig`]).
+
+    Example:
+
+    ```python
+    >>> from hf_mim import BEiTConfig, BEiTForPreTraining
+    >>> model = BEiTForPreTraining(BEiTConfig(tokenizer_name_or_path="outputs/tokenizer"))
+    ```
+    """
+
+    model_type = "hf_mim_beit"
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        tokenizer_name_or_path: str | None = None,
+        tokenizer_config: dict | None = None,
+        mask_strategy: str = "block",
+        mask_ratio: float = 0.4,
+        layer_scale_init_value: float = 0.1,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.tokenizer_config = tokenizer_config
+        super().__init__(
+            mask_strategy=mask_strategy,
+            mask_ratio=mask_ratio,
+            layer_scale_init_value=layer_scale_init_value,
+            **kwargs,
+        )
+        self._require_positive_ints("vocab_size")
+        if self.tokenizer_config is not None:
+            self.check_tokenizer(self.tokenizer_config)
+
+    def check_tokenizer(self, tokenizer_config: dict | VisualTokenizerConfig) -> None:
+        """Raise unless the tokenizer's vocabulary and token grid match this model's head and patch grid."""
+        if isinstance(tokenizer_config, dict):
+            tokenizer_config = VisualTokenizerConfig.from_dict(tokenizer_config)
+        if tokenizer_config.vocab_size != self.vocab_size:
+            raise config_error(
+                "vocab_size", self.vocab_size, f"must equal the tokenizer's vocab_size={tokenizer_config.vocab_size}"
+            )
+        if tokenizer_config.patch_size != self.patch_size or tokenizer_config.num_channels != self.num_channels:
+            raise config_error(
+                "tokenizer_config",
+                f"patch_size={tokenizer_config.patch_size}, num_channels={tokenizer_config.num_channels}",
+                f"the tokenizer must give one token per {self.patch_size}x{self.patch_size} patch of "
+                f"{self.num_channels}-channel images, to match the ViT's patch grid",
+            )
+
+    def default_tokenizer_config(self) -> VisualTokenizerConfig:
+        return VisualTokenizerConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_channels=self.num_channels,
+            vocab_size=self.vocab_size,
+            image_mean=self.image_mean,
+            image_std=self.image_std,
+        )
+
+
+class BEiTPreTrainedModel(MIMPreTrainedModel):
+    config_class = BEiTConfig
+
+
+class BEiTModel(MIMModel):
+    """The BEiT encoder without masking (what `AutoModel` returns); see [`MIMModel`]."""
+
+    config_class = BEiTConfig
+
+
+class BEiTForImageClassification(MIMForImageClassification):
+    """BEiT encoder plus a linear head; see [`MIMForImageClassification`]."""
+
+    config_class = BEiTConfig
+
+
+class BEiTForPreTraining(BEiTPreTrainedModel):
+    """BEiT for pretraining: mask-token encoder, linear head over the visual vocabulary, a frozen tokenizer.
+
+    `BEiTForPreTraining(config, tokenizer=trained_tokenizer)` attaches a tokenizer object; otherwise the config's
+    `tokenizer_name_or_path` is loaded, or (smoke tests only) a random one is built.
+    """
+
+    def __init__(self, config: BEiTConfig, tokenizer: VisualTokenizer | None = None):
+        super().__init__(config)
+        self.vit = ViTEncoder(config)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+
+        source = tokenizer
+        if source is None and config.tokenizer_config is None:
+            if config.tokenizer_name_or_path:
+                source = VisualTokenizer.from_pretrained(config.tokenizer_name_or_path)
+            else:
+                logger.warning(
+                    "BEiTConfig has no tokenizer: building a random frozen one. Its tokens carry no information; "
+                    "use this for smoke tests only, and train a tokenizer with `hf-mim pretrain --method "
+                    "visual-tokenizer` for real runs."
+                )
+                config.tokenizer_config = config.default_tokenizer_config().to_dict()
+        if source is not None:
+            config.check_tokenizer(source.config)
+            config.tokenizer_config = source.config.to_dict()
+        self.tokenizer = VisualTokenizer(VisualTokenizerConfig.from_dict(config.tokenizer_config))
+        self.tokenizer.requires_grad_(False)
+        self.post_init()
+        if source is not None:
+            # after post_init, which would otherwise re-initialise the loaded weights
+            self.tokenizer.load_state_dict(source.state_dict())
+        self.tokenizer.eval()
+
+    def train(self, mode: bool = True):
+        """The tokenizer stays in eval mode whatever the model's mode: its codebook is frozen."""
+        super().train(mode)
+        self.tokenizer.eval()
+        return self
+
+    def tokenizer_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Re-normalise images from this model's mean/std to the tokenizer's, where they differ."""
+        tok = self.tokenizer.config
+        if list(tok.image_mean) == list(self.config.image_mean) and list(tok.image_std) == list(self.config.image_std):
+            return pixel_values
+
+        def column(values):
+            return torch.tensor(values, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
+
+        raw = pixel_values * column(self.config.image_std) + column(self.config.image_mean)
+        return (raw - column(tok.image_mean)) / column(tok.image_std)
+
+    def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, rows * cols) target ids from the frozen tokenizer."""
+        return self.tokenizer.get_codebook_indices(self.tokenizer_inputs(pixel_values))
+
+    def _check_labels(self, labels: torch.Tensor, shape: tuple[int, int]) -> None:
+        if labels.ndim == 1:
+            raise ValueError(
+                f"labels must have shape (batch, num_patches) = {shape}: the token id of every patch (transformers' "
+                "BeitForMaskedImageModeling takes the masked ones flattened; hf_mim takes the whole grid)"
+            )
+        if tuple(labels.shape) != shape:
+            raise ValueError(
+                f"labels must match the patch grid, shape (batch, num_patches) = {shape}; got {tuple(labels.shape)}"
+            )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer token ids, got dtype {labels.dtype}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(
+                f"labels hold token ids in [{low}, {high}], outside the vocabulary [0, {self.config.vocab_size - 1}]"
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BEiTForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images.
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+                True for masked patches, as in transformers. Drawn from the configured `mask_strategy` (block-wise
+                by default) when not given.
+            labels (`torch.LongTensor` of shape `(batch_size, num_patches)`, *optional*):
+                Visual-token ids of every patch, for example precomputed with `visual_tokens`. Computed by the
+                frozen tokenizer when not given. Ids outside `[0, vocab_size)` or a shape other than the patch grid
+                raise.
+            interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+                Accept other resolutions by resampling the position embeddings.
+            output_hidden_states (`bool`, *optional*):
+                Also return the encoder's hidden states.
+            return_dict (`bool`, *optional*):
+                Return a [`BEiTForPreTrainingOutput`] rather than a tuple.
+        """
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
+        grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
+        shape = (pixel_values.shape[0], grid[0] * grid[1])
+        if bool_masked_pos is None:
+            spec = self.config.masking_spec()
+            bool_masked_pos = spec.sample_batch(shape[0], grid, device=pixel_values.device)
+        if labels is None:
+            labels = self.visual_tokens(pixel_values)
+            if tuple(labels.shape) != shape:
+                raise ValueError(f"the tokenizer gives {tuple(labels.shape)} tokens but the patch grid is {shape}")
+        else:
+            self._check_labels(labels, shape)
+        hidden, hidden_states = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            bool_masked_pos=bool_masked_pos,
+            mask_token=self.mask_token,
+        )
+        logits = self.lm_head(hidden[:, 1:])
+        loss = masked_cross_entropy(logits, labels, bool_masked_pos)
+        mask = bool_masked_pos.bool()
+        accuracy = (logits.detach()[mask].argmax(-1) == labels[mask]).float().mean()
+        if not return_dict:
+            return tuple(v for v in (loss, logits, labels, bool_masked_pos, accuracy, hidden_states) if v is not None)
+        return BEiTForPreTrainingOutput(
+            loss=loss,
+            logits=logits,
+            labels=labels,
+            bool_masked_pos=bool_masked_pos,
+            accuracy=accuracy,
+            hidden_states=hidden_states,
+        )
+
+
+__all__ = [
+    "BEiTConfig",
+    "BEiTPreTrainedModel",
+    "BEiTModel",
+    "BEiTForPreTraining",
+    "BEiTForImageClassification",
+]

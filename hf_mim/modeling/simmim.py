@@ -1,0 +1,144 @@
+"""SimMIM: Xie et al., "SimMIM: A Simple Framework for Masked Image Modeling" (2021), https://arxiv.org/abs/2111.09886.
+
+Masked patches' embeddings are replaced by a learnable mask token, the encoder sees every token, a one-layer head
+(1x1 convolution and pixel shuffle) predicts the raw pixels of the whole image, and the loss is the L1 error on the
+masked pixels only. Same computation, same parameter layout once converted, as transformers'
+`ViTForMaskedImageModeling`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbone import ViTEncoder, config_error
+from .base import MIMModel, MIMPreTrainedModel
+from .classification import MIMForImageClassification
+from .heads import PixelShuffleHead
+from .losses import masked_pixel_l1_loss
+from .masking import MaskedMIMConfig
+from .outputs import SimMIMForPreTrainingOutput
+
+
+class SimMIMConfig(MaskedMIMConfig):
+    r"""
+    Configuration of a SimMIM model: the encoder fields of [`MIMConfig`] (defaults: ViT-B/16 at 224 px), the
+    masking fields of [`MaskedMIMConfig`] with SimMIM's defaults, and the head's stride.
+
+    Args:
+        encoder_stride (`int`, *optional*):
+            Upsampling factor of the pixel-shuffle head, transformers' field name. It must equal `patch_size`, so
+            that the reconstruction has the input's size (a mismatch is the shape error of transformers #23832,
+            caught here at config time). Defaults to `patch_size`.
+        mask_strategy (`str`, *optional*, defaults to `"mask_patch"`):
+            SimMIM's random mask patches; any strategy of [`MaskedMIMConfig`] works.
+        mask_ratio (`float`, *optional*, defaults to 0.6):
+            SimMIM's ratio for ViTs.
+        mask_patch_size (`int`, *optional*, defaults to 32):
+            Side of SimMIM's mask squares in pixels (the paper's best, Table 1); a multiple of `patch_size` that
+            divides the image sides. Small images need a smaller value (the built-in digits recipe uses 8).
+
+    Example:
+
+    ```python
+    >>> from hf_mim import SimMIMConfig, SimMIMForPreTraining
+    >>> model = SimMIMForPreTraining(SimMIMConfig(image_size=192))  # ViT-B/16 at SimMIM's 192 px
+    ```
+    """
+
+    model_type = "hf_mim_simmim"
+
+    def __init__(
+        self,
+        encoder_stride: int | None = None,
+        mask_strategy: str = "mask_patch",
+        mask_ratio: float = 0.6,
+        mask_patch_size: int | None = 32,
+        **kwargs,
+    ):
+        super().__init__(mask_strategy=mask_strategy, mask_ratio=mask_ratio, mask_patch_size=mask_patch_size, **kwargs)
+        self.encoder_stride = self.patch_size if encoder_stride is None else encoder_stride
+        if self.encoder_stride != self.patch_size:
+            raise config_error(
+                "encoder_stride",
+                self.encoder_stride,
+                f"must equal patch_size={self.patch_size}, or the reconstruction would not have the input's size",
+            )
+
+
+class SimMIMPreTrainedModel(MIMPreTrainedModel):
+    config_class = SimMIMConfig
+
+
+class SimMIMModel(MIMModel):
+    """The SimMIM encoder without masking (what `AutoModel` returns); see [`MIMModel`]."""
+
+    config_class = SimMIMConfig
+
+
+class SimMIMForImageClassification(MIMForImageClassification):
+    """SimMIM encoder plus a linear head; see [`MIMForImageClassification`]."""
+
+    config_class = SimMIMConfig
+
+
+class SimMIMForPreTraining(SimMIMPreTrainedModel):
+    """SimMIM for pretraining: mask-token encoder, pixel-shuffle head, masked L1 loss."""
+
+    def __init__(self, config: SimMIMConfig):
+        super().__init__(config)
+        self.vit = ViTEncoder(config)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.decoder = PixelShuffleHead(config.hidden_size, config.encoder_stride, config.num_channels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SimMIMForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images; they are also the reconstruction target.
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+                True for masked patches, as in transformers' `ViTForMaskedImageModeling`. Drawn from the configured
+                `mask_strategy` when not given (so the loss is always defined, unlike transformers').
+            interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+                Accept other resolutions by resampling the position embeddings.
+            output_hidden_states (`bool`, *optional*):
+                Also return the encoder's hidden states.
+            return_dict (`bool`, *optional*):
+                Return a [`SimMIMForPreTrainingOutput`] rather than a tuple.
+        """
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
+        grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
+        if bool_masked_pos is None:
+            spec = self.config.masking_spec()
+            bool_masked_pos = spec.sample_batch(pixel_values.shape[0], grid, device=pixel_values.device)
+        hidden, hidden_states = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            bool_masked_pos=bool_masked_pos,
+            mask_token=self.mask_token,
+        )
+        reconstruction = self.decoder(hidden, grid)
+        loss = masked_pixel_l1_loss(reconstruction, pixel_values, bool_masked_pos, self.config.patch_size)
+        if not return_dict:
+            return tuple(v for v in (loss, reconstruction, bool_masked_pos, hidden_states) if v is not None)
+        return SimMIMForPreTrainingOutput(
+            loss=loss, reconstruction=reconstruction, bool_masked_pos=bool_masked_pos, hidden_states=hidden_states
+        )
+
+
+__all__ = [
+    "SimMIMConfig",
+    "SimMIMPreTrainedModel",
+    "SimMIMModel",
+    "SimMIMForPreTraining",
+    "SimMIMForImageClassification",
+]
