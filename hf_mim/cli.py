@@ -23,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser(
         "convert",
-        help="convert a transformers ViTMAE folder or a facebookresearch/mae .pth into an hf_mim checkpoint",
-        description="Convert a transformers ViTMAEForPreTraining folder, or an official facebookresearch/mae state "
-        "dict (.pth or .safetensors; encoder-only ones get a fresh decoder), into an hf_mim MAE checkpoint folder.",
+        help="convert a transformers ViTMAE / ViT folder or a facebookresearch/mae .pth into an hf_mim checkpoint",
+        description="Convert a transformers ViTMAEForPreTraining folder or an official facebookresearch/mae state "
+        "dict (.pth or .safetensors; encoder-only ones get a fresh decoder) into an hf_mim MAE checkpoint folder, "
+        "or a transformers ViTForMaskedImageModeling folder into an hf_mim SimMIM one.",
     )
     convert.add_argument("src", help="transformers checkpoint folder, or official .pth / .safetensors file")
     convert.add_argument("dst", help="output folder (safetensors, config.json, preprocessor_config.json)")
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--decoder-num-attention-heads", type=int, help="decoder heads (official files; default 16)")
     convert.add_argument("--norm-pix-loss", type=_bool, help="true/false: the target the checkpoint was trained with")
     convert.add_argument("--mask-ratio", type=float, help="mask ratio to record in the config")
+    convert.add_argument("--mask-patch-size", type=int, help="SimMIM: mask patch size in pixels to record")
 
     _add_pretrain_parser(sub)
 
@@ -138,7 +140,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "convert":
-        from .convert import ConversionError, convert_mae_checkpoint
+        from .convert import ConversionError, convert_checkpoint
 
         overrides = {
             field: value
@@ -147,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 ("decoder_num_attention_heads", args.decoder_num_attention_heads),
                 ("norm_pix_loss", args.norm_pix_loss),
                 ("mask_ratio", args.mask_ratio),
+                ("mask_patch_size", args.mask_patch_size),
             )
             if value is not None
         }
         try:
-            model = convert_mae_checkpoint(args.src, args.dst, **overrides)
+            model = convert_checkpoint(args.src, args.dst, **overrides)
         except (ConversionError, FileNotFoundError, ValueError) as err:
             print(f"hf-mim convert: error: {err}", file=sys.stderr)
             return 2

@@ -1,7 +1,9 @@
-"""Convert existing MAE checkpoints into hf_mim ones.
+"""Convert existing MAE and SimMIM checkpoints into hf_mim ones.
 
-Two sources:
+Three sources (`convert_checkpoint` tells them apart):
 
+- a transformers `ViTForMaskedImageModeling` folder (`model_type: vit`), which becomes `SimMIMForPreTraining`; a
+  plain `ViTModel` folder converts too, with a fresh mask token and head and a warning;
 - a transformers `ViTMAEForPreTraining` folder (config.json with `model_type: vit_mae`, such as a local copy of
   facebook/vit-mae-base). It is read through transformers itself, which knows every key layout it ever wrote;
 - a facebookresearch/mae state dict (`.pth`, read with `torch.load(weights_only=True)`, or `.safetensors`),
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .modeling.mae import MAEConfig, MAEForPreTraining
+from .modeling.simmim import SimMIMConfig, SimMIMForPreTraining
 
 # Heads of the standard ViT widths (Ti, S, B, L, H); MAE's decoders use 16 heads.
 _HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -30,6 +33,61 @@ _OFFICIAL_DECODER_HEADS = 16
 
 class ConversionError(ValueError):
     pass
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None, **config_overrides):
+    """Convert `src` into the matching hf_mim model (saved to `dst` when given): a transformers ViT folder gives
+    `SimMIMForPreTraining`, a ViTMAE folder or an official MAE file gives `MAEForPreTraining`."""
+    src = Path(src)
+    config_file = src / "config.json"
+    if src.is_dir() and config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "vit":
+        return convert_simmim_checkpoint(src, dst, **config_overrides)
+    return convert_mae_checkpoint(src, dst, **config_overrides)
+
+
+def convert_simmim_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike | None = None, **config_overrides
+) -> SimMIMForPreTraining:
+    """Convert a transformers `ViTForMaskedImageModeling` folder (or a `ViTModel` one, whose mask token and head
+    are then freshly initialised) into `SimMIMForPreTraining`; save it to `dst` when given. The mask strategy is not
+    part of transformers' config: pass `mask_ratio`, `mask_patch_size` etc. as overrides to record the right one."""
+    from transformers import ViTForMaskedImageModeling
+
+    src = Path(src)
+    config_file = src / "config.json"
+    if not config_file.is_file():
+        raise ConversionError(f"{src} has no config.json; expected a transformers ViT checkpoint folder")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "vit":
+        raise ConversionError(f"{src}/config.json has model_type={model_type!r}; SimMIM converts from 'vit' folders")
+    source, info = ViTForMaskedImageModeling.from_pretrained(src, output_loading_info=True)
+    fresh = sorted(info["missing_keys"])
+    cfg = source.config
+    fields = _transformers_encoder_fields(cfg)
+    # transformers' ViT learns its position table; the encoder stride must match the patch size in hf_mim
+    fields.update(position_embedding_type="learned", encoder_stride=cfg.encoder_stride)
+    fields.update(_preprocessor_fields(src))
+    fields.update(config_overrides)
+    if "mask_patch_size" not in config_overrides:
+        fields["mask_patch_size"] = _largest_mask_patch(fields)
+    config = SimMIMConfig(**fields)
+    state = _transformers_to_hf_mim(source.state_dict(), config)
+    if fresh:
+        warnings.warn(
+            f"{src} lacks {fresh}: a ViT without SimMIM's head; the mask token and head start freshly initialised",
+            stacklevel=2,
+        )
+    model = _load(SimMIMForPreTraining, config, state, fresh_prefixes=("mask_token", "decoder."))
+    if dst is not None:
+        model.save_pretrained(dst)
+    return model
+
+
+def _largest_mask_patch(fields: dict) -> int:
+    """SimMIM's 32 px mask patches where they tile the image, else the patch size (plain random patches)."""
+    image, patch = fields["image_size"], fields["patch_size"]
+    sides = image if isinstance(image, (list, tuple)) else (image, image)
+    return 32 if 32 % patch == 0 and all(side % 32 == 0 for side in sides) and 32 < min(sides) else patch
 
 
 def convert_mae_checkpoint(
@@ -69,6 +127,23 @@ def _from_transformers(src: Path, overrides: dict) -> MAEForPreTraining:
     source = ViTMAEForPreTraining.from_pretrained(src)
     cfg = source.config
     fields = dict(
+        **_transformers_encoder_fields(cfg),
+        decoder_hidden_size=cfg.decoder_hidden_size,
+        decoder_num_hidden_layers=cfg.decoder_num_hidden_layers,
+        decoder_num_attention_heads=cfg.decoder_num_attention_heads,
+        decoder_intermediate_size=cfg.decoder_intermediate_size,
+        mask_ratio=cfg.mask_ratio,
+        norm_pix_loss=cfg.norm_pix_loss,
+    )
+    fields.update(_preprocessor_fields(src))
+    fields.update(overrides)
+    config = MAEConfig(**fields)
+    state = _transformers_to_hf_mim(source.state_dict(), config)
+    return _load(MAEForPreTraining, config, state)
+
+
+def _transformers_encoder_fields(cfg) -> dict:
+    return dict(
         image_size=cfg.image_size,
         patch_size=cfg.patch_size if isinstance(cfg.patch_size, int) else int(cfg.patch_size[0]),
         num_channels=cfg.num_channels,
@@ -82,22 +157,16 @@ def _from_transformers(src: Path, overrides: dict) -> MAEForPreTraining:
         initializer_range=cfg.initializer_range,
         layer_norm_eps=cfg.layer_norm_eps,
         qkv_bias=cfg.qkv_bias,
-        decoder_hidden_size=cfg.decoder_hidden_size,
-        decoder_num_hidden_layers=cfg.decoder_num_hidden_layers,
-        decoder_num_attention_heads=cfg.decoder_num_attention_heads,
-        decoder_intermediate_size=cfg.decoder_intermediate_size,
-        mask_ratio=cfg.mask_ratio,
-        norm_pix_loss=cfg.norm_pix_loss,
     )
+
+
+def _preprocessor_fields(src: Path) -> dict:
     preprocessor = src / "preprocessor_config.json"
     if preprocessor.is_file():
         proc = json.loads(preprocessor.read_text())
         if "image_mean" in proc and "image_std" in proc:
-            fields.update(image_mean=proc["image_mean"], image_std=proc["image_std"])
-    fields.update(overrides)
-    config = MAEConfig(**fields)
-    state = _transformers_to_hf_mim(source.state_dict(), config)
-    return _load(config, state, encoder_only=False)
+            return dict(image_mean=proc["image_mean"], image_std=proc["image_std"])
+    return {}
 
 
 # transformers v5 in-memory names; v4 names are rewritten to these first.
@@ -126,6 +195,10 @@ _TRANSFORMERS_RENAMES = {
     "decoder.decoder_norm.bias": "decoder.norm.bias",
     "decoder.decoder_pred.weight": "decoder.pred.weight",
     "decoder.decoder_pred.bias": "decoder.pred.bias",
+    # ViTForMaskedImageModeling
+    "vit.embeddings.mask_token": "mask_token",
+    "decoder.0.weight": "decoder.proj.weight",
+    "decoder.0.bias": "decoder.proj.bias",
 }
 
 _TRANSFORMERS_BLOCK = {
@@ -137,7 +210,7 @@ _TRANSFORMERS_BLOCK = {
 }
 
 
-def _transformers_to_hf_mim(state: dict[str, torch.Tensor], config: MAEConfig) -> dict[str, torch.Tensor]:
+def _transformers_to_hf_mim(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     normalised = {}
     for key, value in state.items():
         for pattern, repl in _V4_TO_V5:
@@ -146,7 +219,7 @@ def _transformers_to_hf_mim(state: dict[str, torch.Tensor], config: MAEConfig) -
     out = {new: normalised.pop(old) for old, new in _TRANSFORMERS_RENAMES.items() if old in normalised}
     for src_prefix, dst_prefix, depth in (
         ("vit.layers", "vit.blocks", config.num_hidden_layers),
-        ("decoder.decoder_layers", "decoder.blocks", config.decoder_num_hidden_layers),
+        ("decoder.decoder_layers", "decoder.blocks", getattr(config, "decoder_num_hidden_layers", 0)),
     ):
         for i in range(depth):
             src, dst = f"{src_prefix}.{i}.", f"{dst_prefix}.{i}."
@@ -158,7 +231,7 @@ def _transformers_to_hf_mim(state: dict[str, torch.Tensor], config: MAEConfig) -
                     if f"{src}{old}.{kind}" in normalised:
                         out[f"{dst}{new}.{kind}"] = normalised.pop(f"{src}{old}.{kind}")
     if normalised:
-        raise ConversionError(f"unrecognised ViTMAE weights: {sorted(normalised)[:8]}")
+        raise ConversionError(f"unrecognised transformers weights: {sorted(normalised)[:8]}")
     return out
 
 
@@ -228,7 +301,7 @@ def _from_official(path: Path, overrides: dict) -> MAEForPreTraining:
             "fine for feature extraction and fine-tuning, but reconstructions need further pretraining",
             stacklevel=3,
         )
-    return _load(config, state, encoder_only=encoder_only)
+    return _load(MAEForPreTraining, config, state, fresh_prefixes=("decoder.",) if encoder_only else ())
 
 
 def _infer_official_config(state: dict[str, torch.Tensor]) -> dict:
@@ -270,8 +343,9 @@ def _count_blocks(state: dict, prefix: str) -> int:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _load(config: MAEConfig, state: dict[str, torch.Tensor], encoder_only: bool) -> MAEForPreTraining:
-    model = MAEForPreTraining(config)
+def _load(model_class, config, state: dict[str, torch.Tensor], fresh_prefixes: tuple[str, ...] = ()):
+    """`model_class(config)` with `state` loaded; only keys under `fresh_prefixes` may stay initialised."""
+    model = model_class(config)
     expected = model.state_dict()
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
@@ -281,10 +355,16 @@ def _load(config: MAEConfig, state: dict[str, torch.Tensor], encoder_only: bool)
     if mismatched:
         raise ConversionError("shape mismatch (pass the right config overrides): " + "; ".join(mismatched[:5]))
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not (encoder_only and k.startswith("decoder."))]
+    missing = [k for k in result.missing_keys if not k.startswith(fresh_prefixes)]
     if missing or result.unexpected_keys:
         raise ConversionError(f"conversion left missing={missing[:8]} unexpected={result.unexpected_keys[:8]}")
     return model
 
 
-__all__ = ["convert_mae_checkpoint", "load_official_state_dict", "ConversionError"]
+__all__ = [
+    "convert_checkpoint",
+    "convert_mae_checkpoint",
+    "convert_simmim_checkpoint",
+    "load_official_state_dict",
+    "ConversionError",
+]

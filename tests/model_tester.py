@@ -19,6 +19,41 @@ from transformers import (
 from hf_mim.modeling.backbone import to_2tuple
 
 
+class PixelsOnly(torch.utils.data.Dataset):
+    """Random images as a dataset of {"pixel_values"} (and "labels") dicts, what transformers' Trainer feeds."""
+
+    def __init__(self, n, labels=False, shape=(3, 32, 32)):
+        g = torch.Generator().manual_seed(0)
+        self.pixels = torch.randn(n, *shape, generator=g)
+        self.labels = torch.arange(n) % 3 if labels else None
+
+    def __len__(self):
+        return len(self.pixels)
+
+    def __getitem__(self, i):
+        item = {"pixel_values": self.pixels[i]}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+def trainer_args(tmp_path, **kw):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        **kw,
+    )
+
+
 class ModelTesterMixin:
     config_class = None
     encoder_class = None
@@ -240,6 +275,29 @@ class ModelTesterMixin:
             wrong_size = self.pixel_values(config, size=(config.grid_size[0] * p + p, config.grid_size[1] * p))
             with pytest.raises(ValueError, match="expects"):
                 model(pixel_values=wrong_size)
+
+    def test_trains_with_transformers_trainer_on_pixel_values_only(self, tmp_path):
+        from transformers import Trainer
+
+        config = self.get_config()
+        model = self.pretraining_class(config)
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        shape = (config.num_channels, *to_2tuple(config.image_size))
+        trainer = Trainer(model=model, args=trainer_args(tmp_path), train_dataset=PixelsOnly(16, shape=shape))
+        result = trainer.train()
+        assert result.global_step == 4 and torch.isfinite(torch.tensor(result.training_loss))
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        assert len(losses) == 4
+        params = dict(model.named_parameters())
+        changed = {n for n in before if not torch.equal(before[n], params[n].detach())}
+        assert changed == set(before), f"not updated: {sorted(set(before) - changed)}"
+        assert all(torch.equal(frozen[n], params[n].detach()) for n in frozen), "a frozen parameter moved"
+        trainer.save_model(tmp_path / "saved")
+        assert (tmp_path / "saved" / "model.safetensors").is_file()
+        reloaded = self.pretraining_class.from_pretrained(tmp_path / "saved")
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, reloaded.state_dict()[key]), key
 
     def test_image_feature_extraction_pipeline(self, tmp_path):
         import numpy as np

@@ -24,3 +24,32 @@ def test_normalize_patches_on_a_hand_computed_case():
     torch.testing.assert_close(normalize_patches(patch), expected, rtol=0, atol=1e-7)
     flat = torch.full((1, 1, 4), 7.0)  # a flat patch stays finite thanks to eps
     assert torch.equal(normalize_patches(flat), torch.zeros(1, 1, 4))
+
+
+def test_masked_pixel_l1_on_a_hand_computed_case():
+    from hf_mim.modeling.losses import masked_pixel_l1_loss
+
+    # one 1-channel 4x4 image of 2x2 patches; only patch 1 (top right) is masked
+    target = torch.zeros(1, 1, 4, 4)
+    pred = torch.zeros(1, 1, 4, 4)
+    pred[0, 0, 0:2, 2:4] = torch.tensor([[1.0, -2.0], [3.0, 0.0]])  # |error| sums to 6 under the mask
+    pred[0, 0, 2:4, 0:2] = 100.0  # visible: ignored
+    mask = torch.tensor([[False, True, False, False]])
+    expected = 6.0 / (4 + 1e-5) / 1
+    assert abs(masked_pixel_l1_loss(pred, target, mask, patch_size=2).item() - expected) < 1e-7
+    # channels divide the normaliser: the same error on each of 3 channels gives the same loss
+    loss3 = masked_pixel_l1_loss(pred.expand(1, 3, 4, 4), target.expand(1, 3, 4, 4), mask, patch_size=2)
+    assert abs(loss3.item() - expected) < 1e-6
+
+
+def test_masked_cross_entropy_on_a_hand_computed_case():
+    import math
+
+    from hf_mim.modeling.losses import masked_cross_entropy
+
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]]])
+    labels = torch.tensor([[1, 0, 1]])
+    mask = torch.tensor([[True, True, False]])
+    # position 0: -log(1/2); position 1: -log(3/4); position 2 is visible
+    expected = (math.log(2.0) - math.log(0.75)) / 2
+    assert abs(masked_cross_entropy(logits, labels, mask).item() - expected) < 1e-6

@@ -9,7 +9,7 @@ from transformers import AutoModel, ViTMAEConfig, ViTMAEForPreTraining
 from hf_mim import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, patchify
 from hf_mim.convert import ConversionError, convert_mae_checkpoint
 
-from .model_tester import ModelTesterMixin
+from .model_tester import ModelTesterMixin, PixelsOnly, trainer_args
 
 TINY = dict(
     image_size=32,
@@ -379,56 +379,6 @@ def test_cli_convert_and_help(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
-class PixelsOnly(torch.utils.data.Dataset):
-    def __init__(self, n, labels=False):
-        g = torch.Generator().manual_seed(0)
-        self.pixels = torch.randn(n, 3, 32, 32, generator=g)
-        self.labels = torch.arange(n) % 3 if labels else None
-
-    def __len__(self):
-        return len(self.pixels)
-
-    def __getitem__(self, i):
-        item = {"pixel_values": self.pixels[i]}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        return item
-
-
-def trainer_args(tmp_path, **kw):
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(tmp_path / "trainer"),
-        per_device_train_batch_size=4,
-        max_steps=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        dataloader_num_workers=0,
-        **kw,
-    )
-
-
-def test_trains_with_transformers_trainer_on_pixel_values_only(tmp_path):
-    from transformers import Trainer
-
-    model = MAEForPreTraining(tiny_config())
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = Trainer(model=model, args=trainer_args(tmp_path), train_dataset=PixelsOnly(16))
-    result = trainer.train()
-    assert result.global_step == 4 and torch.isfinite(torch.tensor(result.training_loss))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert len(losses) == 4
-    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
-    assert set(changed) == set(before), "every trainable parameter should have been updated"
-    trainer.save_model(tmp_path / "saved")
-    assert (tmp_path / "saved" / "model.safetensors").is_file()
-    assert MAEForPreTraining.from_pretrained(tmp_path / "saved") is not None
-
-
 def test_classification_fine_tunes_with_trainer_from_a_pretrained_checkpoint(tmp_path):
     from transformers import AutoModelForImageClassification, Trainer
 
@@ -468,3 +418,31 @@ def test_fresh_initialisation_follows_mae():
     proj = model.vit.patch_embed.proj.weight  # Xavier over the flattened patch, like a linear layer
     bound = (6 / (proj.shape[0] + proj[0].numel())) ** 0.5
     assert 0.99 * bound < proj.abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("strategy", ["block", "mask_patch", "central", "rectangles"])
+def test_mae_drops_patches_of_any_strategy(strategy):
+    config = tiny_config(mask_strategy=strategy, mask_ratio=0.5, mask_min_num_patches=2, mask_patch_size=16)
+    model = MAEForPreTraining(config).eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    expected = config.masking_spec().num_masked(config.grid_size)
+    with torch.no_grad():
+        out = model(pixel_values=pixels)
+    assert out.mask.sum(1).tolist() == [expected] * 3
+    # the same mask passed explicitly gives the same result, and the encoder saw only the visible patches
+    with torch.no_grad():
+        again = model(pixel_values=pixels, bool_masked_pos=out.mask.bool(), output_hidden_states=True)
+    torch.testing.assert_close(again.loss, out.loss)
+    assert again.hidden_states[0].shape[1] == 1 + 16 - expected
+    with pytest.raises(ValueError, match="noise only defines masks"):
+        model(pixel_values=pixels, noise=torch.rand(3, 16))
+
+
+def test_mae_bool_masked_pos_must_mask_the_same_count_per_image():
+    model = MAEForPreTraining(tiny_config())
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, :12], mask[1, :11] = True, True
+    with pytest.raises(ValueError, match="same count"):
+        model(pixel_values=torch.randn(2, 3, 32, 32), bool_masked_pos=mask)
+    with pytest.raises(ValueError, match="not both"):
+        model(pixel_values=torch.randn(2, 3, 32, 32), bool_masked_pos=mask, noise=torch.rand(2, 16))

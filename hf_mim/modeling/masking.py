@@ -174,7 +174,7 @@ def _fill_with_rectangles(grid_size, target: int, draw_shape, generator, exact: 
         added = 0
         for _ in range(_BLOCK_ATTEMPTS):
             height, width = draw_shape(remaining)
-            if not (1 <= height <= rows and 1 <= width <= cols):
+            if not (1 <= height < rows and 1 <= width < cols):  # strict, as BEiT
                 continue
             top, left = _randint(0, rows - height, generator), _randint(0, cols - width, generator)
             region = mask[top : top + height, left : left + width]
