@@ -54,7 +54,13 @@ def _add_pretrain_parser(sub) -> None:
         "trains a ViT-Ti on the built-in digits dataset in a few minutes on a CPU.",
     )
     add = p.add_argument
-    add("--method", default="mae", choices=sorted(TRAINING_METHODS), help="pretraining method (default: %(default)s)")
+    add(
+        "--method",
+        default="mae",
+        choices=sorted(TRAINING_METHODS),
+        help="mae, simmim, beit (give it --tokenizer), or visual-tokenizer (trains BEiT's tokenizer) "
+        "(default: %(default)s)",
+    )
     add(
         "--dataset",
         help="Hub dataset id, local image folder, folder written by save_to_disk, or 'digits' (built in, the default)",
@@ -75,7 +81,8 @@ def _add_pretrain_parser(sub) -> None:
         "--base-lr",
         type=float,
         help="learning rate per 256 images: lr = base_lr * effective batch / 256, as in "
-        "MAE (default: 1.5e-4; 1e-2 on the built-in dataset)",
+        "MAE (default: the method's paper recipe, 1.5e-4 for MAE, 1e-4 SimMIM, 1.875e-4 BEiT, 1e-3 visual-tokenizer; "
+        "1e-2 on the built-in dataset)",
     )
     add("--lr", type=float, help="absolute learning rate; overrides --base-lr")
     add("--weight-decay", type=float, default=0.05, help="AdamW weight decay on weight matrices (default: %(default)s)")
@@ -85,8 +92,15 @@ def _add_pretrain_parser(sub) -> None:
     add(
         "--model-size",
         choices=sorted(ENCODER_PRESETS),
-        help="ViT-Ti/S/B/L encoder with the paper's decoder "
-        "(default: base; tiny with a 2-block, 256-wide decoder on the built-in dataset)",
+        help="ViT-Ti/S/B/L encoder with the paper's heads "
+        "(default: base; tiny on the built-in dataset, MAE with a 2-block, 256-wide decoder); "
+        "not used by visual-tokenizer",
+    )
+    add(
+        "--tokenizer",
+        metavar="PATH_OR_REPO",
+        help="--method beit: a trained visual tokenizer (a folder written by --method visual-tokenizer, or a Hub id); "
+        "without it BEiT uses a random frozen tokenizer, for smoke tests only",
     )
     add("--config", help='JSON file of config field overrides, applied last (e.g. {"mask_ratio": 0.6})')
     add(

@@ -150,10 +150,10 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
                     "use this for smoke tests only, and train a tokenizer with `hf-mim pretrain --method "
                     "visual-tokenizer` for real runs."
                 )
-                config.tokenizer_config = config.default_tokenizer_config().to_dict()
+                config.tokenizer_config = config.default_tokenizer_config().to_fields()
         if source is not None:
             config.check_tokenizer(source.config)
-            config.tokenizer_config = source.config.to_dict()
+            config.tokenizer_config = source.config.to_fields()
         self.tokenizer = VisualTokenizer(VisualTokenizerConfig.from_dict(config.tokenizer_config))
         self.tokenizer.requires_grad_(False)
         self.post_init()

@@ -18,6 +18,7 @@ from rank 0, so every rank keeps the same codebook (buffers are not averaged by 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -172,6 +173,12 @@ class VisualTokenizerConfig(PretrainedConfig):
                 raise config_error(
                     field, getattr(self, field), f"one value per channel (num_channels={self.num_channels})"
                 )
+
+    def to_fields(self) -> dict:
+        """This config's own fields only (no generic `PretrainedConfig` entries such as `id2label`): the form BEiT
+        nests in its config, which survives a JSON round trip unchanged."""
+        own = inspect.signature(type(self).__init__).parameters
+        return {key: value for key, value in self.to_dict().items() if key in own}
 
     @property
     def grid_size(self) -> tuple[int, int]:

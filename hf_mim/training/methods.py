@@ -11,11 +11,16 @@ Adding a method to `hf-mim pretrain`: subclass `TrainingMethod` in the method's 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
+from transformers import PretrainedConfig
 
+from ..modeling.beit import BEiTConfig, BEiTForPreTraining
 from ..modeling.mae import MAEConfig, MAEForPreTraining
+from ..modeling.simmim import SimMIMConfig, SimMIMForPreTraining
+from ..modeling.tokenizer import VisualTokenizer, VisualTokenizerConfig
 
 # ViT-Ti/S/B/L encoders (hidden, depth, heads, MLP width), as in DeiT / ViT.
 ENCODER_PRESETS = {
@@ -26,15 +31,42 @@ ENCODER_PRESETS = {
 }
 
 
+def config_fields(config_class) -> set[str]:
+    """Every keyword `config_class` understands: its own and its bases' `__init__` arguments, and the generic
+    `PretrainedConfig` attributes."""
+    fields = set(PretrainedConfig().to_dict())
+    for cls in config_class.__mro__:
+        if cls is PretrainedConfig or not issubclass(cls, PretrainedConfig):
+            break
+        params = inspect.signature(cls.__init__).parameters.values()
+        fields |= {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"}
+    return fields
+
+
 class TrainingMethod:
     name: str = ""
     config_class = None
     model_class = None
     #: config fields the method's paper uses whatever the encoder size (MAE: its 8-block, 512-wide decoder)
     paper_defaults: dict = {}
+    #: config fields for the built-in 32 px digits recipe, applied to the tiny encoder
+    builtin_defaults: dict = {}
+    #: learning rate per 256 images in the paper's recipe, and AdamW's betas
+    base_lr: float = 1.5e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    #: scale range of the random resized crop
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    #: whether the model is a ViT built from --model-size (ENCODER_PRESETS)
+    uses_encoder_presets: bool = True
 
-    def build_config(self, **fields):
-        return self.config_class(**{**self.paper_defaults, **fields})
+    def build_config(self, encoder_fields: dict, overrides: dict):
+        unknown = sorted(set(overrides) - config_fields(self.config_class))
+        if unknown:
+            raise ValueError(
+                f"--config sets {unknown}, which {self.config_class.__name__} does not have; "
+                f"known fields: {sorted(config_fields(self.config_class) - set(PretrainedConfig().to_dict()))}"
+            )
+        return self.config_class(**{**self.paper_defaults, **encoder_fields, **overrides})
 
     def build_model(self, config):
         return self.model_class(config)
@@ -43,7 +75,8 @@ class TrainingMethod:
         """Per-sample random inputs drawn in the data pipeline from the sample's own generator (masks, noise)."""
         return None
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
+    def loss(self, model, batch: dict) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The micro-step's loss, optionally with scalar metrics to log beside it (averaged like the loss)."""
         raise NotImplementedError
 
     def after_optimizer_step(self, accelerator, model, step: int) -> None:
@@ -54,7 +87,19 @@ class TrainingMethod:
         return []
 
 
-class MAEMethod(TrainingMethod):
+class MaskedMethod(TrainingMethod):
+    """A method whose model takes `bool_masked_pos`: each sample's mask is drawn in the data pipeline from the
+    config's strategy and the sample's generator, so a seed reproduces every mask of a run."""
+
+    def sample_extras(self, config):
+        spec, grid = config.masking_spec(), config.grid_size
+        return lambda generator: {"bool_masked_pos": spec.sample(grid, generator)}
+
+    def loss(self, model, batch):
+        return model(pixel_values=batch["pixel_values"], bool_masked_pos=batch["bool_masked_pos"]).loss
+
+
+class MAEMethod(MaskedMethod):
     name = "mae"
     config_class = MAEConfig
     model_class = MAEForPreTraining
@@ -66,8 +111,16 @@ class MAEMethod(TrainingMethod):
         mask_ratio=0.75,
         norm_pix_loss=True,
     )
+    builtin_defaults = dict(
+        decoder_hidden_size=256,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=8,
+        decoder_intermediate_size=1024,
+    )
 
     def sample_extras(self, config):
+        if config.mask_strategy != "random":
+            return super().sample_extras(config)
         num_patches = config.num_patches
 
         def extras(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -77,9 +130,87 @@ class MAEMethod(TrainingMethod):
         return extras
 
     def loss(self, model, batch):
-        return model(pixel_values=batch["pixel_values"], noise=batch["noise"]).loss
+        masks = {key: batch[key] for key in ("noise", "bool_masked_pos") if key in batch}
+        return model(pixel_values=batch["pixel_values"], **masks).loss
 
 
-TRAINING_METHODS: dict[str, type[TrainingMethod]] = {"mae": MAEMethod}
+class SimMIMMethod(MaskedMethod):
+    name = "simmim"
+    config_class = SimMIMConfig
+    model_class = SimMIMForPreTraining
+    paper_defaults = dict(mask_strategy="mask_patch", mask_ratio=0.6, mask_patch_size=32)
+    # 32 px mask squares would be the whole 32 px digit; 8 px squares keep SimMIM's 2x2-patch squares of ViT-B/16
+    builtin_defaults = dict(mask_patch_size=8)
+    # SimMIM's ViT-B recipe: lr 8e-4 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.67-1
+    base_lr = 1e-4
+    betas = (0.9, 0.999)
+    crop_scale = (0.67, 1.0)
 
-__all__ = ["ENCODER_PRESETS", "TRAINING_METHODS", "TrainingMethod", "MAEMethod"]
+
+class BEiTMethod(MaskedMethod):
+    name = "beit"
+    config_class = BEiTConfig
+    model_class = BEiTForPreTraining
+    paper_defaults = dict(mask_strategy="block", mask_ratio=0.4, mask_min_num_patches=16, layer_scale_init_value=0.1)
+    # an 8x8 grid: BEiT's 16-patch minimum block would be a quarter of the image
+    builtin_defaults = dict(mask_min_num_patches=4)
+    # BEiT's ViT-B recipe: lr 1.5e-3 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.08-1
+    base_lr = 1.875e-4
+    betas = (0.9, 0.999)
+    crop_scale = (0.08, 1.0)
+
+    def build_config(self, encoder_fields, overrides):
+        path = overrides.get("tokenizer_name_or_path")
+        if path and "vocab_size" not in overrides:
+            # the head predicts the tokenizer's vocabulary
+            overrides = {**overrides, "vocab_size": VisualTokenizerConfig.from_pretrained(path).vocab_size}
+        return super().build_config(encoder_fields, overrides)
+
+    def loss(self, model, batch):
+        out = model(pixel_values=batch["pixel_values"], bool_masked_pos=batch["bool_masked_pos"])
+        return out.loss, {"accuracy": out.accuracy}
+
+
+class VisualTokenizerMethod(TrainingMethod):
+    name = "visual-tokenizer"
+    config_class = VisualTokenizerConfig
+    model_class = VisualTokenizer
+    builtin_defaults = dict(vocab_size=512, hidden_channels=32)
+    base_lr = 1e-3
+    betas = (0.9, 0.99)
+    # the tokenizer should see images as BEiT will feed them: BEiT's crop range
+    crop_scale = (0.08, 1.0)
+    uses_encoder_presets = False
+
+    def build_config(self, encoder_fields, overrides):
+        # a convolutional model: of the encoder fields only the image geometry applies
+        geometry = {k: encoder_fields[k] for k in ("image_size", "patch_size", "num_channels") if k in encoder_fields}
+        return super().build_config(geometry, overrides)
+
+    def loss(self, model, batch):
+        out = model(pixel_values=batch["pixel_values"])
+        return out.loss, {
+            "reconstruction_loss": out.reconstruction_loss,
+            "perplexity": out.perplexity,
+            "codebook_usage": out.codebook_usage,
+        }
+
+    def after_optimizer_step(self, accelerator, model, step):
+        accelerator.unwrap_model(model).set_training_step(step)
+
+
+TRAINING_METHODS: dict[str, type[TrainingMethod]] = {
+    method.name: method for method in (MAEMethod, SimMIMMethod, BEiTMethod, VisualTokenizerMethod)
+}
+
+__all__ = [
+    "ENCODER_PRESETS",
+    "TRAINING_METHODS",
+    "TrainingMethod",
+    "MaskedMethod",
+    "MAEMethod",
+    "SimMIMMethod",
+    "BEiTMethod",
+    "VisualTokenizerMethod",
+    "config_fields",
+]

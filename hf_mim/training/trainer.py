@@ -65,6 +65,7 @@ class PretrainArguments:
     image_size: int | None = None
     patch_size: int | None = None
     model_size: str | None = None
+    tokenizer: str | None = None
     config: str | None = None
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -81,33 +82,26 @@ class PretrainArguments:
     config_overrides: dict = field(default_factory=dict)
 
 
-# The built-in dataset is 8x8 digits: a small model at 32 px trains on it in minutes on two CPU cores.
-BUILTIN_DEFAULTS = dict(
-    image_size=32,
-    patch_size=4,
-    model_size="tiny",
-    epochs=8,
-    base_lr=1e-2,
-    decoder=dict(
-        decoder_hidden_size=256,
-        decoder_num_hidden_layers=2,
-        decoder_num_attention_heads=8,
-        decoder_intermediate_size=1024,
-    ),
-)
-DEFAULTS = dict(image_size=224, patch_size=16, model_size="base", epochs=1, base_lr=1.5e-4)
+# The built-in dataset is 8x8 digits: a small model at 32 px trains on it in minutes on two CPU cores. Each method
+# adds its own built-in config fields (`TrainingMethod.builtin_defaults`: MAE's smaller decoder, SimMIM's 8 px mask
+# squares, ...); away from the built-in data, base_lr defaults to the method's paper recipe.
+BUILTIN_DEFAULTS = dict(image_size=32, patch_size=4, model_size="tiny", epochs=8, base_lr=1e-2)
+DEFAULTS = dict(image_size=224, patch_size=16, model_size="base", epochs=1, base_lr=None)
 
 
 def resolve_defaults(args: PretrainArguments) -> PretrainArguments:
     builtin = args.dataset in (None, BUILTIN_DATASET)
     defaults = BUILTIN_DEFAULTS if builtin else DEFAULTS
+    method = TRAINING_METHODS.get(args.method)
     for name in ("image_size", "patch_size", "model_size", "base_lr"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
+    if args.base_lr is None and method is not None:
+        args.base_lr = method.base_lr
     if args.max_steps is None and args.epochs is None:
         args.epochs = defaults["epochs"]
-    if builtin and args.model_size == BUILTIN_DEFAULTS["model_size"]:
-        args.config_overrides = {**BUILTIN_DEFAULTS["decoder"], **args.config_overrides}
+    if method is not None and builtin and (args.model_size == "tiny" or not method.uses_encoder_presets):
+        args.config_overrides = {**method.builtin_defaults, **args.config_overrides}
     return args
 
 
@@ -119,6 +113,8 @@ def validate(args: PretrainArguments) -> None:
         bad("method", args.method, f"one of {sorted(TRAINING_METHODS)}")
     if args.model_size not in ENCODER_PRESETS:
         bad("model_size", args.model_size, f"one of {sorted(ENCODER_PRESETS)}")
+    if args.tokenizer is not None and args.method != "beit":
+        bad("tokenizer", args.tokenizer, "only used with --method beit")
     for name in ("batch_size", "grad_accum", "logging_steps", "max_non_finite_steps"):
         if getattr(args, name) < 1:
             bad(name, getattr(args, name), "a positive int")
@@ -150,8 +146,10 @@ def build_config(args: PretrainArguments, method):
             overrides.update(json.loads(Path(args.config).read_text()))
         except (OSError, ValueError) as err:
             raise ValueError(f"--config {args.config}: not a readable JSON object ({err})") from None
+    if args.tokenizer is not None:
+        overrides["tokenizer_name_or_path"] = args.tokenizer
     fields = {**ENCODER_PRESETS[args.model_size], "image_size": args.image_size, "patch_size": args.patch_size}
-    return method.build_config(**{**fields, **overrides})
+    return method.build_config(fields, overrides)
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
@@ -204,7 +202,9 @@ def pretrain(args: PretrainArguments) -> dict:
     image_column = find_image_column(raw, args.image_column)
     check_size(raw, accelerator.num_processes, description)
     config = build_config(args, method)
-    augment = MAETransform(config.image_size, config.image_mean, config.image_std, config.num_channels)
+    augment = MAETransform(
+        config.image_size, config.image_mean, config.image_std, config.num_channels, scale=method.crop_scale
+    )
     transform = PretrainingTransform(image_column, augment, args.seed, method.sample_extras(config))
     dataset = prepare_dataset(raw, image_column, transform)
     height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
@@ -225,7 +225,7 @@ def pretrain(args: PretrainArguments) -> dict:
     world = accelerator.num_processes
     effective_batch = args.batch_size * args.grad_accum * world
     lr = args.lr if args.lr is not None else args.base_lr * effective_batch / 256
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=lr, betas=method.betas)
     if args.compile:
         # In place: torch.compile(model) would return a wrapper whose state-dict keys carry "_orig_mod.", and the
         # saved model would then load as freshly initialised weights.
@@ -239,7 +239,14 @@ def pretrain(args: PretrainArguments) -> dict:
     accelerator.register_for_checkpointing(scheduler, *method.checkpoint_objects())
 
     # ---- resume -------------------------------------------------------------------------------------------
-    state = {"epoch": 0, "batches_in_epoch": 0, "loss_history": [], "non_finite_steps": [], "skipped": {}}
+    state = {
+        "epoch": 0,
+        "batches_in_epoch": 0,
+        "loss_history": [],
+        "metrics_history": [],
+        "non_finite_steps": [],
+        "skipped": {},
+    }
     global_step = 0
     resume_path = resolve_resume(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
     if args.resume_from_checkpoint and resume_path is None:
@@ -293,6 +300,8 @@ def pretrain(args: PretrainArguments) -> dict:
     zero = torch.zeros((), device=accelerator.device)
     step_loss, micro_steps = zero, 0  # the optimizer step being accumulated
     log_loss, log_steps = zero, 0  # good steps since the last log line
+    step_metrics: dict[str, torch.Tensor] = {}  # the method's metrics, accumulated like the loss
+    log_metrics: dict[str, torch.Tensor] = {}
     images_seen, start = 0, time.perf_counter()
     consecutive_bad = 0
     done = global_step >= max_steps
@@ -313,7 +322,10 @@ def pretrain(args: PretrainArguments) -> dict:
                 )
             weight = batch.pop("loss_weight")
             with accelerator.accumulate(model):
-                loss = method.loss(model, batch) * weight
+                loss, metrics = _split_loss(method.loss(model, batch))
+                loss = loss * weight
+                for name, value in metrics.items():
+                    step_metrics[name] = step_metrics.get(name, zero) + value.detach().float()
                 # Backward whatever the loss: whether it was finite is decided once per optimizer step, alike on
                 # every rank, so micro-steps carry no host sync and no collective of their own.
                 accelerator.backward(loss)
@@ -335,8 +347,10 @@ def pretrain(args: PretrainArguments) -> dict:
                         optimizer.step()
                         method.after_optimizer_step(accelerator, model, global_step + 1)
                         log_loss, log_steps = log_loss + step_loss, log_steps + 1
+                        for name, value in step_metrics.items():
+                            log_metrics[name] = log_metrics.get(name, zero) + value / micro_steps
                     optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients go too
-                    step_loss, micro_steps = zero, 0
+                    step_loss, micro_steps, step_metrics = zero, 0, {}
             images_seen += batch["pixel_values"].shape[0] * world
             if not accelerator.sync_gradients:
                 continue
@@ -345,13 +359,20 @@ def pretrain(args: PretrainArguments) -> dict:
             progress.update(1)
             # log_steps is the same on every rank (the skip decision is shared), so all enter the reduce or none
             if (global_step % args.logging_steps == 0 or global_step == max_steps) and log_steps:
-                mean_loss = accelerator.reduce(log_loss / log_steps, "mean").item()
+                names = sorted(log_metrics)
+                means = accelerator.reduce(
+                    torch.stack([log_loss] + [log_metrics[n] for n in names]) / log_steps, "mean"
+                )
+                mean_loss, *metric_values = means.tolist()
                 elapsed = time.perf_counter() - start
                 logs = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "images_per_second": images_seen / elapsed}
+                logs.update(zip(names, metric_values, strict=True))
                 state["loss_history"].append([global_step, mean_loss])
+                if names:
+                    state["metrics_history"].append([global_step, dict(zip(names, metric_values, strict=True))])
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
                 accelerator.log(logs, step=global_step)
-                log_loss, log_steps = zero, 0
+                log_loss, log_steps, log_metrics = zero, 0, {}
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 state.update(epoch=epoch, batches_in_epoch=batches_in_epoch, skipped=skips.skipped, layout=layout)
                 save_checkpoint(accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit)
@@ -375,7 +396,9 @@ def pretrain(args: PretrainArguments) -> dict:
         wall_time_seconds=round(wall, 2),
         images_per_second=round(images_seen / wall, 2) if wall > 0 else None,
         final_loss=state["loss_history"][-1][1] if state["loss_history"] else None,
+        final_metrics=state["metrics_history"][-1][1] if state["metrics_history"] else {},
         loss_history=state["loss_history"],
+        metrics_history=state["metrics_history"],
         non_finite_steps=state["non_finite_steps"],
         skipped_images=all_skipped,
         ranks_in_sync=in_sync,
@@ -401,12 +424,19 @@ def pretrain(args: PretrainArguments) -> dict:
     return summary
 
 
+def _split_loss(output) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return output if isinstance(output, tuple) else (output, {})
+
+
 def _ranks_in_sync(accelerator, model) -> bool:
-    """Every process holds the same parameters (a float64 checksum per process, compared)."""
+    """Every process holds the same parameters and floating-point buffers (EMA codebooks, position tables): a
+    float64 checksum per process, compared."""
     if accelerator.num_processes == 1 or accelerator.distributed_type.name not in ("MULTI_CPU", "MULTI_GPU"):
         return True
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for param in accelerator.unwrap_model(model).parameters():
+    unwrapped = accelerator.unwrap_model(model)
+    tensors = list(unwrapped.parameters()) + [b for b in unwrapped.buffers() if b.is_floating_point()]
+    for param in tensors:
         p = param.detach().double()
         total += torch.stack([p.sum(), (p * p).sum()])
     sums = accelerator.gather(total[None]).cpu()
