@@ -173,7 +173,8 @@ def test_images_are_renormalised_for_a_tokenizer_with_other_statistics():
     tokenizer = tiny_tokenizer(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     model = BEiTForPreTraining(tiny_config(tokenizer_config=None), tokenizer=tokenizer)
     raw = torch.rand(2, 3, 32, 32)
-    mean, std = torch.tensor(model.config.image_mean).view(1, 3, 1, 1), torch.tensor(model.config.image_std).view(
-        1, 3, 1, 1
+    mean, std = (
+        torch.tensor(model.config.image_mean).view(1, 3, 1, 1),
+        torch.tensor(model.config.image_std).view(1, 3, 1, 1),
     )
     torch.testing.assert_close(model.tokenizer_inputs((raw - mean) / std), (raw - 0.5) / 0.5)
