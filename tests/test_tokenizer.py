@@ -217,3 +217,29 @@ def test_codebook_update_across_two_processes_equals_one_process_on_the_whole_ba
     for key in ("cluster_size", "embed_sum", "embedding"):
         dead = single.cluster_size < 0.3
         torch.testing.assert_close(rank0[key][~dead], single.state_dict()[key][~dead], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_keeps_the_quantizer_in_float32():
+    model = VisualTokenizer(tiny(vocab_size=64)).train()
+    pixels = torch.randn(8, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(pixel_values=pixels)
+    assert torch.isfinite(out.loss) and model.quantizer.embedding.dtype == torch.float32
+    model.eval()
+    with torch.no_grad():
+        z = model.encoder(pixels).float()
+        expected = model.quantizer.nearest(z.permute(0, 2, 3, 1).reshape(-1, 8))  # fp32, no autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ids = model.quantizer(z)[1]
+    assert torch.equal(ids.flatten(), expected)
+
+
+def test_trains_with_transformers_trainer(tmp_path):
+    from transformers import Trainer
+
+    from .model_tester import PixelsOnly, trainer_args
+
+    model = VisualTokenizer(tiny())
+    trainer = Trainer(model=model, args=trainer_args(tmp_path), train_dataset=PixelsOnly(16, shape=(3, 16, 16)))
+    result = trainer.train()
+    assert result.global_step == 4 and bool(model.quantizer.initialized)

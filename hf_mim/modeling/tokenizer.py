@@ -278,6 +278,11 @@ class EMAVectorQuantizer(nn.Module):
             self._restart(self.cluster_size < self.dead_code_threshold, flat, 2 * self.dead_code_threshold)
 
     def forward(self, z: torch.Tensor):
+        # fp32 throughout, also under autocast: bf16 distances would pick wrong codes and bias the averages
+        with torch.autocast(z.device.type, enabled=False):
+            return self._forward(z)
+
+    def _forward(self, z: torch.Tensor):
         batch, dim, height, width = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, dim).float()
         if self.training and not bool(self.initialized):
@@ -313,7 +318,10 @@ class GumbelQuantizer(nn.Module):
         return self.embedding(ids).permute(0, 3, 1, 2)
 
     def forward(self, logits: torch.Tensor):
-        logits = logits.float()
+        with torch.autocast(logits.device.type, enabled=False):
+            return self._forward(logits.float())
+
+    def _forward(self, logits: torch.Tensor):
         ids = logits.argmax(dim=1)
         if self.training:
             soft = F.gumbel_softmax(logits, tau=self.temperature, hard=False, dim=1)
