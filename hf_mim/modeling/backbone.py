@@ -36,7 +36,56 @@ def config_error(field: str, value, allowed: str) -> ValueError:
     return ValueError(f"{field}={value!r} is invalid: {allowed}")
 
 
-class MIMConfig(PretrainedConfig):
+class ImageFieldsMixin:
+    """`image_size`, `patch_size`, `num_channels`, `image_mean` and `image_std` handling shared by the configs of
+    models that cut images into patches (the ViT configs and the visual tokenizer's)."""
+
+    def _set_normalization(self, image_mean: Sequence[float] | None, image_std: Sequence[float] | None) -> None:
+        if image_mean is None:
+            image_mean = IMAGENET_MEAN if self.num_channels == 3 else (0.5,) * self.num_channels
+        if image_std is None:
+            image_std = IMAGENET_STD if self.num_channels == 3 else (0.5,) * self.num_channels
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+
+    def _validate_image_fields(self) -> None:
+        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+            raise config_error("patch_size", self.patch_size, "a positive int")
+        try:
+            height, width = to_2tuple(self.image_size)
+        except (TypeError, ValueError):
+            raise config_error("image_size", self.image_size, "an int or a pair (height, width)") from None
+        if height < 1 or width < 1 or height % self.patch_size or width % self.patch_size:
+            raise config_error(
+                "image_size", self.image_size, f"both sides must be positive multiples of patch_size={self.patch_size}"
+            )
+        self._require_positive_ints("num_channels")
+        for field in ("image_mean", "image_std"):
+            value = getattr(self, field)
+            if len(value) != self.num_channels:
+                raise config_error(field, value, f"one value per channel (num_channels={self.num_channels})")
+        if any(s <= 0 for s in self.image_std):
+            raise config_error("image_std", self.image_std, "positive values")
+
+    def _require_positive_ints(self, *fields: str) -> None:
+        for field in fields:
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise config_error(field, value, "a positive int")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches per column and per row at the configured `image_size`."""
+        height, width = to_2tuple(self.image_size)
+        return height // self.patch_size, width // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        rows, cols = self.grid_size
+        return rows * cols
+
+
+class MIMConfig(ImageFieldsMixin, PretrainedConfig):
     r"""
     Fields shared by every hf_mim method: they describe the ViT encoder. Method configs (for example
     [`MAEConfig`]) subclass this one and add their own fields. Names follow transformers' `ViTMAEConfig`.
@@ -129,29 +178,13 @@ class MIMConfig(PretrainedConfig):
         self.layer_scale_init_value = layer_scale_init_value
         self.position_embedding_type = position_embedding_type
         self.pooling = pooling
-        if image_mean is None:
-            image_mean = IMAGENET_MEAN if num_channels == 3 else (0.5,) * num_channels
-        if image_std is None:
-            image_std = IMAGENET_STD if num_channels == 3 else (0.5,) * num_channels
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
+        self._set_normalization(image_mean, image_std)
         self._validate_encoder()
         super().__init__(**kwargs)
 
     def _validate_encoder(self) -> None:
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise config_error("patch_size", self.patch_size, "a positive int")
-        try:
-            height, width = to_2tuple(self.image_size)
-        except (TypeError, ValueError):
-            raise config_error("image_size", self.image_size, "an int or a pair (height, width)") from None
-        if height < 1 or width < 1 or height % self.patch_size or width % self.patch_size:
-            raise config_error(
-                "image_size", self.image_size, f"both sides must be positive multiples of patch_size={self.patch_size}"
-            )
-        self._require_positive_ints(
-            "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"
-        )
+        self._validate_image_fields()
+        self._require_positive_ints("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         if self.hidden_size % self.num_attention_heads:
             raise config_error(
                 "hidden_size",
@@ -176,29 +209,6 @@ class MIMConfig(PretrainedConfig):
             raise config_error("layer_scale_init_value", self.layer_scale_init_value, "0 (off) or a positive float")
         if not self.layer_norm_eps > 0:
             raise config_error("layer_norm_eps", self.layer_norm_eps, "a positive float")
-        for field in ("image_mean", "image_std"):
-            value = getattr(self, field)
-            if len(value) != self.num_channels:
-                raise config_error(field, value, f"one value per channel (num_channels={self.num_channels})")
-        if any(s <= 0 for s in self.image_std):
-            raise config_error("image_std", self.image_std, "positive values")
-
-    def _require_positive_ints(self, *fields: str) -> None:
-        for field in fields:
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise config_error(field, value, "a positive int")
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """Patches per column and per row at the configured `image_size`."""
-        height, width = to_2tuple(self.image_size)
-        return height // self.patch_size, width // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        rows, cols = self.grid_size
-        return rows * cols
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -69,6 +69,29 @@ class MIMPreTrainedModel(PreTrainedModel):
             build_image_processor(self.config).save_pretrained(save_directory)
         return result
 
+    def encode_with_mask_tokens(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+    ):
+        """SimMIM / BEiT style encoding: every patch is seen, masked ones as `self.mask_token`. Without
+        `bool_masked_pos`, masks are drawn from the config's strategy. Returns (last_hidden_state (B, 1 + L, D),
+        hidden states or None, bool_masked_pos (B, L), grid (rows, cols))."""
+        grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
+        if bool_masked_pos is None:
+            spec = self.config.masking_spec()
+            bool_masked_pos = spec.sample_batch(pixel_values.shape[0], grid, device=pixel_values.device)
+        hidden, hidden_states = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            bool_masked_pos=bool_masked_pos,
+            mask_token=self.mask_token,
+        )
+        return hidden, hidden_states, bool_masked_pos, grid
+
     def no_weight_decay(self) -> set[str]:
         """Names of parameters that should not be weight-decayed (timm convention): tokens, position tables,
         and every bias and norm weight (all tensors of fewer than two dimensions)."""

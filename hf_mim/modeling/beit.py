@@ -230,24 +230,16 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
                 Return a [`BEiTForPreTrainingOutput`] rather than a tuple.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
+        hidden, hidden_states, bool_masked_pos, grid = self.encode_with_mask_tokens(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states
+        )
         shape = (pixel_values.shape[0], grid[0] * grid[1])
-        if bool_masked_pos is None:
-            spec = self.config.masking_spec()
-            bool_masked_pos = spec.sample_batch(shape[0], grid, device=pixel_values.device)
         if labels is None:
             labels = self.visual_tokens(pixel_values)
             if tuple(labels.shape) != shape:
                 raise ValueError(f"the tokenizer gives {tuple(labels.shape)} tokens but the patch grid is {shape}")
         else:
             self._check_labels(labels, shape)
-        hidden, hidden_states = self.vit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            bool_masked_pos=bool_masked_pos,
-            mask_token=self.mask_token,
-        )
         logits = self.lm_head(hidden[:, 1:])
         loss = masked_cross_entropy(logits, labels, bool_masked_pos)
         mask = bool_masked_pos.bool()

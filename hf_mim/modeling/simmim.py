@@ -115,16 +115,8 @@ class SimMIMForPreTraining(SimMIMPreTrainedModel):
                 Return a [`SimMIMForPreTrainingOutput`] rather than a tuple.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
-        if bool_masked_pos is None:
-            spec = self.config.masking_spec()
-            bool_masked_pos = spec.sample_batch(pixel_values.shape[0], grid, device=pixel_values.device)
-        hidden, hidden_states = self.vit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            bool_masked_pos=bool_masked_pos,
-            mask_token=self.mask_token,
+        hidden, hidden_states, bool_masked_pos, grid = self.encode_with_mask_tokens(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states
         )
         reconstruction = self.decoder(hidden, grid)
         loss = masked_pixel_l1_loss(reconstruction, pixel_values, bool_masked_pos, self.config.patch_size)

@@ -28,14 +28,14 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers import initialization as init
 
-from .backbone import IMAGENET_MEAN, IMAGENET_STD, config_error, to_2tuple
+from .backbone import ImageFieldsMixin, config_error
 from .base import MIMPreTrainedModel
 from .outputs import VisualTokenizerOutput
 
 QUANTIZERS = ("vq_ema", "gumbel")
 
 
-class VisualTokenizerConfig(PretrainedConfig):
+class VisualTokenizerConfig(ImageFieldsMixin, PretrainedConfig):
     r"""
     Configuration of a [`VisualTokenizer`]. Defaults give a tokenizer for ViT-B/16 at 224 px with BEiT's 8192-token
     vocabulary.
@@ -128,34 +128,19 @@ class VisualTokenizerConfig(PretrainedConfig):
         self.gumbel_anneal_steps = gumbel_anneal_steps
         self.kl_weight = kl_weight
         self.initializer_range = initializer_range
-        if image_mean is None:
-            image_mean = IMAGENET_MEAN if num_channels == 3 else (0.5,) * num_channels
-        if image_std is None:
-            image_std = IMAGENET_STD if num_channels == 3 else (0.5,) * num_channels
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
+        self._set_normalization(image_mean, image_std)
         super().__init__(**kwargs)
         self._validate()
 
     def _validate(self) -> None:
-        for field in ("patch_size", "num_channels", "vocab_size", "embedding_dim", "hidden_channels"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise config_error(field, value, "a positive int")
+        self._validate_image_fields()
+        self._require_positive_ints("vocab_size", "embedding_dim", "hidden_channels")
         if self.vocab_size < 2:
             raise config_error("vocab_size", self.vocab_size, "at least 2 codes")
         if self.patch_size & (self.patch_size - 1):
             raise config_error("patch_size", self.patch_size, "a power of two (one stride-2 stage per factor 2)")
         if not isinstance(self.num_res_blocks, int) or self.num_res_blocks < 0:
             raise config_error("num_res_blocks", self.num_res_blocks, "a non-negative int")
-        try:
-            height, width = to_2tuple(self.image_size)
-        except (TypeError, ValueError):
-            raise config_error("image_size", self.image_size, "an int or a pair (height, width)") from None
-        if height < 1 or width < 1 or height % self.patch_size or width % self.patch_size:
-            raise config_error(
-                "image_size", self.image_size, f"both sides must be positive multiples of patch_size={self.patch_size}"
-            )
         if self.quantizer not in QUANTIZERS:
             raise config_error("quantizer", self.quantizer, f"one of {QUANTIZERS}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -168,27 +153,12 @@ class VisualTokenizerConfig(PretrainedConfig):
                 raise config_error(field, getattr(self, field), "a positive float")
         if not isinstance(self.gumbel_anneal_steps, int) or self.gumbel_anneal_steps < 0:
             raise config_error("gumbel_anneal_steps", self.gumbel_anneal_steps, "a non-negative int")
-        for field in ("image_mean", "image_std"):
-            if len(getattr(self, field)) != self.num_channels:
-                raise config_error(
-                    field, getattr(self, field), f"one value per channel (num_channels={self.num_channels})"
-                )
 
     def to_fields(self) -> dict:
         """This config's own fields only (no generic `PretrainedConfig` entries such as `id2label`): the form BEiT
         nests in its config, which survives a JSON round trip unchanged."""
         own = inspect.signature(type(self).__init__).parameters
         return {key: value for key, value in self.to_dict().items() if key in own}
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        height, width = to_2tuple(self.image_size)
-        return height // self.patch_size, width // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        rows, cols = self.grid_size
-        return rows * cols
 
 
 # ----------------------------------------------------------------------------------------------------------------
