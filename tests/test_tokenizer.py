@@ -19,7 +19,7 @@ def tiny(**overrides) -> VisualTokenizerConfig:
 @pytest.mark.parametrize(
     "overrides, field",
     [
-        (dict(patch_size=12), "patch_size"),
+        (dict(image_size=24, patch_size=12), "patch_size"),  # not a power of two
         (dict(image_size=18), "image_size"),
         (dict(quantizer="fsq"), "quantizer"),
         (dict(ema_decay=1.0), "ema_decay"),
