@@ -436,3 +436,14 @@ def test_unknown_config_fields_and_misplaced_tokenizer_are_refused(tmp_path):
         pretrain(tiny_args(tmp_path, method="simmim"))  # TINY_MODEL carries MAE's decoder fields
     run = run_cli(["--output-dir", str(tmp_path / "x"), "--tokenizer", "some/tokenizer"])
     assert run.returncode == 2 and "--tokenizer='some/tokenizer' is invalid: only used with --method beit" in run.stderr
+
+
+def test_logged_metrics_are_means_over_micro_steps(tmp_path):
+    """Under gradient accumulation a metric is averaged over the step's micro-batches, like the loss: a usage
+    fraction stays a fraction."""
+    overrides = dict(METHOD_MODELS["visual-tokenizer"], dead_code_threshold=0.0)
+    summary = pretrain(
+        tiny_args(tmp_path, method="visual-tokenizer", max_steps=3, grad_accum=4, config_overrides=overrides)
+    )
+    usages = [metrics["codebook_usage"] for _, metrics in summary["metrics_history"]]
+    assert len(usages) == 3 and all(0.3 < usage <= 1.0 for usage in usages), usages
