@@ -39,8 +39,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = N
     """Convert `src` into the matching hf_mim model (saved to `dst` when given): a transformers ViT folder gives
     `SimMIMForPreTraining`, a ViTMAE folder or an official MAE file gives `MAEForPreTraining`."""
     src = Path(src)
-    config_file = src / "config.json"
-    if src.is_dir() and config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "vit":
+    if src.is_dir() and _folder_model_type(src) == "vit":
         return convert_simmim_checkpoint(src, dst, **config_overrides)
     return convert_mae_checkpoint(src, dst, **config_overrides)
 
@@ -54,12 +53,7 @@ def convert_simmim_checkpoint(
     from transformers import ViTForMaskedImageModeling
 
     src = Path(src)
-    config_file = src / "config.json"
-    if not config_file.is_file():
-        raise ConversionError(f"{src} has no config.json; expected a transformers ViT checkpoint folder")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "vit":
-        raise ConversionError(f"{src}/config.json has model_type={model_type!r}; SimMIM converts from 'vit' folders")
+    _require_model_type(src, "vit")
     source, info = ViTForMaskedImageModeling.from_pretrained(src, output_loading_info=True)
     fresh = sorted(info["missing_keys"])
     cfg = source.config
@@ -83,6 +77,19 @@ def convert_simmim_checkpoint(
     return model
 
 
+def _folder_model_type(src: Path) -> str | None:
+    config_file = src / "config.json"
+    return json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+
+
+def _require_model_type(src: Path, expected: str) -> None:
+    model_type = _folder_model_type(src)
+    if model_type is None:
+        raise ConversionError(f"{src} is a folder without config.json; expected a transformers {expected!r} checkpoint")
+    if model_type != expected:
+        raise ConversionError(f"{src}/config.json has model_type={model_type!r}; expected a {expected!r} folder here")
+
+
 def _largest_mask_patch(fields: dict) -> int:
     """SimMIM's 32 px mask patches where they tile the image, else the patch size (plain random patches)."""
     image, patch = fields["image_size"], fields["patch_size"]
@@ -100,12 +107,7 @@ def convert_mae_checkpoint(
     set fields the source does not record or that should differ."""
     src = Path(src)
     if src.is_dir():
-        config_file = src / "config.json"
-        if not config_file.is_file():
-            raise ConversionError(f"{src} is a folder without config.json; expected a transformers ViTMAE checkpoint")
-        model_type = json.loads(config_file.read_text()).get("model_type")
-        if model_type != "vit_mae":
-            raise ConversionError(f"{src}/config.json has model_type={model_type!r}; only 'vit_mae' folders convert")
+        _require_model_type(src, "vit_mae")
         model = _from_transformers(src, config_overrides)
     elif src.is_file():
         model = _from_official(src, config_overrides)

@@ -192,3 +192,15 @@ def test_cli_converts_a_transformers_vit_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     config = SimMIMConfig.from_pretrained(tmp_path / "out")
     assert config.model_type == "hf_mim_simmim" and config.mask_patch_size == 16
+
+
+def test_simmim_conversion_refuses_other_folders(tmp_path):
+    from hf_mim.convert import ConversionError, convert_simmim_checkpoint
+
+    (tmp_path / "mae").mkdir()
+    (tmp_path / "mae" / "config.json").write_text('{"model_type": "vit_mae"}')
+    with pytest.raises(ConversionError, match="model_type='vit_mae'; expected a 'vit' folder"):
+        convert_simmim_checkpoint(tmp_path / "mae")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match="without config.json"):
+        convert_simmim_checkpoint(tmp_path / "empty")
