@@ -122,11 +122,10 @@ def test_cli_default_run_on_the_builtin_dataset(tmp_path):
     assert json.loads((out / "training_args.json").read_text())["max_steps"] == 2
 
 
-def test_kill_and_resume_ends_with_the_same_weights(tmp_path, tiny_config_file):
+@pytest.mark.parametrize("method", ["mae", "visual-tokenizer"])  # weights; weights and an EMA codebook
+def test_kill_and_resume_ends_with_the_same_weights(tmp_path, method):
     flags = [
-        *TINY_FLAGS,
-        "--config",
-        tiny_config_file,
+        *method_flags(tmp_path, method),
         "--max-steps",
         "6",
         "--batch-size",
