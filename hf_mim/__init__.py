@@ -25,6 +25,11 @@ from .modeling import (
     MIMForImageClassification,
     MIMModel,
     MIMPreTrainedModel,
+    RMAEConfig,
+    RMAEForImageClassification,
+    RMAEForPreTraining,
+    RMAEForPreTrainingOutput,
+    RMAEModel,
     SimMIMConfig,
     SimMIMForImageClassification,
     SimMIMForPreTraining,
@@ -43,6 +48,11 @@ from .modeling import (
 from .modeling.auto import METHODS
 
 __all__ = [
+    "RMAEConfig",
+    "RMAEForImageClassification",
+    "RMAEForPreTraining",
+    "RMAEForPreTrainingOutput",
+    "RMAEModel",
     "BEiTConfig",
     "BEiTForImageClassification",
     "BEiTForPreTraining",

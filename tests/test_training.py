@@ -339,6 +339,7 @@ def test_resume_in_a_later_epoch_continues_that_epochs_order(tmp_path, monkeypat
 TINY_ENCODER = {k: v for k, v in TINY_MODEL.items() if not k.startswith("decoder_")}
 METHOD_MODELS = {
     "mae": TINY_MODEL,
+    "rmae": TINY_MODEL,
     "simmim": dict(TINY_ENCODER, mask_patch_size=8),
     "beit": dict(TINY_ENCODER, vocab_size=32, mask_min_num_patches=2),
     "visual-tokenizer": dict(vocab_size=32, embedding_dim=8, hidden_channels=8),
@@ -370,6 +371,7 @@ def test_each_method_trains_on_the_builtin_data_and_its_loss_falls(tmp_path, met
     if model is not None:
         assert type(model).__name__.lower().startswith(method)
     expected_metrics = {
+        "rmae": {"consistency_loss", "autoencoding_loss"},
         "beit": {"accuracy"},
         "visual-tokenizer": {"perplexity", "codebook_usage", "reconstruction_loss"},
     }.get(method, set())

@@ -7,9 +7,11 @@ from .masking import MASK_STRATEGIES, MaskedMIMConfig, MaskingSpec, random_maski
 from .outputs import (
     BEiTForPreTrainingOutput,
     MAEForPreTrainingOutput,
+    RMAEForPreTrainingOutput,
     SimMIMForPreTrainingOutput,
     VisualTokenizerOutput,
 )
+from .rmae import RMAEConfig, RMAEForImageClassification, RMAEForPreTraining, RMAEModel
 from .simmim import (
     SimMIMConfig,
     SimMIMForImageClassification,

@@ -12,6 +12,7 @@ from transformers import (
 
 from .beit import BEiTConfig, BEiTForImageClassification, BEiTForPreTraining, BEiTModel
 from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
+from .rmae import RMAEConfig, RMAEForImageClassification, RMAEForPreTraining, RMAEModel
 from .simmim import SimMIMConfig, SimMIMForImageClassification, SimMIMForPreTraining, SimMIMModel
 from .tokenizer import VisualTokenizer, VisualTokenizerConfig
 
@@ -37,6 +38,7 @@ def register_method(config_class, model_class, pretraining_class, classification
 
 register_method(MAEConfig, MAEModel, MAEForPreTraining, MAEForImageClassification)
 register_method(SimMIMConfig, SimMIMModel, SimMIMForPreTraining, SimMIMForImageClassification)
+register_method(RMAEConfig, RMAEModel, RMAEForPreTraining, RMAEForImageClassification)
 register_method(BEiTConfig, BEiTModel, BEiTForPreTraining, BEiTForImageClassification)
 # Not a pretraining method of its own: BEiT's tokenizer loads with AutoConfig / AutoModel.
 _register_base(VisualTokenizerConfig, VisualTokenizer)

@@ -34,6 +34,38 @@ class MAEForPreTrainingOutput(ModelOutput):
 
 
 @dataclass
+class RMAEForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            `consistency_loss + autoencoding_weight * autoencoding_loss`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size**2 * num_channels)`):
+            The masked view's reconstruction g(f(x masked)), as MAE's `logits`.
+        full_logits (`torch.FloatTensor` of the same shape):
+            The full image's reconstruction g(f(x)).
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`):
+            1 for masked patches, 0 for visible ones.
+        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`):
+            As MAE's.
+        consistency_loss (`torch.FloatTensor` of shape `()`):
+            MSE between the two reconstructions on the masked patches.
+        autoencoding_loss (`torch.FloatTensor` of shape `()`):
+            MSE between the full reconstruction and the (normalised, with `norm_pix_loss`) pixels, over all patches.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The masked view's encoder hidden states.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    full_logits: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    consistency_loss: torch.FloatTensor | None = None
+    autoencoding_loss: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class SimMIMForPreTrainingOutput(ModelOutput):
     """
     Args:
@@ -110,4 +142,10 @@ class VisualTokenizerOutput(ModelOutput):
     codebook_usage: torch.FloatTensor | None = None
 
 
-__all__ = ["MAEForPreTrainingOutput", "SimMIMForPreTrainingOutput", "BEiTForPreTrainingOutput", "VisualTokenizerOutput"]
+__all__ = [
+    "MAEForPreTrainingOutput",
+    "RMAEForPreTrainingOutput",
+    "SimMIMForPreTrainingOutput",
+    "BEiTForPreTrainingOutput",
+    "VisualTokenizerOutput",
+]

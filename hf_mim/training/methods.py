@@ -19,6 +19,7 @@ from transformers import PretrainedConfig
 
 from ..modeling.beit import BEiTConfig, BEiTForPreTraining
 from ..modeling.mae import MAEConfig, MAEForPreTraining
+from ..modeling.rmae import RMAEConfig, RMAEForPreTraining
 from ..modeling.simmim import SimMIMConfig, SimMIMForPreTraining
 from ..modeling.tokenizer import VisualTokenizer, VisualTokenizerConfig
 
@@ -134,6 +135,19 @@ class MAEMethod(MaskedMethod):
         return model(pixel_values=batch["pixel_values"], **masks).loss
 
 
+class RMAEMethod(MAEMethod):
+    """MAE's recipe and masks; the model adds the full-image branch and the relaxed objective."""
+
+    name = "rmae"
+    config_class = RMAEConfig
+    model_class = RMAEForPreTraining
+
+    def loss(self, model, batch):
+        masks = {key: batch[key] for key in ("noise", "bool_masked_pos") if key in batch}
+        out = model(pixel_values=batch["pixel_values"], **masks)
+        return out.loss, {"consistency_loss": out.consistency_loss, "autoencoding_loss": out.autoencoding_loss}
+
+
 class SimMIMMethod(MaskedMethod):
     name = "simmim"
     config_class = SimMIMConfig
@@ -200,7 +214,7 @@ class VisualTokenizerMethod(TrainingMethod):
 
 
 TRAINING_METHODS: dict[str, type[TrainingMethod]] = {
-    method.name: method for method in (MAEMethod, SimMIMMethod, BEiTMethod, VisualTokenizerMethod)
+    method.name: method for method in (MAEMethod, RMAEMethod, SimMIMMethod, BEiTMethod, VisualTokenizerMethod)
 }
 
 __all__ = [
@@ -209,6 +223,7 @@ __all__ = [
     "TrainingMethod",
     "MaskedMethod",
     "MAEMethod",
+    "RMAEMethod",
     "SimMIMMethod",
     "BEiTMethod",
     "VisualTokenizerMethod",

@@ -1,0 +1,115 @@
+"""R-MAE (RelaxMIM): Kong & Zhang, "Understanding Masked Image Modeling via Learning Occlusion Invariant Feature"
+(2022), https://arxiv.org/abs/2208.04164.
+
+MAE's encoder f and decoder g in siamese form. The masked view's reconstruction is pulled towards the decoder's
+reconstruction of the full image on the masked patches, and the full image is autoencoded:
+
+    L = || M * ( g(f(x masked)) - g(f(x)) ) ||^2  +  lambda * || x - g(f(x)) ||^2
+
+with `lambda = autoencoding_weight` and, by default, a stop-gradient on the full-image branch of the first term
+(`stop_gradient_full_branch`). The pixel target of the second term is per-patch normalised when `norm_pix_loss`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backbone import config_error
+from .base import MIMModel
+from .classification import MIMForImageClassification
+from .losses import masked_mse_loss, normalize_patches
+from .mae import MAEConfig, MAEForPreTraining
+from .outputs import RMAEForPreTrainingOutput
+
+
+class RMAEConfig(MAEConfig):
+    r"""
+    Configuration of an R-MAE model: every field of [`MAEConfig`] (MAE's encoder, decoder and masking, with the same
+    defaults), plus the relaxed objective's two.
+
+    Args:
+        autoencoding_weight (`float`, *optional*, defaults to 1.0):
+            lambda, the weight of the full-image autoencoding term; must be positive, since without it the two
+            branches can agree on anything.
+        stop_gradient_full_branch (`bool`, *optional*, defaults to `True`):
+            Whether the full-image reconstruction is a fixed target in the consistency term (gradients flow only
+            through the masked branch there; the full branch still learns from the autoencoding term). `False`
+            lets the consistency term pull both branches towards each other.
+    """
+
+    model_type = "hf_mim_rmae"
+
+    def __init__(self, autoencoding_weight: float = 1.0, stop_gradient_full_branch: bool = True, **kwargs):
+        self.autoencoding_weight = autoencoding_weight
+        self.stop_gradient_full_branch = stop_gradient_full_branch
+        super().__init__(**kwargs)
+        if not isinstance(autoencoding_weight, (int, float)) or not autoencoding_weight > 0:
+            raise config_error("autoencoding_weight", autoencoding_weight, "a positive float")
+
+
+class RMAEModel(MIMModel):
+    """The R-MAE encoder without masking (what `AutoModel` returns); see [`MIMModel`]."""
+
+    config_class = RMAEConfig
+
+
+class RMAEForImageClassification(MIMForImageClassification):
+    """R-MAE encoder plus a linear head; see [`MIMForImageClassification`]."""
+
+    config_class = RMAEConfig
+
+
+class RMAEForPreTraining(MAEForPreTraining):
+    """R-MAE for pretraining: MAE's masked encoder and decoder, plus the same encoder and decoder on the full image."""
+
+    config_class = RMAEConfig
+
+    def forward_full(self, pixel_values, interpolate_pos_encoding=False):
+        """g(f(x)): every patch encoded and decoded, (B, L, patch_size**2 * C)."""
+        latent, _ = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        batch, length = latent.shape[0], latent.shape[1] - 1
+        in_order = torch.arange(length, device=latent.device).expand(batch, length)
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        return self.forward_decoder(latent, in_order, grid)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+    ) -> RMAEForPreTrainingOutput | tuple:
+        r"""
+        Arguments as [`MAEForPreTraining.forward`]: `noise` or `bool_masked_pos` fix the masked view's mask.
+        """
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
+        latent, mask, ids_restore, grid, hidden_states = self.forward_encoder(
+            pixel_values, noise, interpolate_pos_encoding, output_hidden_states, bool_masked_pos
+        )
+        logits = self.forward_decoder(latent, ids_restore, grid)
+        full_logits = self.forward_full(pixel_values, interpolate_pos_encoding)
+        anchor = full_logits.detach() if self.config.stop_gradient_full_branch else full_logits
+        consistency_loss = masked_mse_loss(logits, anchor, mask)
+        target = self.patchify(pixel_values)
+        if self.config.norm_pix_loss:
+            target = normalize_patches(target.float())
+        autoencoding_loss = masked_mse_loss(full_logits, target, torch.ones_like(mask))
+        loss = consistency_loss + self.config.autoencoding_weight * autoencoding_loss
+        if not return_dict:
+            values = (loss, logits, full_logits, mask, ids_restore, consistency_loss, autoencoding_loss, hidden_states)
+            return tuple(v for v in values if v is not None)
+        return RMAEForPreTrainingOutput(
+            loss=loss,
+            logits=logits,
+            full_logits=full_logits,
+            mask=mask,
+            ids_restore=ids_restore,
+            consistency_loss=consistency_loss.detach(),
+            autoencoding_loss=autoencoding_loss.detach(),
+            hidden_states=hidden_states,
+        )
+
+
+__all__ = ["RMAEConfig", "RMAEModel", "RMAEForPreTraining", "RMAEForImageClassification"]
