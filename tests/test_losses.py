@@ -53,3 +53,30 @@ def test_masked_cross_entropy_on_a_hand_computed_case():
     # position 0: -log(1/2); position 1: -log(3/4); position 2 is visible
     expected = (math.log(2.0) - math.log(0.75)) / 2
     assert abs(masked_cross_entropy(logits, labels, mask).item() - expected) < 1e-6
+
+
+def test_token_info_nce_on_a_hand_computed_case():
+    import math
+
+    from hf_mim.modeling.losses import token_info_nce
+
+    # B = 2 images, L = 1 position, P = 2: keys are the two axes; queries hit their own key exactly (cos 1) and the
+    # other one at cos 0. With temperature 0.5 each query's logits are (2, 0): loss = -log(e^2 / (e^2 + 1)).
+    keys = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    queries = torch.tensor([[[3.0, 0.0]], [[0.0, 0.5]]])  # lengths do not matter: cosine similarity
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1))
+    assert abs(token_info_nce(queries, keys, temperature=0.5).item() - expected) < 1e-6
+    # negatives from the other positions of the same image: the same numbers with the axes as positions
+    assert abs(token_info_nce(queries.transpose(0, 1), keys.transpose(0, 1), 0.5, "positions").item() - expected) < 1e-6
+    # swapping the keys makes every positive the orthogonal one
+    swapped = -math.log(1 / (math.exp(2) + 1))
+    assert abs(token_info_nce(queries, keys.flip(0), temperature=0.5).item() - swapped) < 1e-6
+
+
+def test_byol_loss_on_a_hand_computed_case():
+    from hf_mim.modeling.losses import byol_loss
+
+    p = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    z = torch.tensor([[2.0, 0.0], [-1.0, 0.0]])
+    # cos = 1 and -1/sqrt(2): (0 + 2 + sqrt(2)) / 2
+    assert abs(byol_loss(p, z).item() - (2 + 2**0.5) / 2) < 1e-6

@@ -47,4 +47,44 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, bool_masked
     return torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask])
 
 
-__all__ = ["masked_mse_loss", "masked_pixel_l1_loss", "masked_cross_entropy", "normalize_patches", "NORM_PIX_EPS"]
+NEGATIVES = ("batch", "positions")
+
+
+def token_info_nce(
+    queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.2, negatives: str = "batch"
+) -> torch.Tensor:
+    """Token-wise InfoNCE between (B, L, P) queries and keys; the positive of query (b, i) is key (b, i).
+
+    `negatives="batch"`: the candidates of (b, i) are the keys at position i of every image of the (local) batch;
+    `negatives="positions"`: the keys at every position of image b. Cosine similarities over `temperature`,
+    cross-entropy averaged over all B * L queries, in float32.
+    """
+    q = torch.nn.functional.normalize(queries.float(), dim=-1)
+    k = torch.nn.functional.normalize(keys.float(), dim=-1)
+    if negatives == "batch":
+        logits = torch.einsum("bip,cip->ibc", q, k) / temperature  # (L, B, B): position, query image, key image
+    elif negatives == "positions":
+        logits = torch.einsum("bip,bjp->bij", q, k) / temperature  # (B, L, L): image, query position, key position
+    else:
+        raise ValueError(f"negatives={negatives!r} is invalid: one of {NEGATIVES}")
+    targets = torch.arange(logits.shape[-1], device=logits.device).expand(logits.shape[:-1])
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def byol_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BYOL's normalised MSE, 2 - 2 cos(p, z), averaged over every leading position, in float32."""
+    p = torch.nn.functional.normalize(predictions.float(), dim=-1)
+    z = torch.nn.functional.normalize(targets.float(), dim=-1)
+    return (2 - 2 * (p * z).sum(dim=-1)).mean()
+
+
+__all__ = [
+    "masked_mse_loss",
+    "masked_pixel_l1_loss",
+    "masked_cross_entropy",
+    "normalize_patches",
+    "token_info_nce",
+    "byol_loss",
+    "NEGATIVES",
+    "NORM_PIX_EPS",
+]
