@@ -13,6 +13,12 @@ from .modeling import (
     BEiTForPreTrainingOutput,
     BEiTModel,
     BEiTPreTrainedModel,
+    CMAEConfig,
+    CMAEForImageClassification,
+    CMAEForPreTraining,
+    CMAEForPreTrainingOutput,
+    CMAEModel,
+    EMATeacher,
     MAEConfig,
     MAEForImageClassification,
     MAEForPreTraining,
@@ -46,8 +52,16 @@ from .modeling import (
     unpatchify,
 )
 from .modeling.auto import METHODS
+from .training.callbacks import EMATeacherCallback
 
 __all__ = [
+    "CMAEConfig",
+    "CMAEForImageClassification",
+    "CMAEForPreTraining",
+    "CMAEForPreTrainingOutput",
+    "CMAEModel",
+    "EMATeacher",
+    "EMATeacherCallback",
     "RMAEConfig",
     "RMAEForImageClassification",
     "RMAEForPreTraining",

@@ -1,11 +1,14 @@
 from .backbone import MIMConfig, ViTEncoder, patchify, unpatchify
 from .base import MIMModel, MIMPreTrainedModel, build_image_processor
 from .beit import BEiTConfig, BEiTForImageClassification, BEiTForPreTraining, BEiTModel, BEiTPreTrainedModel
+from .cmae import CMAEConfig, CMAEForImageClassification, CMAEForPreTraining, CMAEModel
 from .classification import MIMForImageClassification
 from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, MAEPreTrainedModel
+from .ema import EMATeacher
 from .masking import MASK_STRATEGIES, MaskedMIMConfig, MaskingSpec, random_masking
 from .outputs import (
     BEiTForPreTrainingOutput,
+    CMAEForPreTrainingOutput,
     MAEForPreTrainingOutput,
     RMAEForPreTrainingOutput,
     SimMIMForPreTrainingOutput,

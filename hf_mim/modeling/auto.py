@@ -11,6 +11,7 @@ from transformers import (
 )
 
 from .beit import BEiTConfig, BEiTForImageClassification, BEiTForPreTraining, BEiTModel
+from .cmae import CMAEConfig, CMAEForImageClassification, CMAEForPreTraining, CMAEModel
 from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
 from .rmae import RMAEConfig, RMAEForImageClassification, RMAEForPreTraining, RMAEModel
 from .simmim import SimMIMConfig, SimMIMForImageClassification, SimMIMForPreTraining, SimMIMModel
@@ -38,6 +39,7 @@ def register_method(config_class, model_class, pretraining_class, classification
 
 register_method(MAEConfig, MAEModel, MAEForPreTraining, MAEForImageClassification)
 register_method(SimMIMConfig, SimMIMModel, SimMIMForPreTraining, SimMIMForImageClassification)
+register_method(CMAEConfig, CMAEModel, CMAEForPreTraining, CMAEForImageClassification)
 register_method(RMAEConfig, RMAEModel, RMAEForPreTraining, RMAEForImageClassification)
 register_method(BEiTConfig, BEiTModel, BEiTForPreTraining, BEiTForImageClassification)
 # Not a pretraining method of its own: BEiT's tokenizer loads with AutoConfig / AutoModel.

@@ -65,6 +65,19 @@ class PixelShuffleHead(nn.Module):
         return self.shuffle(self.proj(maps))
 
 
+class MLPHead(nn.Module):
+    """Two linear layers with a GELU between them: C-MAE's projector and predictor (BYOL's, with GELU)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
 def init_head_weights(module: nn.Module, config: MIMConfig, init) -> None:
     """Initialise the parameters the heads here own directly (their Linear/LayerNorm children are MAE-initialised)."""
     if isinstance(module, MAEDecoder):
@@ -75,4 +88,4 @@ def init_head_weights(module: nn.Module, config: MIMConfig, init) -> None:
         init.trunc_normal_(module.mask_token, std=config.initializer_range)
 
 
-__all__ = ["MAEDecoder", "PixelShuffleHead", "init_head_weights"]
+__all__ = ["MAEDecoder", "MLPHead", "PixelShuffleHead", "init_head_weights"]

@@ -34,6 +34,26 @@ class MAEForPreTrainingOutput(ModelOutput):
 
 
 @dataclass
+class CMAEForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            The symmetrised token-wise loss (InfoNCE or BYOL) between online predictions and target projections.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, 2, num_patches)`):
+            Each view's mask, True for masked patches.
+        color_jitter (`torch.FloatTensor` of shape `(batch_size, 2, 4)`):
+            Each view's colour-jitter factors.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The online encoder's hidden states for the first view.
+    """
+
+    loss: torch.FloatTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+    color_jitter: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class RMAEForPreTrainingOutput(ModelOutput):
     """
     Args:

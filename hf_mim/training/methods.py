@@ -18,6 +18,7 @@ import torch
 from transformers import PretrainedConfig
 
 from ..modeling.beit import BEiTConfig, BEiTForPreTraining
+from ..modeling.cmae import CMAEConfig, CMAEForPreTraining
 from ..modeling.mae import MAEConfig, MAEForPreTraining
 from ..modeling.rmae import RMAEConfig, RMAEForPreTraining
 from ..modeling.simmim import SimMIMConfig, SimMIMForPreTraining
@@ -80,12 +81,19 @@ class TrainingMethod:
         """The micro-step's loss, optionally with scalar metrics to log beside it (averaged like the loss)."""
         raise NotImplementedError
 
+    def on_train_start(self, accelerator, model, max_steps: int) -> None:
+        """Called once before the first step (after a resume has restored the state), on every process."""
+
     def after_optimizer_step(self, accelerator, model, step: int) -> None:
         """Called once per optimizer step, after the update, on every process."""
 
     def checkpoint_objects(self) -> list:
-        """Objects with `state_dict` / `load_state_dict` to save and restore with each checkpoint."""
+        """Objects with `state_dict` / `load_state_dict` to save and restore with each checkpoint. Their tensors
+        also enter the end-of-run check that every process holds the same state."""
         return []
+
+    def save_outputs(self, model, output_dir: str) -> None:
+        """Write extra files beside the final model (main process only)."""
 
 
 class MaskedMethod(TrainingMethod):
@@ -146,6 +154,58 @@ class RMAEMethod(MAEMethod):
         masks = {key: batch[key] for key in ("noise", "bool_masked_pos") if key in batch}
         out = model(pixel_values=batch["pixel_values"], **masks)
         return out.loss, {"consistency_loss": out.consistency_loss, "autoencoding_loss": out.autoencoding_loss}
+
+
+class CMAEMethod(TrainingMethod):
+    """C-MAE: both views' masks and colour jitter drawn per sample in the data pipeline; the EMA teacher updated
+    after every optimizer step from the unwrapped student, checkpointed, and written to ema_teacher.safetensors."""
+
+    name = "cmae"
+    config_class = CMAEConfig
+    model_class = CMAEForPreTraining
+    paper_defaults = dict(mask_strategy="random", mask_ratio=0.75)
+    builtin_defaults = dict(projection_hidden_size=512, projection_size=128)
+
+    def build_model(self, config):
+        self.model = self.model_class(config)
+        return self.model
+
+    def sample_extras(self, config):
+        from ..modeling.augment import sample_color_jitter
+
+        spec, grid = config.masking_spec(), config.grid_size
+        strength, prob = config.color_jitter_strength, config.color_jitter_prob
+
+        def extras(generator):
+            return {
+                "bool_masked_pos": torch.stack([spec.sample(grid, generator) for _ in range(2)]),
+                "color_jitter": torch.stack([sample_color_jitter(generator, strength, prob) for _ in range(2)]),
+            }
+
+        return extras
+
+    def loss(self, model, batch):
+        return model(
+            pixel_values=batch["pixel_values"],
+            bool_masked_pos=batch["bool_masked_pos"],
+            color_jitter=batch["color_jitter"],
+        ).loss
+
+    def on_train_start(self, accelerator, model, max_steps):
+        accelerator.unwrap_model(model).teacher.total_steps = max_steps
+
+    def after_optimizer_step(self, accelerator, model, step):
+        accelerator.unwrap_model(model).update_teacher()
+
+    def checkpoint_objects(self):
+        return [self.model.teacher]  # built from the prepared student's weights, on its device
+
+    def save_outputs(self, model, output_dir):
+        import os
+
+        from .callbacks import TEACHER_FILE, save_teacher
+
+        save_teacher(model.teacher, os.path.join(output_dir, TEACHER_FILE))
 
 
 class SimMIMMethod(MaskedMethod):
@@ -214,7 +274,8 @@ class VisualTokenizerMethod(TrainingMethod):
 
 
 TRAINING_METHODS: dict[str, type[TrainingMethod]] = {
-    method.name: method for method in (MAEMethod, RMAEMethod, SimMIMMethod, BEiTMethod, VisualTokenizerMethod)
+    method.name: method
+    for method in (MAEMethod, RMAEMethod, CMAEMethod, SimMIMMethod, BEiTMethod, VisualTokenizerMethod)
 }
 
 __all__ = [
@@ -224,6 +285,7 @@ __all__ = [
     "MaskedMethod",
     "MAEMethod",
     "RMAEMethod",
+    "CMAEMethod",
     "SimMIMMethod",
     "BEiTMethod",
     "VisualTokenizerMethod",

@@ -236,7 +236,8 @@ def pretrain(args: PretrainArguments) -> dict:
     epochs = math.ceil(max_steps / steps_per_epoch)
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * max_steps)
     scheduler = cosine_with_warmup(optimizer, warmup, max_steps)
-    accelerator.register_for_checkpointing(scheduler, *method.checkpoint_objects())
+    extra_state = method.checkpoint_objects()
+    accelerator.register_for_checkpointing(scheduler, *extra_state)
 
     # ---- resume -------------------------------------------------------------------------------------------
     state = {
@@ -296,6 +297,7 @@ def pretrain(args: PretrainArguments) -> dict:
     progress = tqdm(
         total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="pretrain"
     )
+    method.on_train_start(accelerator, model, max_steps)
     model.train()
     zero = torch.zeros((), device=accelerator.device)
     step_loss, micro_steps = zero, 0  # the optimizer step being accumulated
@@ -389,7 +391,7 @@ def pretrain(args: PretrainArguments) -> dict:
     all_skipped = {}
     for report in gather_object([skips.skipped]):
         all_skipped.update(report)
-    in_sync = _ranks_in_sync(accelerator, model)
+    in_sync = _ranks_in_sync(accelerator, model, extra_state)
     state_dict = accelerator.get_state_dict(model)
     summary.update(
         steps=global_step,
@@ -407,6 +409,7 @@ def pretrain(args: PretrainArguments) -> dict:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(args.output_dir, state_dict=state_dict)
+        method.save_outputs(unwrapped, args.output_dir)
         Path(args.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
         if args.push_to_hub:
             unwrapped.push_to_hub(args.push_to_hub)
@@ -428,7 +431,17 @@ def _split_loss(output) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return output if isinstance(output, tuple) else (output, {})
 
 
-def _ranks_in_sync(accelerator, model) -> bool:
+def _tensors_of(state) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state] if state.is_floating_point() else []
+    if isinstance(state, dict):
+        return [t for value in state.values() for t in _tensors_of(value)]
+    if isinstance(state, (list, tuple)):
+        return [t for value in state for t in _tensors_of(value)]
+    return []
+
+
+def _ranks_in_sync(accelerator, model, extra_state=()) -> bool:
     """Every process holds the same parameters and floating-point buffers (EMA codebooks, position tables): a
     float64 checksum per process, compared."""
     if accelerator.num_processes == 1 or accelerator.distributed_type.name not in ("MULTI_CPU", "MULTI_GPU"):
@@ -436,8 +449,9 @@ def _ranks_in_sync(accelerator, model) -> bool:
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
     tensors = list(unwrapped.parameters()) + [b for b in unwrapped.buffers() if b.is_floating_point()]
+    tensors += [t for obj in extra_state for t in _tensors_of(obj.state_dict())]  # an EMA teacher, for one
     for param in tensors:
-        p = param.detach().double()
+        p = param.detach().to(accelerator.device).double()
         total += torch.stack([p.sum(), (p * p).sum()])
     sums = accelerator.gather(total[None]).cpu()
     return bool(torch.equal(sums, sums[:1].expand_as(sums)))

@@ -1,0 +1,276 @@
+"""C-MAE: the contrastive form of MAE in Kong & Zhang, "Understanding Masked Image Modeling via Learning Occlusion
+Invariant Feature" (2022), https://arxiv.org/abs/2208.04164.
+
+Two views of each image, each with its own colour jitter and its own patch mask. The online encoder sees a view with
+its masked patches replaced by a learnable mask token; a 2-layer projector and a 2-layer predictor map every patch
+token to a prediction. The target branch, an exponential moving average of the online encoder, mask token and
+projector (an `EMATeacher`, no gradient), encodes the other view the same way. For each patch position the online
+prediction from one view and the target projection from the other form the positive pair: token-wise InfoNCE
+(temperature 0.2) or BYOL's normalised MSE, symmetrised over the two views.
+
+The teacher is updated once per optimizer step by the training loop (`hf-mim pretrain`, or `EMATeacherCallback`
+under `transformers.Trainer`), never by `forward`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .augment import color_jitter, sample_color_jitter
+from .backbone import ViTEncoder, config_error
+from .base import MIMModel, MIMPreTrainedModel
+from .classification import MIMForImageClassification
+from .ema import MOMENTUM_SCHEDULES, EMATeacher
+from .heads import MLPHead
+from .losses import NEGATIVES, byol_loss, token_info_nce
+from .masking import MaskedMIMConfig
+from .outputs import CMAEForPreTrainingOutput
+
+logger = logging.getLogger(__name__)
+CMAE_LOSSES = ("info_nce", "byol")
+# forwards in training mode without a teacher update before the model warns that no loop updates its teacher
+_STALE_TEACHER_FORWARDS = 64
+
+
+class CMAEConfig(MaskedMIMConfig):
+    r"""
+    Configuration of a C-MAE model: the encoder fields of [`MIMConfig`] (defaults: ViT-B/16 at 224 px), the masking
+    fields of [`MaskedMIMConfig`] (random patches at 0.75 by default, applied to each view independently), and:
+
+    Args:
+        projection_hidden_size (`int`, *optional*, defaults to 2048):
+            Hidden width of the projector and of the predictor.
+        projection_size (`int`, *optional*, defaults to 256):
+            Output width of the projector and of the predictor: the space the loss compares tokens in.
+        loss (`str`, *optional*, defaults to `"info_nce"`):
+            `"info_nce"`: token-wise InfoNCE with negatives as `negatives` says. `"byol"`: BYOL's 2 - 2 cos, no
+            negatives.
+        contrastive_temperature (`float`, *optional*, defaults to 0.2):
+            InfoNCE temperature (not `temperature`, which transformers reserves for generation).
+        negatives (`str`, *optional*, defaults to `"batch"`):
+            InfoNCE's candidates for the query at patch position i of image b: `"batch"`, the target tokens at
+            position i of every image of the (per-process) batch; `"positions"`, the target tokens at every
+            position of image b. Negatives are not gathered across processes.
+        ema_momentum (`float`, *optional*, defaults to 0.996):
+            Momentum of the target branch, in [0, 1].
+        ema_momentum_schedule (`str`, *optional*, defaults to `"constant"`):
+            `"constant"`, or `"cosine"`: raised from `ema_momentum` to `ema_momentum_end` over training (BYOL).
+        ema_momentum_end (`float`, *optional*, defaults to 1.0):
+            Final momentum of the cosine schedule.
+        color_jitter_strength (`list[float]`, *optional*, defaults to `[0.4, 0.4, 0.4, 0.1]`):
+            Brightness, contrast, saturation and hue ranges of each view's colour jitter (factors uniform in
+            [1 - s, 1 + s], hue shift in [-h, h]); without jitter this loss collapses.
+        color_jitter_prob (`float`, *optional*, defaults to 0.8):
+            Probability that a view is jittered at all.
+    """
+
+    model_type = "hf_mim_cmae"
+
+    def __init__(
+        self,
+        projection_hidden_size: int = 2048,
+        projection_size: int = 256,
+        loss: str = "info_nce",
+        contrastive_temperature: float = 0.2,
+        negatives: str = "batch",
+        ema_momentum: float = 0.996,
+        ema_momentum_schedule: str = "constant",
+        ema_momentum_end: float = 1.0,
+        color_jitter_strength: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
+        color_jitter_prob: float = 0.8,
+        **kwargs,
+    ):
+        self.projection_hidden_size = projection_hidden_size
+        self.projection_size = projection_size
+        self.loss = loss
+        self.contrastive_temperature = contrastive_temperature
+        self.negatives = negatives
+        self.ema_momentum = ema_momentum
+        self.ema_momentum_schedule = ema_momentum_schedule
+        self.ema_momentum_end = ema_momentum_end
+        self.color_jitter_strength = [float(v) for v in color_jitter_strength]
+        self.color_jitter_prob = color_jitter_prob
+        super().__init__(**kwargs)
+        self._require_positive_ints("projection_hidden_size", "projection_size")
+        if self.loss not in CMAE_LOSSES:
+            raise config_error("loss", self.loss, f"one of {CMAE_LOSSES}")
+        if self.negatives not in NEGATIVES:
+            raise config_error("negatives", self.negatives, f"one of {NEGATIVES}")
+        if not self.contrastive_temperature > 0:
+            raise config_error("contrastive_temperature", self.contrastive_temperature, "a positive float")
+        for field in ("ema_momentum", "ema_momentum_end", "color_jitter_prob"):
+            if not 0.0 <= getattr(self, field) <= 1.0:
+                raise config_error(field, getattr(self, field), "a float in [0, 1]")
+        if self.ema_momentum_schedule not in MOMENTUM_SCHEDULES:
+            raise config_error("ema_momentum_schedule", self.ema_momentum_schedule, f"one of {MOMENTUM_SCHEDULES}")
+        if len(self.color_jitter_strength) != 4 or any(s < 0 for s in self.color_jitter_strength):
+            raise config_error(
+                "color_jitter_strength", self.color_jitter_strength, "four non-negative floats (b, c, s, hue)"
+            )
+
+
+class CMAEPreTrainedModel(MIMPreTrainedModel):
+    config_class = CMAEConfig
+
+
+class CMAEModel(MIMModel):
+    """The C-MAE (online) encoder without masking (what `AutoModel` returns); see [`MIMModel`]."""
+
+    config_class = CMAEConfig
+
+
+class CMAEForImageClassification(MIMForImageClassification):
+    """C-MAE encoder plus a linear head; see [`MIMForImageClassification`]."""
+
+    config_class = CMAEConfig
+
+
+class CMAEForPreTraining(CMAEPreTrainedModel):
+    """C-MAE for pretraining. `teacher` (an [`EMATeacher`], built from the student on first use) is not a submodule:
+    it is not in `state_dict()`; `hf-mim pretrain` checkpoints it, and writes it to `ema_teacher.safetensors`."""
+
+    def __init__(self, config: CMAEConfig):
+        super().__init__(config)
+        self.vit = ViTEncoder(config)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.projector = MLPHead(config.hidden_size, config.projection_hidden_size, config.projection_size)
+        self.predictor = MLPHead(config.projection_size, config.projection_hidden_size, config.projection_size)
+        self._teacher: EMATeacher | None = None
+        self._forwards_since_update = 0
+        self.post_init()
+
+    # -- the target branch --------------------------------------------------------------------------------------
+
+    @property
+    def teacher(self) -> EMATeacher:
+        """Built on first use from the current student weights (after initialisation or loading, never before)."""
+        if self._teacher is None:
+            self._teacher = EMATeacher(
+                self,
+                ("vit", "mask_token", "projector"),
+                momentum=self.config.ema_momentum,
+                momentum_end=self.config.ema_momentum_end,
+                schedule=self.config.ema_momentum_schedule,
+            )
+        return self._teacher
+
+    def update_teacher(self) -> None:
+        """One EMA step of the target branch; call once per optimizer step, after it."""
+        self.teacher.update(self)
+        self._forwards_since_update = 0
+
+    # -- views ----------------------------------------------------------------------------------------------------
+
+    def _stats(self, pixel_values):
+        def column(values):
+            return torch.tensor(values, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
+
+        return column(self.config.image_mean), column(self.config.image_std)
+
+    def make_views(self, pixel_values: torch.Tensor, jitter: torch.Tensor) -> list[torch.Tensor]:
+        """Two colour-jittered copies of normalised images; jitter (B, 2, 4) as `augment.color_jitter` factors."""
+        mean, std = self._stats(pixel_values)
+        images = (pixel_values * std + mean).clamp(0, 1)
+        return [(color_jitter(images, jitter[:, v]) - mean) / std for v in range(2)]
+
+    def draw_inputs(self, batch: int, grid: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2, L) masks and (B, 2, 4) jitter factors from the global RNG (the data pipeline passes its own)."""
+        spec = self.config.masking_spec()
+        masks = torch.stack([spec.sample_batch(batch, grid) for _ in range(2)], dim=1)
+        strength, prob = self.config.color_jitter_strength, self.config.color_jitter_prob
+        jitter = torch.stack([sample_color_jitter(None, strength, prob) for _ in range(2 * batch)]).view(batch, 2, 4)
+        return masks.to(device), jitter.to(device)
+
+    def _pair_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.config.loss == "byol":
+            return byol_loss(predictions, targets)
+        return token_info_nce(predictions, targets, self.config.contrastive_temperature, self.config.negatives)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        color_jitter: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> CMAEForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images; both views are made from them.
+            bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, 2, num_patches)`, *optional*):
+                Each view's mask (True = masked). Drawn from the configured strategy when not given.
+            color_jitter (`torch.FloatTensor` of shape `(batch_size, 2, 4)`, *optional*):
+                Each view's brightness, contrast and saturation factors and hue shift. Drawn when not given.
+            interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+                Accept other resolutions by resampling the position embeddings.
+            output_hidden_states (`bool`, *optional*):
+                Also return the online encoder's hidden states for the first view.
+            return_dict (`bool`, *optional*):
+                Return a [`CMAEForPreTrainingOutput`] rather than a tuple.
+        """
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
+        grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
+        batch = pixel_values.shape[0]
+        if bool_masked_pos is None or color_jitter is None:
+            masks, jitter = self.draw_inputs(batch, grid, pixel_values.device)
+            bool_masked_pos = masks if bool_masked_pos is None else bool_masked_pos
+            color_jitter = jitter if color_jitter is None else color_jitter
+        if tuple(bool_masked_pos.shape) != (batch, 2, grid[0] * grid[1]):
+            raise ValueError(
+                f"bool_masked_pos must have shape (batch, 2 views, num_patches) = {(batch, 2, grid[0] * grid[1])}, "
+                f"got {tuple(bool_masked_pos.shape)}"
+            )
+        views = self.make_views(pixel_values, color_jitter)
+
+        predictions, all_hidden = [], None
+        for v in range(2):
+            hidden, hidden_states, _, _ = self.encode_with_mask_tokens(
+                views[v], bool_masked_pos[:, v], interpolate_pos_encoding, output_hidden_states and v == 0
+            )
+            all_hidden = hidden_states if v == 0 else all_hidden
+            predictions.append(self.predictor(self.projector(hidden[:, 1:])))
+
+        teacher = self.teacher
+        if teacher.device != pixel_values.device:
+            teacher.to(pixel_values.device)
+        targets = []
+        with torch.no_grad():
+            for v in range(2):
+                hidden, _ = teacher.module.vit(
+                    views[v],
+                    interpolate_pos_encoding=interpolate_pos_encoding,
+                    bool_masked_pos=bool_masked_pos[:, v],
+                    mask_token=teacher.module.mask_token,
+                )
+                targets.append(teacher.module.projector(hidden[:, 1:]))
+        # view 0's predictions against view 1's targets and the reverse
+        loss = (self._pair_loss(predictions[0], targets[1]) + self._pair_loss(predictions[1], targets[0])) / 2
+
+        if self.training:
+            self._forwards_since_update += 1
+            if self._forwards_since_update == _STALE_TEACHER_FORWARDS:
+                logger.warning(
+                    "C-MAE ran %d training forwards without a teacher update: the target branch is frozen. Call "
+                    "update_teacher() after each optimizer step, or pass hf_mim.EMATeacherCallback() to Trainer.",
+                    _STALE_TEACHER_FORWARDS,
+                )
+        if not return_dict:
+            return tuple(v for v in (loss, bool_masked_pos, color_jitter, all_hidden) if v is not None)
+        return CMAEForPreTrainingOutput(
+            loss=loss, bool_masked_pos=bool_masked_pos, color_jitter=color_jitter, hidden_states=all_hidden
+        )
+
+
+__all__ = [
+    "CMAEConfig",
+    "CMAEPreTrainedModel",
+    "CMAEModel",
+    "CMAEForPreTraining",
+    "CMAEForImageClassification",
+]

@@ -1,0 +1,93 @@
+"""An exponential-moving-average teacher that training wrappers never see.
+
+The teacher is a float32 copy of some of a model's parts (for C-MAE: the encoder, its mask token and the projector),
+held in a plain attribute rather than as a submodule. So DDP, FSDP and DeepSpeed neither wrap, shard, cast nor
+synchronise it, `state_dict()` and `save_pretrained` hold the student alone, and every rank updates its own copy
+with the same arithmetic from the same (synchronised) student, which keeps the copies identical.
+
+It is updated once per optimizer step by whoever owns the loop: `hf-mim pretrain` (the method's
+`after_optimizer_step`) or `EMATeacherCallback` under `transformers.Trainer`. Its state goes into checkpoints
+through `state_dict` / `load_state_dict` (accelerate's `register_for_checkpointing`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+MOMENTUM_SCHEDULES = ("constant", "cosine")
+
+
+class EMATeacher:
+    def __init__(
+        self,
+        student: nn.Module,
+        names: Sequence[str],
+        momentum: float = 0.996,
+        momentum_end: float = 1.0,
+        schedule: str = "constant",
+    ):
+        if schedule not in MOMENTUM_SCHEDULES:
+            raise ValueError(f"schedule={schedule!r} is invalid: one of {MOMENTUM_SCHEDULES}")
+        self.names = tuple(names)
+        self.momentum, self.momentum_end, self.schedule = momentum, momentum_end, schedule
+        self.total_steps: int | None = None
+        self.num_updates = 0
+        container = nn.Module()
+        for name in self.names:
+            part = getattr(student, name)
+            setattr(
+                container,
+                name,
+                copy.deepcopy(part) if isinstance(part, nn.Module) else nn.Parameter(part.detach().clone()),
+            )
+        self.module = container.float().requires_grad_(False).eval()
+
+    def _student_tensors(self, student: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        def ours(name: str) -> bool:
+            return any(name == n or name.startswith(n + ".") for n in self.names)
+
+        params = {k: v for k, v in student.named_parameters() if ours(k)}
+        buffers = {k: v for k, v in student.named_buffers() if ours(k)}
+        return params, buffers
+
+    def current_momentum(self) -> float:
+        """BYOL's schedule when `cosine`: from `momentum` at step 0 to `momentum_end` at `total_steps`."""
+        if self.schedule == "constant" or not self.total_steps:
+            return self.momentum
+        progress = min(1.0, self.num_updates / self.total_steps)
+        return self.momentum_end - (self.momentum_end - self.momentum) * (math.cos(math.pi * progress) + 1) / 2
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        """One EMA step towards the (unwrapped) student: teacher = m * teacher + (1 - m) * student, in float32."""
+        momentum = self.current_momentum()
+        params, buffers = self._student_tensors(student)
+        for name, teacher_param in self.module.named_parameters():
+            teacher_param.lerp_(params[name].detach().to(teacher_param.device, torch.float32), 1.0 - momentum)
+        for name, teacher_buffer in self.module.named_buffers():
+            teacher_buffer.copy_(buffers[name])
+        self.num_updates += 1
+
+    def to(self, device) -> EMATeacher:
+        self.module.to(device)  # dtype stays float32
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "num_updates": self.num_updates, "total_steps": self.total_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.num_updates = int(state["num_updates"])
+        self.total_steps = state.get("total_steps")
+
+
+__all__ = ["EMATeacher", "MOMENTUM_SCHEDULES"]
