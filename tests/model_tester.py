@@ -46,11 +46,7 @@ def trainer_args(tmp_path, **kw):
         max_steps=4,
         learning_rate=1e-3,
         logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        dataloader_num_workers=0,
-        **kw,
+        **{"report_to": "none", "save_strategy": "no", "use_cpu": True, "dataloader_num_workers": 0, **kw},
     )
 
 

@@ -126,3 +126,22 @@ def test_trainer_with_the_callback_updates_the_teacher_once_per_optimizer_step(t
     assert model.teacher.total_steps == 4
     student = model.vit.patch_embed.proj.weight
     assert not torch.equal(model.teacher.module.vit.patch_embed.proj.weight, student)
+
+
+def test_trainer_checkpoints_carry_the_teacher(tmp_path):
+    from transformers import Trainer
+
+    def run(resume=None):
+        torch.manual_seed(0)
+        model = CMAEForPreTraining(tiny_config())
+        args = trainer_args(tmp_path, save_strategy="steps", save_steps=2)
+        trainer = Trainer(model=model, args=args, train_dataset=PixelsOnly(16), callbacks=[EMATeacherCallback()])
+        trainer.train(resume_from_checkpoint=resume)
+        return model
+
+    straight = run()
+    assert (tmp_path / "trainer" / "checkpoint-2" / "ema_teacher.safetensors").is_file()
+    resumed = run(resume=str(tmp_path / "trainer" / "checkpoint-2"))
+    assert resumed.teacher.num_updates == 4  # 2 restored from the checkpoint, 2 after it
+    for key, value in straight.teacher.module.state_dict().items():
+        torch.testing.assert_close(resumed.teacher.module.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
