@@ -18,6 +18,11 @@ from transformers import (
 
 from hf_mim.modeling.backbone import to_2tuple
 
+# The tiny ViT every method's tests build on: 32 px images, a 4x4 grid of 8 px patches, 2 blocks of width 32.
+TINY_VIT = dict(
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+)
+
 
 class PixelsOnly(torch.utils.data.Dataset):
     """Random images as a dataset of {"pixel_values"} (and "labels") dicts, what transformers' Trainer feeds."""
@@ -75,6 +80,13 @@ class ModelTesterMixin:
         g = torch.Generator().manual_seed(seed)
         height, width = size or to_2tuple(config.image_size)
         return torch.randn(self.batch_size, config.num_channels, height, width, generator=g)
+
+    def masked_inputs(self, config, seed: int = 0) -> dict:
+        """pixel_values and seeded `bool_masked_pos` from the config's strategy: the inputs of the methods whose
+        forward takes a mask (SimMIM, BEiT)."""
+        g = torch.Generator().manual_seed(seed + 1)
+        masks = config.masking_spec().sample_batch(self.batch_size, config.grid_size, generator=g)
+        return {"pixel_values": self.pixel_values(config, seed), "bool_masked_pos": masks}
 
     def all_model_classes(self):
         return [c for c in (self.encoder_class, self.pretraining_class, self.classification_class) if c is not None]

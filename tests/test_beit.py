@@ -13,16 +13,11 @@ from hf_mim import (
     VisualTokenizerConfig,
 )
 
-from .model_tester import ModelTesterMixin
+from .model_tester import TINY_VIT, ModelTesterMixin
 
 TOKENIZER = dict(image_size=32, patch_size=8, vocab_size=16, embedding_dim=8, hidden_channels=8)
 TINY = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
+    **TINY_VIT,
     vocab_size=16,
     mask_min_num_patches=2,
 )
@@ -48,9 +43,7 @@ class TestBEiT(ModelTesterMixin):
         return tiny_config(**overrides)
 
     def pretraining_inputs(self, config, seed=0):
-        g = torch.Generator().manual_seed(seed + 1)
-        masks = config.masking_spec().sample_batch(self.batch_size, config.grid_size, generator=g)
-        return {"pixel_values": self.pixel_values(config, seed), "bool_masked_pos": masks}
+        return self.masked_inputs(config, seed)
 
     def check_pretraining_outputs(self, config, outputs, inputs):
         b, length = self.batch_size, config.num_patches

@@ -7,15 +7,10 @@ from hf_mim import CMAEConfig, CMAEForImageClassification, CMAEForPreTraining, C
 from hf_mim.modeling.augment import sample_color_jitter
 from hf_mim.modeling.losses import token_info_nce
 
-from .model_tester import ModelTesterMixin, PixelsOnly, trainer_args
+from .model_tester import TINY_VIT, ModelTesterMixin, PixelsOnly, trainer_args
 
 TINY = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
+    **TINY_VIT,
     projection_hidden_size=64,
     projection_size=16,
 )

@@ -9,15 +9,10 @@ from transformers import AutoModel, ViTMAEConfig, ViTMAEForPreTraining
 from hf_mim import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, patchify
 from hf_mim.convert import ConversionError, convert_mae_checkpoint
 
-from .model_tester import ModelTesterMixin, PixelsOnly, trainer_args
+from .model_tester import TINY_VIT, ModelTesterMixin, PixelsOnly, trainer_args
 
 TINY = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
+    **TINY_VIT,
     decoder_hidden_size=16,
     decoder_num_hidden_layers=2,
     decoder_num_attention_heads=2,

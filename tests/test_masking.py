@@ -151,13 +151,18 @@ def test_central_mask_is_a_centred_square():
     assert int(wide.sum()) == 3 * 6 and wide[1:4, 3:9].all()
 
 
-def test_rectangles_are_at_most_half_the_grid_per_side():
+def test_rectangles_are_regions_not_scattered_patches():
+    """Context Encoders' random blocks: unions of rectangles, so (as for BEiT's blocks, without their 16-patch
+    minimum) most masked patches have masked neighbours, unlike uniformly random patches at the same ratio."""
     g = torch.Generator().manual_seed(0)
-    mask = rectangles_mask((14, 14), 0.05, generator=g, exact=False).view(14, 14)
-    rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
-    assert int(mask.sum()) <= num_masked_patches(196, 0.05)
-    assert int(rows.max() - rows.min() + 1) <= 7 + 7  # union of at most a few rectangles of side <= 7
-    assert int(cols.max() - cols.min() + 1) <= 7 + 7
+    regions, scattered = [], []
+    for _ in range(50):
+        r = rectangles_mask((14, 14), 0.3, generator=g, exact=False).view(14, 14)
+        u = random_patch_mask((14, 14), 0.3, generator=g).view(14, 14)
+        regions.append((_masked_neighbours(r)[r] >= 2).float().mean())
+        scattered.append((_masked_neighbours(u)[u] >= 2).float().mean())
+    assert torch.stack(regions).mean() > 0.7
+    assert torch.stack(scattered).mean() < 0.4
 
 
 def test_bool_mask_to_indices_round_trips():

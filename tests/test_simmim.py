@@ -8,17 +8,9 @@ from transformers import ViTConfig, ViTForMaskedImageModeling, ViTModel
 from hf_mim import SimMIMConfig, SimMIMForImageClassification, SimMIMForPreTraining, SimMIMModel
 from hf_mim.convert import convert_checkpoint
 
-from .model_tester import ModelTesterMixin
+from .model_tester import TINY_VIT, ModelTesterMixin
 
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    mask_patch_size=16,
-)
+TINY = dict(**TINY_VIT, mask_patch_size=16)
 
 
 def tiny_config(**overrides) -> SimMIMConfig:
@@ -35,9 +27,7 @@ class TestSimMIM(ModelTesterMixin):
         return tiny_config(**overrides)
 
     def pretraining_inputs(self, config, seed=0):
-        g = torch.Generator().manual_seed(seed + 1)
-        masks = config.masking_spec().sample_batch(self.batch_size, config.grid_size, generator=g)
-        return {"pixel_values": self.pixel_values(config, seed), "bool_masked_pos": masks}
+        return self.masked_inputs(config, seed)
 
     def check_pretraining_outputs(self, config, outputs, inputs):
         height, width = inputs["pixel_values"].shape[-2:]

@@ -256,6 +256,12 @@ def resize_position_embedding(
     return torch.cat([cls_pos, patch_pos], dim=1)
 
 
+def channel_column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """Per-channel constants (a config's `image_mean`, `image_std`) as a (1, C, 1, 1) tensor on `like`'s device and
+    dtype, to (de-)normalise (B, C, H, W) images."""
+    return torch.tensor(values, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+
+
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, L, patch_size**2 * C), each patch flattened as (row, column, channel) like MAE."""
     batch, channels, height, width = pixel_values.shape
@@ -614,6 +620,7 @@ __all__ = [
     "sincos_2d_position_embedding",
     "resize_position_embedding",
     "patchify",
+    "channel_column",
     "unpatchify",
     "pool",
     "init_vit_weights",

@@ -16,7 +16,7 @@ import logging
 import torch
 from torch import nn
 
-from .backbone import ViTEncoder, config_error
+from .backbone import ViTEncoder, channel_column, config_error
 from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
 from .losses import masked_cross_entropy
@@ -173,12 +173,11 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         tok = self.tokenizer.config
         if list(tok.image_mean) == list(self.config.image_mean) and list(tok.image_std) == list(self.config.image_std):
             return pixel_values
-
-        def column(values):
-            return torch.tensor(values, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
-
-        raw = pixel_values * column(self.config.image_std) + column(self.config.image_mean)
-        return (raw - column(tok.image_mean)) / column(tok.image_std)
+        ours = self.config
+        raw = pixel_values * channel_column(ours.image_std, pixel_values) + channel_column(
+            ours.image_mean, pixel_values
+        )
+        return (raw - channel_column(tok.image_mean, raw)) / channel_column(tok.image_std, raw)
 
     def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, rows * cols) target ids from the frozen tokenizer."""
@@ -230,16 +229,18 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
                 Return a [`BEiTForPreTrainingOutput`] rather than a tuple.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        hidden, hidden_states, bool_masked_pos, grid = self.encode_with_mask_tokens(
-            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states
-        )
+        grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
         shape = (pixel_values.shape[0], grid[0] * grid[1])
+        # targets first: bad labels fail before any encoder work
         if labels is None:
             labels = self.visual_tokens(pixel_values)
             if tuple(labels.shape) != shape:
                 raise ValueError(f"the tokenizer gives {tuple(labels.shape)} tokens but the patch grid is {shape}")
         else:
             self._check_labels(labels, shape)
+        hidden, hidden_states, bool_masked_pos, _ = self.encode_with_mask_tokens(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states
+        )
         logits = self.lm_head(hidden[:, 1:])
         loss = masked_cross_entropy(logits, labels, bool_masked_pos)
         mask = bool_masked_pos.bool()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .augment import color_jitter, sample_color_jitter
-from .backbone import ViTEncoder, config_error
+from .backbone import ViTEncoder, channel_column, config_error
 from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
 from .ema import MOMENTUM_SCHEDULES, EMATeacher
@@ -165,15 +165,12 @@ class CMAEForPreTraining(CMAEPreTrainedModel):
 
     # -- views ----------------------------------------------------------------------------------------------------
 
-    def _stats(self, pixel_values):
-        def column(values):
-            return torch.tensor(values, device=pixel_values.device, dtype=pixel_values.dtype).view(1, -1, 1, 1)
-
-        return column(self.config.image_mean), column(self.config.image_std)
-
     def make_views(self, pixel_values: torch.Tensor, jitter: torch.Tensor) -> list[torch.Tensor]:
         """Two colour-jittered copies of normalised images; jitter (B, 2, 4) as `augment.color_jitter` factors."""
-        mean, std = self._stats(pixel_values)
+        mean, std = (
+            channel_column(self.config.image_mean, pixel_values),
+            channel_column(self.config.image_std, pixel_values),
+        )
         images = (pixel_values * std + mean).clamp(0, 1)
         return [(color_jitter(images, jitter[:, v]) - mean) / std for v in range(2)]
 

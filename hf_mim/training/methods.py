@@ -138,9 +138,13 @@ class MAEMethod(MaskedMethod):
 
         return extras
 
+    @staticmethod
+    def mask_inputs(batch: dict) -> dict:
+        """`noise` (random strategy) or `bool_masked_pos` (any other), whichever the pipeline drew."""
+        return {key: batch[key] for key in ("noise", "bool_masked_pos") if key in batch}
+
     def loss(self, model, batch):
-        masks = {key: batch[key] for key in ("noise", "bool_masked_pos") if key in batch}
-        return model(pixel_values=batch["pixel_values"], **masks).loss
+        return model(pixel_values=batch["pixel_values"], **self.mask_inputs(batch)).loss
 
 
 class RMAEMethod(MAEMethod):
@@ -151,8 +155,7 @@ class RMAEMethod(MAEMethod):
     model_class = RMAEForPreTraining
 
     def loss(self, model, batch):
-        masks = {key: batch[key] for key in ("noise", "bool_masked_pos") if key in batch}
-        out = model(pixel_values=batch["pixel_values"], **masks)
+        out = model(pixel_values=batch["pixel_values"], **self.mask_inputs(batch))
         return out.loss, {"consistency_loss": out.consistency_loss, "autoencoding_loss": out.autoencoding_loss}
 
 
