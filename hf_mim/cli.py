@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import sys
 
 
@@ -153,6 +155,10 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGUSR1"):
+        # `kill -USR1 PID` prints every thread's Python stack to stderr and the run goes on: what a stuck rank is
+        # waiting for, without a debugger on the machine.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.command == "convert":
         from .convert import ConversionError, convert_checkpoint
 

@@ -1,5 +1,6 @@
 """`hf-mim pretrain` end to end: tiny models, a few steps each."""
 
+import contextlib
 import json
 import logging
 import math
@@ -8,7 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -49,23 +54,53 @@ def tiny_args(tmp_path, **kw) -> PretrainArguments:
 
 
 def run_group(cmd, env=None, timeout=300) -> subprocess.CompletedProcess:
-    """Run in a session of its own, and on timeout kill the whole group: a launcher's workers must not outlive a
-    failed test."""
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{cmd[:6]}... did not finish in {timeout}s; stderr tail: {err[-2000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    """Run a command whose processes all carry a marker in their environment. Output goes to files, not pipes: a
+    launcher's workers live in sessions of their own (torchrun starts them so) and, were one to outlive the launcher,
+    it would hold a pipe open and block the test for good. On timeout every marked process prints its threads' stacks
+    (hf_mim registers faulthandler on SIGUSR1), then all are killed, and the test fails with those stacks."""
+    marker = uuid.uuid4().hex
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {}), _RUN_MARKER: marker}
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_marked(marker)
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if timed_out:
+        pytest.fail(f"{cmd[:6]}... did not finish in {timeout}s; stderr tail:\n{stderr[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+_RUN_MARKER = "HF_MIM_TEST_RUN"
+
+
+def _kill_marked(marker: str) -> None:
+    def marked():
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.environ().get(_RUN_MARKER) == marker:
+                    found.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
+
+    for p in marked():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGUSR1)
+    time.sleep(2)  # for the stacks to be written
+    victims = marked()
+    for p in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(victims, timeout=10)
 
 
 def run_cli(args, env=None, timeout=300):
@@ -98,6 +133,27 @@ def tiny_config_file(tmp_path):
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(TINY_MODEL))
     return str(path)
+
+
+def test_a_hung_run_is_killed_with_its_detached_children_and_their_stacks_reported(tmp_path):
+    """The harness itself: a launcher whose worker sits in a session of its own (as torchrun's do) and both hang;
+    the test fails in bounded time, with the worker's stack, and no process is left behind."""
+    pids = tmp_path / "pids"
+    script = f"""
+import faulthandler, os, signal, subprocess, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+code = "import faulthandler, signal, time; faulthandler.register(signal.SIGUSR1, all_threads=True); time.sleep(600)"
+child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{child.pid}}")
+time.sleep(600)
+"""
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="did not finish in 3s") as failure:
+        run_group([sys.executable, "-c", script], timeout=3)
+    assert str(failure.value).count("most recent call first") == 2  # both processes' faulthandler stacks
+    assert time.monotonic() - start < 30
+    for pid in map(int, pids.read_text().split()):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
 
 
 def test_cli_default_run_on_the_builtin_dataset(tmp_path):
