@@ -7,6 +7,11 @@ __version__ = "0.1.0.dev0"
 
 from .modeling import (
     MASK_STRATEGIES,
+    ADIOSConfig,
+    ADIOSForImageClassification,
+    ADIOSForPreTraining,
+    ADIOSForPreTrainingOutput,
+    ADIOSModel,
     BEiTConfig,
     BEiTForImageClassification,
     BEiTForPreTraining,
@@ -55,6 +60,11 @@ from .modeling.auto import METHODS
 from .training.callbacks import EMATeacherCallback
 
 __all__ = [
+    "ADIOSConfig",
+    "ADIOSForImageClassification",
+    "ADIOSForPreTraining",
+    "ADIOSForPreTrainingOutput",
+    "ADIOSModel",
     "CMAEConfig",
     "CMAEForImageClassification",
     "CMAEForPreTraining",

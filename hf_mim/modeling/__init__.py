@@ -1,3 +1,4 @@
+from .adios import ADIOSConfig, ADIOSForImageClassification, ADIOSForPreTraining, ADIOSModel, OcclusionModel
 from .backbone import MIMConfig, ViTEncoder, patchify, unpatchify
 from .base import MIMModel, MIMPreTrainedModel, build_image_processor
 from .beit import BEiTConfig, BEiTForImageClassification, BEiTForPreTraining, BEiTModel, BEiTPreTrainedModel
@@ -7,6 +8,7 @@ from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEMod
 from .ema import EMATeacher
 from .masking import MASK_STRATEGIES, MaskedMIMConfig, MaskingSpec, random_masking
 from .outputs import (
+    ADIOSForPreTrainingOutput,
     BEiTForPreTrainingOutput,
     CMAEForPreTrainingOutput,
     MAEForPreTrainingOutput,

@@ -10,6 +10,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .adios import ADIOSConfig, ADIOSForImageClassification, ADIOSForPreTraining, ADIOSModel
 from .beit import BEiTConfig, BEiTForImageClassification, BEiTForPreTraining, BEiTModel
 from .cmae import CMAEConfig, CMAEForImageClassification, CMAEForPreTraining, CMAEModel
 from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
@@ -41,6 +42,7 @@ register_method(MAEConfig, MAEModel, MAEForPreTraining, MAEForImageClassificatio
 register_method(SimMIMConfig, SimMIMModel, SimMIMForPreTraining, SimMIMForImageClassification)
 register_method(CMAEConfig, CMAEModel, CMAEForPreTraining, CMAEForImageClassification)
 register_method(RMAEConfig, RMAEModel, RMAEForPreTraining, RMAEForImageClassification)
+register_method(ADIOSConfig, ADIOSModel, ADIOSForPreTraining, ADIOSForImageClassification)
 register_method(BEiTConfig, BEiTModel, BEiTForPreTraining, BEiTForImageClassification)
 # Not a pretraining method of its own: BEiT's tokenizer loads with AutoConfig / AutoModel.
 _register_base(VisualTokenizerConfig, VisualTokenizer)

@@ -78,6 +78,66 @@ def byol_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * (p * z).sum(dim=-1)).mean()
 
 
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent over 2B embeddings: the positive of z1[i] is z2[i] and the reverse; every other embedding of
+    both views is a negative; the embedding itself is excluded. Cosine similarities over `temperature`, mean
+    cross-entropy over the 2B anchors, in float32."""
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]).float(), dim=-1)
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf"))
+    batch = len(z1)
+    targets = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(z.device)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def simsiam_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """SimSiam's negative cosine similarity, the target side stopped, averaged, in float32."""
+    return -torch.nn.functional.cosine_similarity(predictions.float(), targets.detach().float(), dim=-1).mean()
+
+
+def sparsity_penalty(masks: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """ADIOS's penalty on (B, N, H, W) masks: sum over masks of the batch mean of 1 / (sin(pi * area) + eps), with
+    area the mask's mean over pixels. Large for empty and for full masks, 1 / (1 + eps) at half the image.
+
+    In float32 whatever the autocast dtype, and with the sine clamped at 0: in float32 sin(pi * 1.0) is -8.7e-8, so
+    unclamped a full mask would score -1.1e7 rather than the 1e10 an empty one does."""
+    with torch.autocast(device_type=masks.device.type, enabled=False):
+        area = masks.float().mean(dim=(-2, -1))
+        return (1.0 / (torch.sin(torch.pi * area).clamp_min(0.0) + eps)).mean(dim=0).sum()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice (SimCLR's GatherLayer)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        import torch.distributed as dist
+
+        grad = torch.stack(grads)
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+def gather_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every process along dim 0, differentiably; `x` itself when not distributed.
+
+    Every rank then computes the loss of the global batch. Its gradient for the local rows is the sum over ranks
+    (W copies of the same gradient); DDP's mean over ranks brings that back to the single-process gradient."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return torch.cat(_GatherWithGrad.apply(x))
+
+
 __all__ = [
     "masked_mse_loss",
     "masked_pixel_l1_loss",
@@ -85,6 +145,10 @@ __all__ = [
     "normalize_patches",
     "token_info_nce",
     "byol_loss",
+    "nt_xent",
+    "simsiam_loss",
+    "sparsity_penalty",
+    "gather_across_ranks",
     "NEGATIVES",
     "NORM_PIX_EPS",
 ]

@@ -162,10 +162,40 @@ class VisualTokenizerOutput(ModelOutput):
     codebook_usage: torch.FloatTensor | None = None
 
 
+@dataclass
+class ADIOSForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            What the phase asked for minimises: `phase="encoder"`, the similarity loss (masks detached);
+            `phase="occlusion"`, `mask_penalty - similarity_loss` (the occlusion model's side of the min-max);
+            `phase=None`, `similarity_loss + mask_penalty` with the masks behind a gradient reversal (one optimizer).
+        similarity_loss (`torch.FloatTensor` of shape `()`):
+            The objective (SimCLR, BYOL or SimSiam) between the first view and the masked second view, summed over
+            the masks (or taken for each image's chosen mask, ADIOS-s).
+        mask_penalty (`torch.FloatTensor` of shape `()`):
+            `sparsity_weight * sum_k mean_b 1 / (sin(pi * area_bk) + sparsity_eps)`, in float32.
+        masks (`torch.FloatTensor` of shape `(batch_size, num_masks, height, width)`):
+            The occlusion model's masks of the second view; they sum to 1 at every pixel.
+        color_jitter (`torch.FloatTensor` of shape `(batch_size, 2, 4)`):
+            Each view's colour-jitter factors.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The encoder's hidden states for the first (unmasked) view.
+    """
+
+    loss: torch.FloatTensor | None = None
+    similarity_loss: torch.FloatTensor | None = None
+    mask_penalty: torch.FloatTensor | None = None
+    masks: torch.FloatTensor | None = None
+    color_jitter: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
 __all__ = [
     "MAEForPreTrainingOutput",
     "RMAEForPreTrainingOutput",
     "SimMIMForPreTrainingOutput",
     "BEiTForPreTrainingOutput",
     "VisualTokenizerOutput",
+    "ADIOSForPreTrainingOutput",
 ]
