@@ -179,7 +179,8 @@ def test_cli_default_run_on_the_builtin_dataset(tmp_path):
     assert json.loads((out / "training_args.json").read_text())["max_steps"] == 2
 
 
-@pytest.mark.parametrize("method", ["mae", "visual-tokenizer", "cmae"])  # weights; an EMA codebook; an EMA teacher
+# weights; an EMA codebook; an EMA teacher; a second optimizer and its schedule (ADIOS's occlusion model)
+@pytest.mark.parametrize("method", ["mae", "visual-tokenizer", "cmae", "adios"])
 def test_kill_and_resume_ends_with_the_same_weights(tmp_path, method):
     flags = [
         *method_flags(tmp_path, method),
@@ -404,6 +405,7 @@ METHOD_MODELS = {
     "simmim": dict(TINY_ENCODER, mask_patch_size=8),
     "beit": dict(TINY_ENCODER, vocab_size=32, mask_min_num_patches=2),
     "visual-tokenizer": dict(vocab_size=32, embedding_dim=8, hidden_channels=8),
+    "adios": dict(TINY_ENCODER, projection_hidden_size=64, projection_size=16, num_masks=3, occlusion_base_channels=8),
 }
 
 
@@ -413,7 +415,7 @@ def method_flags(tmp_path, method):
     return ["--method", method, *TINY_FLAGS, "--config", str(path)]
 
 
-@pytest.mark.parametrize("method", sorted(set(METHOD_MODELS) - {"cmae"}))  # C-MAE: see below
+@pytest.mark.parametrize("method", sorted(set(METHOD_MODELS) - {"cmae", "adios"}))  # C-MAE, ADIOS: see below
 def test_each_method_trains_on_the_builtin_data_and_its_loss_falls(tmp_path, method):
     args = tiny_args(
         tmp_path,
@@ -439,7 +441,7 @@ def test_each_method_trains_on_the_builtin_data_and_its_loss_falls(tmp_path, met
     assert set(summary["final_metrics"]) == expected_metrics
 
 
-@pytest.mark.parametrize("method", ["mae", "simmim", "beit"])
+@pytest.mark.parametrize("method", ["mae", "simmim", "beit", "adios"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, method):
     flags = [*method_flags(tmp_path, method), "--max-steps", "3"]
     single = run_cli(["--output-dir", str(tmp_path / "one"), *flags, "--batch-size", "16"])
@@ -452,7 +454,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, me
     one = json.loads((tmp_path / "one" / "training_summary.json").read_text())
     for (s1, l1), (s2, l2) in zip(one["loss_history"], summary["loss_history"], strict=True):
         assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-5)
-    assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), atol=1e-4)
+    one_weights, two_weights = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in [k for k in one_weights if k.endswith("attn.qkv.bias")]:
+        # The key bias has an exactly zero gradient (softmax ignores a shift shared by all keys): AdamW normalises
+        # the rounding noise that stands in for it into steps of about lr, different for any change of summation
+        # order. Compare the query and value biases only.
+        width = one_weights[name].shape[0] // 3
+        for w in (one_weights, two_weights):
+            w[name] = torch.cat([w[name][:width], w[name][2 * width :]])
+    assert_same_weights(one_weights, two_weights, atol=1e-4)
 
 
 def test_tokenizer_then_beit_on_two_processes(tmp_path):
@@ -560,3 +570,21 @@ def test_cmae_learns_to_tell_images_apart_on_the_builtin_data(tmp_path):
     )
     losses = [loss for _, loss in summary["loss_history"]]
     assert losses[-1] < math.log(32) - 0.05 and losses[-1] < losses[0] - 0.05, losses
+
+
+def test_adios_alternates_two_optimizers_under_accumulation(tmp_path):
+    """Both optimizers step once per optimizer step (not per micro-step); the occlusion model moves; its metrics are
+    logged; the masks neither vanish nor cover the image."""
+    overrides = dict(METHOD_MODELS["adios"])
+    args = tiny_args(
+        tmp_path, method="adios", max_steps=3, grad_accum=2, checkpointing_steps=1, config_overrides=overrides
+    )
+    summary = pretrain(args)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-3"
+    for name in ("optimizer.bin", "optimizer_1.bin"):
+        state = torch.load(checkpoint / name, weights_only=True)["state"]
+        assert {int(s["step"]) for s in state.values()} == {3}, name
+    assert set(summary["final_metrics"]) == {"mask_penalty", "occlusion_loss", "mask_area_min", "mask_area_max"}
+    assert 0.0 < summary["final_metrics"]["mask_area_min"] <= summary["final_metrics"]["mask_area_max"] < 1.0
+    first, last = (load_file(str(tmp_path / "run" / "checkpoints" / f"step-{n}" / "model.safetensors")) for n in (1, 3))
+    assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("occlusion."))

@@ -6,7 +6,8 @@ Adding a method to `hf-mim pretrain`: subclass `TrainingMethod` in the method's 
 - `after_optimizer_step`: C-MAE's EMA teacher update, once per optimizer step (not per accumulation micro-step),
   from the unwrapped student;
 - `checkpoint_objects`: extra state saved and restored with every checkpoint (an EMA teacher, a second optimizer);
-- `training_step`: full control of one micro-step (ADIOS's alternating two-optimizer update).
+- `second_parameters` / `second_learning_rate` / `second_loss`: a second optimizer, stepped after the main one on
+  the same micro-batches (ADIOS's occlusion model in its alternating min-max).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import torch
 from transformers import PretrainedConfig
 
+from ..modeling.adios import ADIOSConfig, ADIOSForPreTraining
 from ..modeling.beit import BEiTConfig, BEiTForPreTraining
 from ..modeling.cmae import CMAEConfig, CMAEForPreTraining
 from ..modeling.mae import MAEConfig, MAEForPreTraining
@@ -94,6 +96,20 @@ class TrainingMethod:
 
     def save_outputs(self, model, output_dir: str) -> None:
         """Write extra files beside the final model (main process only)."""
+
+    # -- a second optimizer, stepped after the main one on the same micro-batches (ADIOS's occlusion model) ----------
+
+    def second_parameters(self, model) -> list:
+        """Parameters the main optimizer leaves to the method's own optimizer; none by default."""
+        return []
+
+    def second_learning_rate(self, config) -> float:
+        raise NotImplementedError
+
+    def second_loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss the second optimizer minimises, on a micro-batch, after the main optimizer stepped on the same
+        micro-batches; with metrics to log."""
+        raise NotImplementedError
 
 
 class MaskedMethod(TrainingMethod):
@@ -276,9 +292,82 @@ class VisualTokenizerMethod(TrainingMethod):
         accelerator.unwrap_model(model).set_training_step(step)
 
 
+class ADIOSMethod(TrainingMethod):
+    """ADIOS's alternating min-max: the main optimizer trains the encoder side on `phase="encoder"`; after each of
+    its steps the occlusion model's own AdamW (`occlusion_learning_rate`) steps on `phase="occlusion"` over the same
+    micro-batches, so it faces the updated encoder, as in the reference."""
+
+    name = "adios"
+    config_class = ADIOSConfig
+    model_class = ADIOSForPreTraining
+    builtin_defaults = dict(projection_hidden_size=512, projection_size=128, prediction_hidden_size=256)
+    base_lr = 1e-3
+    betas = (0.9, 0.999)
+    crop_scale = (0.08, 1.0)  # SimCLR's crop
+
+    def build_model(self, config):
+        self.model = self.model_class(config)
+        return self.model
+
+    def sample_extras(self, config):
+        from ..modeling.augment import sample_color_jitter
+
+        strength, prob, masks = config.color_jitter_strength, config.color_jitter_prob, config.num_masks
+
+        def extras(generator):
+            out = {"color_jitter": torch.stack([sample_color_jitter(generator, strength, prob) for _ in range(2)])}
+            if config.single_mask:
+                out["mask_choice"] = torch.randint(masks, (), generator=generator)
+            return out
+
+        return extras
+
+    @staticmethod
+    def _inputs(batch):
+        return {k: batch[k] for k in ("pixel_values", "color_jitter", "mask_choice") if k in batch}
+
+    def loss(self, model, batch):
+        out = model(**self._inputs(batch), phase="encoder")
+        return out.loss, {"mask_penalty": out.mask_penalty}
+
+    def second_parameters(self, model):
+        return model.occlusion_parameters()
+
+    def second_learning_rate(self, config):
+        return config.occlusion_learning_rate
+
+    def second_loss(self, model, batch):
+        out = model(**self._inputs(batch), phase="occlusion")
+        areas = out.masks.detach().float().mean(dim=(-2, -1))  # (B, N)
+        return out.loss, {
+            "occlusion_loss": out.loss.detach(),
+            "mask_area_min": areas.min(dim=1).values.mean(),
+            "mask_area_max": areas.max(dim=1).values.mean(),
+        }
+
+    def on_train_start(self, accelerator, model, max_steps):
+        unwrapped = accelerator.unwrap_model(model)
+        if unwrapped.config.objective == "byol":
+            unwrapped.teacher.total_steps = max_steps
+
+    def after_optimizer_step(self, accelerator, model, step):
+        accelerator.unwrap_model(model).update_teacher()
+
+    def checkpoint_objects(self):
+        return [self.model.teacher] if self.model.config.objective == "byol" else []
+
+    def save_outputs(self, model, output_dir):
+        if model.config.objective == "byol":
+            import os
+
+            from .callbacks import TEACHER_FILE, save_teacher
+
+            save_teacher(model.teacher, os.path.join(output_dir, TEACHER_FILE))
+
+
 TRAINING_METHODS: dict[str, type[TrainingMethod]] = {
     method.name: method
-    for method in (MAEMethod, RMAEMethod, CMAEMethod, SimMIMMethod, BEiTMethod, VisualTokenizerMethod)
+    for method in (MAEMethod, RMAEMethod, CMAEMethod, SimMIMMethod, BEiTMethod, VisualTokenizerMethod, ADIOSMethod)
 }
 
 __all__ = [
@@ -292,5 +381,6 @@ __all__ = [
     "SimMIMMethod",
     "BEiTMethod",
     "VisualTokenizerMethod",
+    "ADIOSMethod",
     "config_fields",
 ]

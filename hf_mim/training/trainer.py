@@ -153,12 +153,15 @@ def build_config(args: PretrainArguments, method):
     return method.build_config(fields, overrides)
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only (nanoGPT / MAE): no decay on biases, norms, tokens and position tables."""
+def param_groups(model, weight_decay: float, only=None, exclude=()) -> list[dict]:
+    """Weight decay on matrices only (nanoGPT / MAE): no decay on biases, norms, tokens and position tables.
+    `only` / `exclude`: parameters to keep to / to leave out (a second optimizer's)."""
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    only = None if only is None else {id(p) for p in only}
+    exclude = {id(p) for p in exclude}
     decay, rest = [], []
     for name, param in model.named_parameters():
-        if param.requires_grad:
+        if param.requires_grad and id(param) not in exclude and (only is None or id(param) in only):
             (rest if name in no_decay or param.ndim < 2 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
@@ -226,19 +229,34 @@ def pretrain(args: PretrainArguments) -> dict:
     world = accelerator.num_processes
     effective_batch = args.batch_size * args.grad_accum * world
     lr = args.lr if args.lr is not None else args.base_lr * effective_batch / 256
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=lr, betas=method.betas)
+    second = method.second_parameters(model)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, exclude=second), lr=lr, betas=method.betas)
+    # ADIOS's occlusion model: its own AdamW, prepared with the rest, so accelerate checkpoints and restores it
+    optimizer2 = (
+        torch.optim.AdamW(
+            param_groups(model, args.weight_decay, only=second),
+            lr=method.second_learning_rate(config),
+            betas=method.betas,
+        )
+        if second
+        else None
+    )
     if args.compile:
         # In place: torch.compile(model) would return a wrapper whose state-dict keys carry "_orig_mod.", and the
         # saved model would then load as freshly initialised weights.
         model.compile()
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if optimizer2 is None:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    else:
+        model, optimizer, loader, optimizer2 = accelerator.prepare(model, optimizer, loader, optimizer2)
     steps_per_epoch = max(1, math.ceil(len(loader) / args.grad_accum))
     max_steps = args.max_steps or steps_per_epoch * args.epochs
     epochs = math.ceil(max_steps / steps_per_epoch)
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * max_steps)
     scheduler = cosine_with_warmup(optimizer, warmup, max_steps)
+    schedulers = [scheduler] + ([cosine_with_warmup(optimizer2, warmup, max_steps)] if optimizer2 else [])
     extra_state = method.checkpoint_objects()
-    accelerator.register_for_checkpointing(scheduler, *extra_state)
+    accelerator.register_for_checkpointing(*schedulers, *extra_state)
 
     # ---- resume -------------------------------------------------------------------------------------------
     state = {
@@ -308,6 +326,7 @@ def pretrain(args: PretrainArguments) -> dict:
     images_seen, start = 0, time.perf_counter()
     consecutive_bad = 0
     done = global_step >= max_steps
+    step_batches: list[tuple[dict, torch.Tensor]] = []  # this step's micro-batches, for a second optimizer
     for epoch in range(state["epoch"], epochs):
         if done:
             break
@@ -324,6 +343,8 @@ def pretrain(args: PretrainArguments) -> dict:
                     "[rank %d] skipped unreadable image %s: %s", accelerator.process_index, name, skips.skipped[name]
                 )
             weight = batch.pop("loss_weight")
+            if optimizer2 is not None:
+                step_batches.append((batch, weight))
             with accelerator.accumulate(model):
                 loss, metrics = _split_loss(method.loss(model, batch))
                 loss = loss * weight
@@ -353,11 +374,18 @@ def pretrain(args: PretrainArguments) -> dict:
                         for name, value in step_metrics.items():
                             log_metrics[name] = log_metrics.get(name, zero) + value / micro_steps
                     optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients go too
+                    if optimizer2 is not None:
+                        if not non_finite:
+                            second_metrics = _second_step(accelerator, model, method, optimizer2, step_batches)
+                            for name, value in second_metrics.items():
+                                log_metrics[name] = log_metrics.get(name, zero) + value
+                        step_batches = []
                     step_loss, micro_steps, step_metrics = zero, 0, {}
             images_seen += batch["pixel_values"].shape[0] * world
             if not accelerator.sync_gradients:
                 continue
-            scheduler.step()
+            for each in schedulers:
+                each.step()
             global_step += 1
             progress.update(1)
             # log_steps is the same on every rank (the skip decision is shared), so all enter the reduce or none
@@ -422,7 +450,7 @@ def pretrain(args: PretrainArguments) -> dict:
     # here, the reducer lets go first; destroy_process_group then frees the group with the GIL released. Without this,
     # about 1 in 20 two-process CPU runs hung for good after saving.
     accelerator.free_memory()
-    del model, optimizer, loader, scheduler
+    del model, optimizer, optimizer2, loader, scheduler, schedulers
     gc.collect()
     accelerator.end_training()
     if accelerator.is_main_process:
@@ -433,6 +461,35 @@ def pretrain(args: PretrainArguments) -> dict:
     if not in_sync:
         raise TrainingError("parameters differ across processes at the end of training")
     return summary
+
+
+def _second_step(accelerator, model, method, optimizer2, step_batches) -> dict[str, torch.Tensor]:
+    """The second optimizer's step on the micro-batches the main one just stepped on, against the updated model.
+
+    DDP synchronises gradients on the last micro-batch only; the loss is scaled like the main one (accelerate
+    divides by the accumulation steps). Every parameter takes part in these backward passes, the main side's too:
+    their gradients are dropped afterwards rather than excluded with requires_grad, which DDP does not allow to
+    change after wrapping. A non-finite loss on any rank skips the step on every rank."""
+    import contextlib
+
+    optimizer2.zero_grad(set_to_none=True)
+    total, metrics = None, {}
+    for i, (batch, weight) in enumerate(step_batches):
+        sync = i == len(step_batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            loss, batch_metrics = _split_loss(method.second_loss(model, batch))
+            accelerator.backward(loss * weight)
+        total = loss.detach().float() if total is None else total + loss.detach().float()
+        for name, value in batch_metrics.items():
+            metrics[name] = metrics.get(name, 0) + value.detach().float() / len(step_batches)
+    if accelerator.reduce((~torch.isfinite(total)).float(), "sum").item() > 0:
+        logger.warning("non-finite loss of the second optimizer; its update skipped")
+        metrics = {}
+    else:
+        optimizer2.step()
+    optimizer2.zero_grad(set_to_none=True)
+    accelerator.unwrap_model(model).zero_grad(set_to_none=True)  # the main side's gradients from these passes
+    return metrics
 
 
 def _split_loss(output) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
