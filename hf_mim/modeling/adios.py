@@ -23,11 +23,11 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 
-from .augment import color_jitter, sample_color_jitter
-from .backbone import MIMConfig, ViTEncoder, channel_column, config_error, pool, to_2tuple
+from .augment import TwoViewsMixin, validate_color_jitter_fields
+from .backbone import MIMConfig, ViTEncoder, config_error, pool, to_2tuple
 from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
-from .ema import MOMENTUM_SCHEDULES, EMATeacher
+from .ema import EMATeacher, build_teacher, validate_ema_fields
 from .heads import MLPHead
 from .losses import byol_loss, gather_across_ranks, nt_xent, simsiam_loss, sparsity_penalty
 from .outputs import ADIOSForPreTrainingOutput
@@ -166,15 +166,8 @@ class ADIOSConfig(MIMConfig):
         for field in ("sparsity_weight", "gradient_reversal_scale"):
             if not getattr(self, field) >= 0:
                 raise config_error(field, getattr(self, field), "a non-negative float")
-        for field in ("ema_momentum", "ema_momentum_end", "color_jitter_prob"):
-            if not 0.0 <= getattr(self, field) <= 1.0:
-                raise config_error(field, getattr(self, field), "a float in [0, 1]")
-        if self.ema_momentum_schedule not in MOMENTUM_SCHEDULES:
-            raise config_error("ema_momentum_schedule", self.ema_momentum_schedule, f"one of {MOMENTUM_SCHEDULES}")
-        if len(self.color_jitter_strength) != 4 or any(s < 0 for s in self.color_jitter_strength):
-            raise config_error(
-                "color_jitter_strength", self.color_jitter_strength, "four non-negative floats (b, c, s, hue)"
-            )
+        validate_ema_fields(self)
+        validate_color_jitter_fields(self)
 
     @property
     def unet_num_blocks(self) -> int:
@@ -278,7 +271,7 @@ class ADIOSForImageClassification(MIMForImageClassification):
     config_class = ADIOSConfig
 
 
-class ADIOSForPreTraining(ADIOSPreTrainedModel):
+class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
     """ADIOS for pretraining: `vit` (the shared encoder), `occlusion` (the U-Net), `projector`, and `predictor` for
     BYOL and SimSiam. BYOL's target is an [`EMATeacher`] (encoder and projector) outside the module tree, updated by
     `update_teacher()` once per optimizer step (`hf-mim pretrain`, or `EMATeacherCallback` under Trainer)."""
@@ -301,13 +294,7 @@ class ADIOSForPreTraining(ADIOSPreTrainedModel):
         if self.config.objective != "byol":
             raise AttributeError(f"only objective='byol' has a teacher, not {self.config.objective!r}")
         if self._teacher is None:
-            self._teacher = EMATeacher(
-                self,
-                ("vit", "projector"),
-                momentum=self.config.ema_momentum,
-                momentum_end=self.config.ema_momentum_end,
-                schedule=self.config.ema_momentum_schedule,
-            )
+            self._teacher = build_teacher(self, ("vit", "projector"))
         return self._teacher
 
     def update_teacher(self) -> None:
@@ -318,13 +305,6 @@ class ADIOSForPreTraining(ADIOSPreTrainedModel):
     def occlusion_parameters(self) -> list[nn.Parameter]:
         """What the occlusion optimizer trains (everything else is the encoder side's)."""
         return list(self.occlusion.parameters())
-
-    def make_views(self, pixel_values: torch.Tensor, jitter: torch.Tensor) -> list[torch.Tensor]:
-        """Two colour-jittered copies of normalised images; jitter (B, 2, 4) as `augment.color_jitter` factors."""
-        mean = channel_column(self.config.image_mean, pixel_values)
-        std = channel_column(self.config.image_std, pixel_values)
-        images = (pixel_values * std + mean).clamp(0, 1)
-        return [(color_jitter(images, jitter[:, v]) - mean) / std for v in range(2)]
 
     def _embed(self, pixel_values, interpolate_pos_encoding, output_hidden_states=False):
         hidden, hidden_states = self.vit(
@@ -361,10 +341,9 @@ class ADIOSForPreTraining(ADIOSPreTrainedModel):
     def draw_inputs(self, batch: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, 2, 4) jitter factors and, for ADIOS-s, (B,) mask choices, from the global RNG (the data pipeline passes
         its own)."""
-        strength, prob = self.config.color_jitter_strength, self.config.color_jitter_prob
-        jitter = torch.stack([sample_color_jitter(None, strength, prob) for _ in range(2 * batch)]).view(batch, 2, 4)
+        jitter = self.draw_view_jitter(batch, device)
         choice = torch.randint(self.config.num_masks, (batch,)) if self.config.single_mask else None
-        return jitter.to(device), None if choice is None else choice.to(device)
+        return jitter, None if choice is None else choice.to(device)
 
     def forward(
         self,

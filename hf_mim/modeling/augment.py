@@ -1,4 +1,4 @@
-"""Colour jitter on tensors, for methods that build their views inside the model (C-MAE): brightness, contrast,
+"""Colour jitter on tensors, for methods that build their views inside the model (C-MAE, ADIOS): brightness, contrast,
 saturation and hue, per image, with the factors as inputs so that a seed reproduces them.
 
 Images are (B, C, H, W) in [0, 1]. Factors are (B, 4): brightness, contrast and saturation multipliers (1 = no
@@ -80,4 +80,49 @@ def sample_color_jitter(
     return torch.tensor([1 + b * u[0], 1 + c * u[1], 1 + s * u[2], h * u[3]], dtype=torch.float32)
 
 
-__all__ = ["color_jitter", "sample_color_jitter", "rgb_to_hsv", "hsv_to_rgb", "IDENTITY"]
+def validate_color_jitter_fields(config) -> None:
+    """`color_jitter_strength` (four non-negative floats) and `color_jitter_prob` (in [0, 1]) of a two-view config."""
+    from .backbone import config_error
+
+    if not 0.0 <= config.color_jitter_prob <= 1.0:
+        raise config_error("color_jitter_prob", config.color_jitter_prob, "a float in [0, 1]")
+    if len(config.color_jitter_strength) != 4 or any(s < 0 for s in config.color_jitter_strength):
+        raise config_error(
+            "color_jitter_strength", config.color_jitter_strength, "four non-negative floats (b, c, s, hue)"
+        )
+
+
+def sample_view_jitter(generator: torch.Generator | None, config, views: int = 2) -> torch.Tensor:
+    """(views, 4) factors for one image, from the config's `color_jitter_strength` and `color_jitter_prob`."""
+    strength, prob = config.color_jitter_strength, config.color_jitter_prob
+    return torch.stack([sample_color_jitter(generator, strength, prob) for _ in range(views)])
+
+
+class TwoViewsMixin:
+    """For pretraining models that make two colour-jittered views of each image themselves (C-MAE, ADIOS): the
+    config has `image_mean`, `image_std`, `color_jitter_strength` and `color_jitter_prob`."""
+
+    def make_views(self, pixel_values: torch.Tensor, jitter: torch.Tensor) -> list[torch.Tensor]:
+        """Two colour-jittered copies of normalised images; jitter (B, 2, 4) as `color_jitter` factors."""
+        from .backbone import channel_column
+
+        mean = channel_column(self.config.image_mean, pixel_values)
+        std = channel_column(self.config.image_std, pixel_values)
+        images = (pixel_values * std + mean).clamp(0, 1)
+        return [(color_jitter(images, jitter[:, v]) - mean) / std for v in range(2)]
+
+    def draw_view_jitter(self, batch: int, device) -> torch.Tensor:
+        """(B, 2, 4) factors from the global RNG (the data pipeline passes its own, drawn per sample)."""
+        return torch.stack([sample_view_jitter(None, self.config) for _ in range(batch)]).to(device)
+
+
+__all__ = [
+    "color_jitter",
+    "sample_color_jitter",
+    "sample_view_jitter",
+    "validate_color_jitter_fields",
+    "TwoViewsMixin",
+    "rgb_to_hsv",
+    "hsv_to_rgb",
+    "IDENTITY",
+]

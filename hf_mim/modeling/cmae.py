@@ -20,11 +20,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .augment import color_jitter, sample_color_jitter
-from .backbone import ViTEncoder, channel_column, config_error
+from .augment import TwoViewsMixin, validate_color_jitter_fields
+from .backbone import ViTEncoder, config_error
 from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
-from .ema import MOMENTUM_SCHEDULES, EMATeacher
+from .ema import EMATeacher, build_teacher, validate_ema_fields
 from .heads import MLPHead
 from .losses import NEGATIVES, byol_loss, token_info_nce
 from .masking import MaskedMIMConfig
@@ -102,15 +102,8 @@ class CMAEConfig(MaskedMIMConfig):
             raise config_error("negatives", self.negatives, f"one of {NEGATIVES}")
         if not self.contrastive_temperature > 0:
             raise config_error("contrastive_temperature", self.contrastive_temperature, "a positive float")
-        for field in ("ema_momentum", "ema_momentum_end", "color_jitter_prob"):
-            if not 0.0 <= getattr(self, field) <= 1.0:
-                raise config_error(field, getattr(self, field), "a float in [0, 1]")
-        if self.ema_momentum_schedule not in MOMENTUM_SCHEDULES:
-            raise config_error("ema_momentum_schedule", self.ema_momentum_schedule, f"one of {MOMENTUM_SCHEDULES}")
-        if len(self.color_jitter_strength) != 4 or any(s < 0 for s in self.color_jitter_strength):
-            raise config_error(
-                "color_jitter_strength", self.color_jitter_strength, "four non-negative floats (b, c, s, hue)"
-            )
+        validate_ema_fields(self)
+        validate_color_jitter_fields(self)
 
 
 class CMAEPreTrainedModel(MIMPreTrainedModel):
@@ -129,7 +122,7 @@ class CMAEForImageClassification(MIMForImageClassification):
     config_class = CMAEConfig
 
 
-class CMAEForPreTraining(CMAEPreTrainedModel):
+class CMAEForPreTraining(TwoViewsMixin, CMAEPreTrainedModel):
     """C-MAE for pretraining. `teacher` (an [`EMATeacher`], built from the student on first use) is not a submodule:
     it is not in `state_dict()`; `hf-mim pretrain` checkpoints it, and writes it to `ema_teacher.safetensors`."""
 
@@ -149,13 +142,7 @@ class CMAEForPreTraining(CMAEPreTrainedModel):
     def teacher(self) -> EMATeacher:
         """Built on first use from the current student weights (after initialisation or loading, never before)."""
         if self._teacher is None:
-            self._teacher = EMATeacher(
-                self,
-                ("vit", "mask_token", "projector"),
-                momentum=self.config.ema_momentum,
-                momentum_end=self.config.ema_momentum_end,
-                schedule=self.config.ema_momentum_schedule,
-            )
+            self._teacher = build_teacher(self, ("vit", "mask_token", "projector"))
         return self._teacher
 
     def update_teacher(self) -> None:
@@ -165,22 +152,11 @@ class CMAEForPreTraining(CMAEPreTrainedModel):
 
     # -- views ----------------------------------------------------------------------------------------------------
 
-    def make_views(self, pixel_values: torch.Tensor, jitter: torch.Tensor) -> list[torch.Tensor]:
-        """Two colour-jittered copies of normalised images; jitter (B, 2, 4) as `augment.color_jitter` factors."""
-        mean, std = (
-            channel_column(self.config.image_mean, pixel_values),
-            channel_column(self.config.image_std, pixel_values),
-        )
-        images = (pixel_values * std + mean).clamp(0, 1)
-        return [(color_jitter(images, jitter[:, v]) - mean) / std for v in range(2)]
-
     def draw_inputs(self, batch: int, grid: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 2, L) masks and (B, 2, 4) jitter factors from the global RNG (the data pipeline passes its own)."""
         spec = self.config.masking_spec()
         masks = torch.stack([spec.sample_batch(batch, grid) for _ in range(2)], dim=1)
-        strength, prob = self.config.color_jitter_strength, self.config.color_jitter_prob
-        jitter = torch.stack([sample_color_jitter(None, strength, prob) for _ in range(2 * batch)]).view(batch, 2, 4)
-        return masks.to(device), jitter.to(device)
+        return masks.to(device), self.draw_view_jitter(batch, device)
 
     def _pair_loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.config.loss == "byol":

@@ -90,4 +90,27 @@ class EMATeacher:
         self.total_steps = state.get("total_steps")
 
 
-__all__ = ["EMATeacher", "MOMENTUM_SCHEDULES"]
+def validate_ema_fields(config) -> None:
+    """`ema_momentum` and `ema_momentum_end` (in [0, 1]) and `ema_momentum_schedule` of a config with a teacher."""
+    from .backbone import config_error
+
+    for field in ("ema_momentum", "ema_momentum_end"):
+        if not 0.0 <= getattr(config, field) <= 1.0:
+            raise config_error(field, getattr(config, field), "a float in [0, 1]")
+    if config.ema_momentum_schedule not in MOMENTUM_SCHEDULES:
+        raise config_error("ema_momentum_schedule", config.ema_momentum_schedule, f"one of {MOMENTUM_SCHEDULES}")
+
+
+def build_teacher(model: nn.Module, names: Sequence[str]) -> EMATeacher:
+    """An `EMATeacher` over `names` of `model`, with the config's `ema_momentum`, `_end` and `_schedule`."""
+    config = model.config
+    return EMATeacher(
+        model,
+        names,
+        momentum=config.ema_momentum,
+        momentum_end=config.ema_momentum_end,
+        schedule=config.ema_momentum_schedule,
+    )
+
+
+__all__ = ["EMATeacher", "MOMENTUM_SCHEDULES", "build_teacher", "validate_ema_fields"]

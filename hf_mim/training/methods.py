@@ -175,7 +175,36 @@ class RMAEMethod(MAEMethod):
         return out.loss, {"consistency_loss": out.consistency_loss, "autoencoding_loss": out.autoencoding_loss}
 
 
-class CMAEMethod(TrainingMethod):
+class TeacherMethod(TrainingMethod):
+    """A method whose model may carry an `EMATeacher` (`model.teacher`; absent when its config has none): updated
+    after every optimizer step from the unwrapped student, checkpointed, and written to ema_teacher.safetensors."""
+
+    def build_model(self, config):
+        self.model = self.model_class(config)  # kept: the teacher is a checkpoint object, not a submodule
+        return self.model
+
+    def on_train_start(self, accelerator, model, max_steps):
+        unwrapped = accelerator.unwrap_model(model)
+        if hasattr(unwrapped, "teacher"):
+            unwrapped.teacher.total_steps = max_steps
+
+    def after_optimizer_step(self, accelerator, model, step):
+        accelerator.unwrap_model(model).update_teacher()
+
+    def checkpoint_objects(self):
+        # built from the prepared student's weights, on its device
+        return [self.model.teacher] if hasattr(self.model, "teacher") else []
+
+    def save_outputs(self, model, output_dir):
+        if hasattr(model, "teacher"):
+            import os
+
+            from .callbacks import TEACHER_FILE, save_teacher
+
+            save_teacher(model.teacher, os.path.join(output_dir, TEACHER_FILE))
+
+
+class CMAEMethod(TeacherMethod):
     """C-MAE: both views' masks and colour jitter drawn per sample in the data pipeline; the EMA teacher updated
     after every optimizer step from the unwrapped student, checkpointed, and written to ema_teacher.safetensors."""
 
@@ -185,20 +214,15 @@ class CMAEMethod(TrainingMethod):
     paper_defaults = dict(mask_strategy="random", mask_ratio=0.75)
     builtin_defaults = dict(projection_hidden_size=512, projection_size=128)
 
-    def build_model(self, config):
-        self.model = self.model_class(config)
-        return self.model
-
     def sample_extras(self, config):
-        from ..modeling.augment import sample_color_jitter
+        from ..modeling.augment import sample_view_jitter
 
         spec, grid = config.masking_spec(), config.grid_size
-        strength, prob = config.color_jitter_strength, config.color_jitter_prob
 
         def extras(generator):
             return {
                 "bool_masked_pos": torch.stack([spec.sample(grid, generator) for _ in range(2)]),
-                "color_jitter": torch.stack([sample_color_jitter(generator, strength, prob) for _ in range(2)]),
+                "color_jitter": sample_view_jitter(generator, config),
             }
 
         return extras
@@ -209,22 +233,6 @@ class CMAEMethod(TrainingMethod):
             bool_masked_pos=batch["bool_masked_pos"],
             color_jitter=batch["color_jitter"],
         ).loss
-
-    def on_train_start(self, accelerator, model, max_steps):
-        accelerator.unwrap_model(model).teacher.total_steps = max_steps
-
-    def after_optimizer_step(self, accelerator, model, step):
-        accelerator.unwrap_model(model).update_teacher()
-
-    def checkpoint_objects(self):
-        return [self.model.teacher]  # built from the prepared student's weights, on its device
-
-    def save_outputs(self, model, output_dir):
-        import os
-
-        from .callbacks import TEACHER_FILE, save_teacher
-
-        save_teacher(model.teacher, os.path.join(output_dir, TEACHER_FILE))
 
 
 class SimMIMMethod(MaskedMethod):
@@ -292,7 +300,7 @@ class VisualTokenizerMethod(TrainingMethod):
         accelerator.unwrap_model(model).set_training_step(step)
 
 
-class ADIOSMethod(TrainingMethod):
+class ADIOSMethod(TeacherMethod):
     """ADIOS's alternating min-max: the main optimizer trains the encoder side on `phase="encoder"`; after each of
     its steps the occlusion model's own AdamW (`occlusion_learning_rate`) steps on `phase="occlusion"` over the same
     micro-batches, so it faces the updated encoder, as in the reference."""
@@ -305,19 +313,13 @@ class ADIOSMethod(TrainingMethod):
     betas = (0.9, 0.999)
     crop_scale = (0.08, 1.0)  # SimCLR's crop
 
-    def build_model(self, config):
-        self.model = self.model_class(config)
-        return self.model
-
     def sample_extras(self, config):
-        from ..modeling.augment import sample_color_jitter
-
-        strength, prob, masks = config.color_jitter_strength, config.color_jitter_prob, config.num_masks
+        from ..modeling.augment import sample_view_jitter
 
         def extras(generator):
-            out = {"color_jitter": torch.stack([sample_color_jitter(generator, strength, prob) for _ in range(2)])}
+            out = {"color_jitter": sample_view_jitter(generator, config)}
             if config.single_mask:
-                out["mask_choice"] = torch.randint(masks, (), generator=generator)
+                out["mask_choice"] = torch.randint(config.num_masks, (), generator=generator)
             return out
 
         return extras
@@ -345,25 +347,6 @@ class ADIOSMethod(TrainingMethod):
             "mask_area_max": areas.max(dim=1).values.mean(),
         }
 
-    def on_train_start(self, accelerator, model, max_steps):
-        unwrapped = accelerator.unwrap_model(model)
-        if unwrapped.config.objective == "byol":
-            unwrapped.teacher.total_steps = max_steps
-
-    def after_optimizer_step(self, accelerator, model, step):
-        accelerator.unwrap_model(model).update_teacher()
-
-    def checkpoint_objects(self):
-        return [self.model.teacher] if self.model.config.objective == "byol" else []
-
-    def save_outputs(self, model, output_dir):
-        if model.config.objective == "byol":
-            import os
-
-            from .callbacks import TEACHER_FILE, save_teacher
-
-            save_teacher(model.teacher, os.path.join(output_dir, TEACHER_FILE))
-
 
 TRAINING_METHODS: dict[str, type[TrainingMethod]] = {
     method.name: method
@@ -377,6 +360,7 @@ __all__ = [
     "MaskedMethod",
     "MAEMethod",
     "RMAEMethod",
+    "TeacherMethod",
     "CMAEMethod",
     "SimMIMMethod",
     "BEiTMethod",

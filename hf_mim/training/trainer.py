@@ -7,6 +7,7 @@ trackers); what a method needs beyond a loss goes through its `TrainingMethod` h
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import json
@@ -470,8 +471,6 @@ def _second_step(accelerator, model, method, optimizer2, step_batches) -> dict[s
     divides by the accumulation steps). Every parameter takes part in these backward passes, the main side's too:
     their gradients are dropped afterwards rather than excluded with requires_grad, which DDP does not allow to
     change after wrapping. A non-finite loss on any rank skips the step on every rank."""
-    import contextlib
-
     optimizer2.zero_grad(set_to_none=True)
     total, metrics = None, {}
     for i, (batch, weight) in enumerate(step_batches):
