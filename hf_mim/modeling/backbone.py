@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -226,17 +225,19 @@ def sincos_2d_position_embedding(dim: int, grid_size: tuple[int, int], cls_token
     if dim % 4:
         raise ValueError(f"dim={dim} must be divisible by 4 for 2-D sincos embeddings")
     rows, cols = grid_size
-    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
-    grid_y, grid_x = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
+    # torch, not numpy: this file is uploaded as remote code, which may import only torch and transformers
+    f64 = torch.float64
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=f64) / (dim / 4.0))
+    grid_y, grid_x = torch.meshgrid(torch.arange(rows, dtype=f64), torch.arange(cols, dtype=f64), indexing="ij")
 
-    def encode(positions: np.ndarray) -> np.ndarray:
-        angles = np.einsum("m,d->md", positions.reshape(-1), omega)
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * omega
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
-    table = np.concatenate([encode(grid_x), encode(grid_y)], axis=1)
+    table = torch.cat([encode(grid_x), encode(grid_y)], dim=1)
     if cls_token:
-        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
-    return torch.from_numpy(table).float()
+        table = torch.cat([torch.zeros(1, dim, dtype=f64), table], dim=0)
+    return table.float()
 
 
 def resize_position_embedding(
