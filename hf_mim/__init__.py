@@ -5,6 +5,7 @@ Importing the package registers every method's config and models with transforme
 
 __version__ = "0.1.0.dev0"
 
+from . import hub  # noqa: F401  (installs the model-card and push hooks on every hf_mim model)
 from .modeling import (
     MASK_STRATEGIES,
     ADIOSConfig,

@@ -41,7 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--mask-patch-size", type=int, help="SimMIM: mask patch size in pixels to record")
 
     _add_pretrain_parser(sub)
-
+    push = sub.add_parser(
+        "push",
+        help="upload a saved model folder to the Hub with its generated model card",
+        description="Upload OUTPUT_DIR (written by `hf-mim pretrain` or save_pretrained) to REPO_ID in one commit: "
+        "safetensors weights, config.json with auto_map, preprocessor_config.json, the modeling code for "
+        "trust_remote_code loading, the run records and pictures, and README.md (the model card, regenerated for "
+        "REPO_ID unless you wrote your own, and validated before anything is sent). Checkpoints, optimizer states "
+        "and pickle files are never uploaded.",
+    )
+    push.add_argument("output_dir", metavar="OUTPUT_DIR", help="the saved model folder")
+    push.add_argument("repo_id", metavar="REPO_ID", help="'name' or 'namespace/name'")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.add_argument("--commit-message", help="commit message (default: 'Upload <class> with hf_mim')")
+    push.add_argument("--license", help="Hub license id for the card (default: apache-2.0)")
+    push.add_argument("--base-model", help="the Hub id these weights were fine-tuned from, for the card")
+    push.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     return parser
 
 
@@ -159,6 +175,25 @@ def main(argv: list[str] | None = None) -> int:
         # `kill -USR1 PID` prints every thread's Python stack to stderr and the run goes on: what a stuck rank is
         # waiting for, without a debugger on the machine.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if args.command == "push":
+        from .hub import push_folder
+
+        try:
+            commit = push_folder(
+                args.output_dir,
+                args.repo_id,
+                token=args.token,
+                private=args.private or None,
+                revision=args.revision,
+                commit_message=args.commit_message,
+                license=args.license,
+                base_model=args.base_model,
+            )
+        except ValueError as err:
+            print(f"hf-mim push: error: {err}", file=sys.stderr)
+            return 2
+        print(f"pushed {args.output_dir} to {commit.commit_url}")
+        return 0
     if args.command == "convert":
         from .convert import ConversionError, convert_checkpoint
 

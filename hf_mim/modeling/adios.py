@@ -433,7 +433,17 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
         )
 
 
+#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
+#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
+AUTO_CLASSES = {
+    "AutoConfig": ADIOSConfig,
+    "AutoModel": ADIOSModel,
+    "AutoModelForPreTraining": ADIOSForPreTraining,
+    "AutoModelForImageClassification": ADIOSForImageClassification,
+}
+
 __all__ = [
+    "AUTO_CLASSES",
     "ADIOSConfig",
     "ADIOSPreTrainedModel",
     "ADIOSModel",

@@ -1,48 +1,37 @@
-"""Registration with transformers' Auto classes. Each method adds one `register_method(...)` line below."""
+"""Registration with transformers' Auto classes, from each method file's `AUTO_CLASSES`."""
 
 from __future__ import annotations
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForPreTraining,
-)
+import transformers
 
-from .adios import ADIOSConfig, ADIOSForImageClassification, ADIOSForPreTraining, ADIOSModel
-from .beit import BEiTConfig, BEiTForImageClassification, BEiTForPreTraining, BEiTModel
-from .cmae import CMAEConfig, CMAEForImageClassification, CMAEForPreTraining, CMAEModel
-from .mae import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel
-from .rmae import RMAEConfig, RMAEForImageClassification, RMAEForPreTraining, RMAEModel
-from .simmim import SimMIMConfig, SimMIMForImageClassification, SimMIMForPreTraining, SimMIMModel
-from .tokenizer import VisualTokenizer, VisualTokenizerConfig
+from . import adios, beit, cmae, mae, rmae, simmim, tokenizer
 
-#: model_type -> (config, encoder, pretraining, classification) for every registered method.
+#: model_type -> (config, encoder, pretraining, classification) for every registered pretraining method.
 METHODS: dict[str, tuple] = {}
+#: model_type -> that method file's AUTO_CLASSES, the visual tokenizer included.
+AUTO_CLASSES: dict[str, dict[str, type]] = {}
 
 
-def _register_base(config_class, model_class) -> None:
+def register_method(auto_classes: dict[str, type]) -> None:
+    """Register one method's classes, {"AutoConfig": config, "AutoModel": encoder, ...}, with transformers."""
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
+    config_class = auto_classes["AutoConfig"]
     # exist_ok: re-importing hf_mim (importlib.reload, notebooks) must not fail.
-    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(config_class, model_class, exist_ok=True)
-    AutoImageProcessor.register(config_class, slow_image_processor_class=ViTImageProcessorPil, exist_ok=True)
+    transformers.AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    for auto_name, model_class in auto_classes.items():
+        if auto_name != "AutoConfig":
+            getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
+    transformers.AutoImageProcessor.register(
+        config_class, slow_image_processor_class=ViTImageProcessorPil, exist_ok=True
+    )
+    AUTO_CLASSES[config_class.model_type] = auto_classes
+    if "AutoModelForPreTraining" in auto_classes:
+        METHODS[config_class.model_type] = tuple(
+            auto_classes[k]
+            for k in ("AutoConfig", "AutoModel", "AutoModelForPreTraining", "AutoModelForImageClassification")
+        )
 
 
-def register_method(config_class, model_class, pretraining_class, classification_class) -> None:
-    _register_base(config_class, model_class)
-    AutoModelForPreTraining.register(config_class, pretraining_class, exist_ok=True)
-    AutoModelForImageClassification.register(config_class, classification_class, exist_ok=True)
-    METHODS[config_class.model_type] = (config_class, model_class, pretraining_class, classification_class)
-
-
-register_method(MAEConfig, MAEModel, MAEForPreTraining, MAEForImageClassification)
-register_method(SimMIMConfig, SimMIMModel, SimMIMForPreTraining, SimMIMForImageClassification)
-register_method(CMAEConfig, CMAEModel, CMAEForPreTraining, CMAEForImageClassification)
-register_method(RMAEConfig, RMAEModel, RMAEForPreTraining, RMAEForImageClassification)
-register_method(ADIOSConfig, ADIOSModel, ADIOSForPreTraining, ADIOSForImageClassification)
-register_method(BEiTConfig, BEiTModel, BEiTForPreTraining, BEiTForImageClassification)
-# Not a pretraining method of its own: BEiT's tokenizer loads with AutoConfig / AutoModel.
-_register_base(VisualTokenizerConfig, VisualTokenizer)
+for _module in (mae, simmim, cmae, rmae, adios, beit, tokenizer):
+    register_method(_module.AUTO_CLASSES)

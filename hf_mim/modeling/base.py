@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
+import shutil
+import sys
 
 import torch
 from transformers import PreTrainedModel
@@ -13,6 +17,47 @@ from .backbone import MIMConfig, ViTEncoder, init_vit_weights, pool, to_2tuple
 from .heads import init_head_weights
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+logger = logging.getLogger(__name__)
+
+#: Filled in by hf_mim.hub when hf_mim itself is imported: "save" writes the model card next to saved weights and
+#: "push" uploads through hf_mim's checked path. In the uploaded copy of this file nothing fills it, and
+#: transformers' own `push_to_hub` applies.
+HUB_HOOKS: dict = {}
+
+
+def export_remote_code(config, save_directory: str | os.PathLike) -> list[str]:
+    """Copy the modeling files a config's method needs into `save_directory`, flat, and set `config.auto_map`.
+
+    The files are the method file (whose `AUTO_CLASSES` names the Auto class of each model class) and every file it
+    imports relatively, recursively; they import only torch, transformers and the standard library, and their
+    `from .x import y` imports resolve in the flat upload as they do in the package. Works from the installed
+    package and from a remote-code copy alike, so a model loaded without hf_mim saves and re-shares the same way.
+    Returns the copied file names (empty, with a warning, for a config class without `AUTO_CLASSES`).
+    """
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    auto_classes = getattr(sys.modules[type(config).__module__], "AUTO_CLASSES", None)
+    if not auto_classes:
+        logger.warning(
+            "%s has no AUTO_CLASSES in its module: saved without remote code, so loading it needs hf_mim",
+            type(config).__name__,
+        )
+        return []
+    files, auto_map = set(), {}
+    for auto_name, cls in auto_classes.items():
+        source = inspect.getfile(cls)
+        auto_map[auto_name] = f"{os.path.splitext(os.path.basename(source))[0]}.{cls.__name__}"
+        files.add(source)
+        files.update(get_relative_import_files(source))
+    config.auto_map = auto_map
+    os.makedirs(save_directory, exist_ok=True)
+    names = []
+    for source in sorted(files):
+        name = os.path.basename(source)
+        shutil.copyfile(source, os.path.join(save_directory, name))
+        names.append(name)
+    return names
 
 
 def build_image_processor(config: MIMConfig):
@@ -60,14 +105,28 @@ class MIMPreTrainedModel(PreTrainedModel):
         return self.vit.patch_embed
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus preprocessor_config.json when the folder has none yet, so that
-        every checkpoint works with `AutoImageProcessor` and `pipeline` as it is."""
+        """`PreTrainedModel.save_pretrained` (safetensors), plus what sharing needs: the modeling code and an
+        `auto_map` in config.json (`trust_remote_code=True` loading without hf_mim), preprocessor_config.json when
+        the folder has none yet (`AutoImageProcessor`, `pipeline`), and, with hf_mim installed, README.md: the model
+        card, built from this model and the run records found in the folder."""
+        main = kwargs.get("is_main_process", True)
+        if main:
+            # auto_map must be set before config.json is written; the files are copied now for the same reason
+            export_remote_code(self.config, save_directory)
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True) and not os.path.exists(
-            os.path.join(save_directory, PREPROCESSOR_CONFIG)
-        ):
-            build_image_processor(self.config).save_pretrained(save_directory)
+        if main:
+            if not os.path.exists(os.path.join(save_directory, PREPROCESSOR_CONFIG)):
+                build_image_processor(self.config).save_pretrained(save_directory)
+            if "save" in HUB_HOOKS:
+                HUB_HOOKS["save"](self, save_directory)
         return result
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload this model to the Hub. With hf_mim installed: `hf_mim.hub.push_model` (checked repo id, generated
+        and validated model card, safetensors and remote code only); otherwise transformers' `push_to_hub`."""
+        if "push" in HUB_HOOKS:
+            return HUB_HOOKS["push"](self, repo_id, **kwargs)
+        return super().push_to_hub(repo_id, **kwargs)
 
     def encode_with_mask_tokens(
         self,
@@ -137,4 +196,11 @@ class MIMModel(MIMPreTrainedModel):
         )
 
 
-__all__ = ["MIMPreTrainedModel", "MIMModel", "build_image_processor", "PREPROCESSOR_CONFIG"]
+__all__ = [
+    "MIMPreTrainedModel",
+    "MIMModel",
+    "build_image_processor",
+    "export_remote_code",
+    "HUB_HOOKS",
+    "PREPROCESSOR_CONFIG",
+]

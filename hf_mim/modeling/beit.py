@@ -257,7 +257,17 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         )
 
 
+#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
+#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
+AUTO_CLASSES = {
+    "AutoConfig": BEiTConfig,
+    "AutoModel": BEiTModel,
+    "AutoModelForPreTraining": BEiTForPreTraining,
+    "AutoModelForImageClassification": BEiTForImageClassification,
+}
+
 __all__ = [
+    "AUTO_CLASSES",
     "BEiTConfig",
     "BEiTPreTrainedModel",
     "BEiTModel",

@@ -240,7 +240,17 @@ class CMAEForPreTraining(TwoViewsMixin, CMAEPreTrainedModel):
         )
 
 
+#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
+#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
+AUTO_CLASSES = {
+    "AutoConfig": CMAEConfig,
+    "AutoModel": CMAEModel,
+    "AutoModelForPreTraining": CMAEForPreTraining,
+    "AutoModelForImageClassification": CMAEForImageClassification,
+}
+
 __all__ = [
+    "AUTO_CLASSES",
     "CMAEConfig",
     "CMAEPreTrainedModel",
     "CMAEModel",

@@ -227,4 +227,20 @@ class MAEForPreTraining(MAEPreTrainedModel):
         )
 
 
-__all__ = ["MAEConfig", "MAEPreTrainedModel", "MAEModel", "MAEForPreTraining", "MAEForImageClassification"]
+#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
+#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
+AUTO_CLASSES = {
+    "AutoConfig": MAEConfig,
+    "AutoModel": MAEModel,
+    "AutoModelForPreTraining": MAEForPreTraining,
+    "AutoModelForImageClassification": MAEForImageClassification,
+}
+
+__all__ = [
+    "AUTO_CLASSES",
+    "MAEConfig",
+    "MAEPreTrainedModel",
+    "MAEModel",
+    "MAEForPreTraining",
+    "MAEForImageClassification",
+]

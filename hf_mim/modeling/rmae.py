@@ -112,4 +112,13 @@ class RMAEForPreTraining(MAEForPreTraining):
         )
 
 
-__all__ = ["RMAEConfig", "RMAEModel", "RMAEForPreTraining", "RMAEForImageClassification"]
+#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
+#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
+AUTO_CLASSES = {
+    "AutoConfig": RMAEConfig,
+    "AutoModel": RMAEModel,
+    "AutoModelForPreTraining": RMAEForPreTraining,
+    "AutoModelForImageClassification": RMAEForImageClassification,
+}
+
+__all__ = ["AUTO_CLASSES", "RMAEConfig", "RMAEModel", "RMAEForPreTraining", "RMAEForImageClassification"]

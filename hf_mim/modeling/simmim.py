@@ -127,7 +127,17 @@ class SimMIMForPreTraining(SimMIMPreTrainedModel):
         )
 
 
+#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
+#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
+AUTO_CLASSES = {
+    "AutoConfig": SimMIMConfig,
+    "AutoModel": SimMIMModel,
+    "AutoModelForPreTraining": SimMIMForPreTraining,
+    "AutoModelForImageClassification": SimMIMForImageClassification,
+}
+
 __all__ = [
+    "AUTO_CLASSES",
     "SimMIMConfig",
     "SimMIMPreTrainedModel",
     "SimMIMModel",

@@ -480,4 +480,14 @@ class VisualTokenizer(MIMPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["QUANTIZERS", "VisualTokenizerConfig", "VisualTokenizer", "EMAVectorQuantizer", "GumbelQuantizer"]
+#: Not a pretraining method of its own: BEiT's tokenizer loads with AutoConfig / AutoModel (see mae.py's AUTO_CLASSES).
+AUTO_CLASSES = {"AutoConfig": VisualTokenizerConfig, "AutoModel": VisualTokenizer}
+
+__all__ = [
+    "AUTO_CLASSES",
+    "QUANTIZERS",
+    "VisualTokenizerConfig",
+    "VisualTokenizer",
+    "EMAVectorQuantizer",
+    "GumbelQuantizer",
+]

@@ -58,6 +58,13 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
+def hub_dataset_id(name: str | None) -> str | None:
+    """`--dataset` when it names a Hub dataset (for the model card's `datasets`), else None."""
+    if not name or name == BUILTIN_DATASET or os.path.exists(os.path.expanduser(name)) or _looks_like_path(name):
+        return None
+    return name
+
+
 def load_pretraining_dataset(
     name: str | None = None, config_name: str | None = None, split: str = "train"
 ) -> tuple[datasets.Dataset, str]:

@@ -29,6 +29,7 @@ from .data import (
     SkipReport,
     check_size,
     find_image_column,
+    hub_dataset_id,
     load_pretraining_dataset,
     prepare_dataset,
 )
@@ -126,6 +127,10 @@ def validate(args: PretrainArguments) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             bad(name, value, "a positive int")
+    if args.push_to_hub is not None:
+        from ..hub import check_repo_id
+
+        check_repo_id(args.push_to_hub, "--push-to-hub")  # before training, not after hours of it
     if args.mixed_precision not in ("no", "fp16", "bf16"):
         bad("mixed_precision", args.mixed_precision, "no, fp16 or bf16")
     if args.report_to not in ("none", "tensorboard", "wandb"):
@@ -293,6 +298,7 @@ def pretrain(args: PretrainArguments) -> dict:
     summary = {
         "method": args.method,
         "dataset": description,
+        "dataset_id": hub_dataset_id(args.dataset),
         "num_samples": len(raw),
         "image_column": image_column,
         "num_processes": world,
@@ -438,11 +444,11 @@ def pretrain(args: PretrainArguments) -> dict:
     )
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        # the records and pictures first: save_pretrained builds the model card from what the folder holds
+        Path(args.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
+        _save_pictures(unwrapped, raw, image_column, config, summary, args.output_dir)
         unwrapped.save_pretrained(args.output_dir, state_dict=state_dict)
         method.save_outputs(unwrapped, args.output_dir)
-        Path(args.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
-        if args.push_to_hub:
-            unwrapped.push_to_hub(args.push_to_hub)
     # end_training destroys the process group. Without this barrier the other ranks did so while the main process
     # was still saving, and with 2 CPU processes the main one then blocked for good at teardown.
     accelerator.wait_for_everyone()
@@ -461,7 +467,40 @@ def pretrain(args: PretrainArguments) -> dict:
         )
     if not in_sync:
         raise TrainingError("parameters differ across processes at the end of training")
+    if args.push_to_hub and accelerator.is_main_process:
+        # after the process group is gone: an upload can outlast any collective timeout, and other ranks are done
+        from ..hub import push_folder
+
+        commit = push_folder(args.output_dir, args.push_to_hub)
+        print(f"pushed to {commit.commit_url}")
     return summary
+
+
+def _save_pictures(model, raw, image_column, config, summary, output_dir) -> None:
+    """loss_curve.png from the loss history, and the method's picture (reconstructions, ADIOS masks) of the first
+    images of the dataset, resized and normalised without augmentation. A picture that fails is logged, not
+    fatal: the trained weights matter more than their illustration."""
+    from ..model_cards.pictures import save_loss_curve, save_method_picture
+    from .transforms import MAETransform, open_image
+
+    try:
+        if summary["loss_history"]:
+            save_loss_curve(summary["loss_history"], Path(output_dir, "loss_curve.png"), f"{summary['method']}")
+        transform = MAETransform(
+            config.image_size, config.image_mean, config.image_std, config.num_channels, train=False
+        )
+        images = []
+        for index in range(min(len(raw), 32)):
+            try:
+                images.append(transform(open_image(raw[index][image_column]), None))
+            except Exception:  # noqa: BLE001  (bad files are skipped in training too)
+                continue
+            if len(images) == 8:
+                break
+        if images:
+            save_method_picture(model, torch.stack(images), output_dir)
+    except Exception as err:  # noqa: BLE001
+        logger.warning("could not draw the model-card pictures: %s", err)
 
 
 def _second_step(accelerator, model, method, optimizer2, step_batches) -> dict[str, torch.Tensor]:

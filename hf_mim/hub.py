@@ -1,0 +1,247 @@
+"""Sharing on the Hub: checked repo ids and paths, and uploads of exactly what a model repository should hold.
+
+`push_model(model, repo_id)` (what `model.push_to_hub` calls with hf_mim installed) and `push_folder(folder,
+repo_id)` (`hf-mim push`, `hf-mim pretrain --push-to-hub`) upload, in one commit: the weights as safetensors (never
+pickle files), config.json with an `auto_map`, preprocessor_config.json, the modeling code that `trust_remote_code`
+loading needs, the run records and pictures, and README.md, the model card, validated locally before anything is
+sent. Nothing here ever sets `trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from .model_cards.card import (
+    GENERATED_MARKER,
+    TRAINING_SUMMARY,
+    model_card_for_folder,
+    validate_model_card,
+    write_model_card,
+)
+from .modeling import base as _base
+
+logger = logging.getLogger(__name__)
+
+# Top-level files of a model folder that go to the Hub; anything else (checkpoints/, optimizer states, pickles) stays.
+UPLOAD_FILES = frozenset(
+    {
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "ema_teacher.safetensors",
+        "training_args.json",
+        TRAINING_SUMMARY,
+        "eval_results.json",
+    }
+)
+_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def check_repo_id(repo_id, field: str = "repo_id") -> str:
+    """A Hub repo id, "name" or "namespace/name"; raises ValueError for anything that could address a path:
+    `..`, absolute paths, drive letters, UNC or backslash paths, empty parts, or characters the Hub rejects."""
+    problem = None
+    if not isinstance(repo_id, str) or not repo_id:
+        problem = "it is empty or not a string"
+    elif "\\" in repo_id or repo_id.startswith("//"):
+        problem = "it is a UNC or Windows path"
+    elif re.match(r"^[A-Za-z]:", repo_id):
+        problem = "it starts with a drive letter"
+    elif repo_id.startswith("/") or repo_id.startswith("~"):
+        problem = "it is an absolute path"
+    elif ".." in repo_id:
+        problem = "it contains '..'"
+    elif repo_id.count("/") > 1 or not all(_REPO_PART.match(part) for part in repo_id.split("/")):
+        problem = "it is not 'name' or 'namespace/name' of letters, digits, '-', '_' and '.' (at most 96 each)"
+    elif repo_id.endswith((".git", ".")) or "--" in repo_id:
+        problem = "it ends in '.git' or '.', or contains '--'"
+    if problem:
+        raise ValueError(f"{field}={repo_id!r} is invalid: {problem}; allowed: 'name' or 'namespace/name'")
+    return repo_id
+
+
+def check_path_in_repo(path, field: str = "path_in_repo") -> str:
+    """A relative POSIX path inside a repository; raises ValueError for `..` parts, absolute paths, drive letters,
+    UNC or backslash paths and empty parts."""
+    problem = None
+    if not isinstance(path, str) or not path:
+        problem = "it is empty or not a string"
+    elif "\\" in path or path.startswith("//"):
+        problem = "it is a UNC or Windows path"
+    elif re.match(r"^[A-Za-z]:", path):
+        problem = "it starts with a drive letter"
+    elif path.startswith("/"):
+        problem = "it is an absolute path"
+    elif any(part in ("", ".", "..") for part in path.split("/")):
+        problem = "it has an empty, '.' or '..' part"
+    elif "\x00" in path:
+        problem = "it contains a NUL byte"
+    if problem:
+        raise ValueError(f"{field}={path!r} is invalid: {problem}; allowed: a relative path like 'dir/file.json'")
+    return path
+
+
+def files_to_upload(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(uploaded, left out) top-level file names of a model folder. Raises ValueError for a folder with no
+    safetensors weights: pickled weights are never uploaded and never converted silently."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder={str(folder)!r} is not a directory")
+    names = sorted(p.name for p in folder.iterdir())
+    if "config.json" not in names:
+        raise ValueError(f"{folder} has no config.json; pass a folder written by save_pretrained or hf-mim pretrain")
+    if "model.safetensors" not in names and "model.safetensors.index.json" not in names:
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        raise ValueError(
+            f"{folder} has no model.safetensors"
+            + (f" (only pickle files: {pickles}, which hf_mim never uploads)" if pickles else "")
+            + "; save it with save_pretrained, which writes safetensors"
+        )
+    uploaded, left_out = [], []
+    for name in names:
+        path = folder / name
+        keep = path.is_file() and not path.is_symlink() and not name.endswith(PICKLE_SUFFIXES)
+        keep = keep and (name in UPLOAD_FILES or bool(_SHARD.match(name)) or name.endswith((".png", ".py")))
+        (uploaded if keep else left_out).append(name)
+    for name in uploaded:
+        check_path_in_repo(name)
+    return uploaded, left_out
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    license: str | None = None,
+    base_model: str | None = None,
+    tags: list[str] | None = None,
+):
+    """Upload a saved model folder to `repo_id` in one commit; returns huggingface_hub's `CommitInfo`.
+
+    The modeling code and config.json's `auto_map` are written fresh from the installed hf_mim; README.md is
+    regenerated for `repo_id` (with `license`, `base_model` and extra `tags`) unless the folder holds a card a person
+    wrote, and is validated before any upload."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from transformers import AutoConfig
+
+    check_repo_id(repo_id)
+    if base_model is not None:
+        check_repo_id(base_model, "base_model")
+    uploaded, left_out = files_to_upload(folder)
+    folder = Path(folder)
+    if left_out:
+        logger.info("not uploaded from %s: %s", folder, ", ".join(left_out))
+    # hf_mim is imported here, so AutoConfig resolves the model_type locally, without trust_remote_code
+    config = AutoConfig.from_pretrained(folder)
+    with tempfile.TemporaryDirectory() as staging:
+        code = _base.export_remote_code(config, staging)
+        config.save_pretrained(staging)
+        readme = folder / "README.md"
+        if readme.exists() and GENERATED_MARKER not in readme.read_text(encoding="utf-8", errors="replace"):
+            card_text = readme.read_text(encoding="utf-8")
+        else:
+            card = model_card_for_folder(folder, config=config, repo_id=repo_id, base_model=base_model, license=license)
+            if tags:
+                card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
+            card_text = str(card)
+        validate_model_card(card_text)
+        operations = [CommitOperationAdd("README.md", card_text.encode("utf-8"))]
+        operations += [CommitOperationAdd(name, str(Path(staging, name))) for name in [*code, "config.json"]]
+        operations += [
+            CommitOperationAdd(name, str(folder / name))
+            for name in uploaded
+            if name not in ("README.md", "config.json") and name not in code
+        ]
+        api = HfApi()
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        return api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message or f"Upload {(config.architectures or ['model'])[0]} with hf_mim",
+            commit_description=commit_description,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+        )
+
+
+def push_model(
+    model,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str | None = "50GB",
+    tags: list[str] | None = None,
+    license: str | None = None,
+    base_model: str | None = None,
+):
+    """`model.push_to_hub(repo_id, ...)` for hf_mim models: `save_pretrained` into a temporary folder, then
+    `push_folder`. Takes transformers' `push_to_hub` arguments; `tags` are added to the card's metadata."""
+    check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+        return push_folder(
+            folder,
+            repo_id,
+            token=token,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            create_pr=create_pr,
+            license=license,
+            base_model=base_model or base_model_of(model.config),
+            tags=tags,
+        )
+
+
+def base_model_of(config) -> str | None:
+    """The Hub id a classification model was loaded from (transformers records it as `_name_or_path`), for the
+    card's `base_model`; None for pretraining models, local folders and anything that is not a repo id."""
+    if not (config.architectures or [""])[0].endswith("ForImageClassification"):
+        return None
+    source = getattr(config, "_name_or_path", "") or ""
+    if not source or os.path.exists(source):
+        return None
+    try:
+        return check_repo_id(source)
+    except ValueError:
+        return None
+
+
+def _write_card_on_save(model, folder) -> None:
+    card = model_card_for_folder(folder, config=model.config, base_model=base_model_of(model.config))
+    write_model_card(folder, card)
+
+
+_base.HUB_HOOKS["save"] = _write_card_on_save
+_base.HUB_HOOKS["push"] = push_model
+
+__all__ = [
+    "check_path_in_repo",
+    "check_repo_id",
+    "files_to_upload",
+    "push_folder",
+    "push_model",
+    "base_model_of",
+    "UPLOAD_FILES",
+]

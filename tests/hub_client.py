@@ -1,0 +1,181 @@
+"""Run in subprocesses by test_hub.py against the local Hub server (tests/hub_server.py): `push OUT` builds one tiny
+model of every hf_mim class, pushes each with hf_mim's own push paths, pulls each back with hf_mim and checks it
+bit for bit, and writes reference outputs; `load OUT` loads every pushed repo with transformers alone (hf_mim
+blocked from import) and compares with those references. Tensors travel as safetensors, never pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+TINY = dict(
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+)
+DECODER = dict(decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2)
+NUM_LABELS = 3
+
+
+def build_models():
+    """repo name -> (model, how it is pushed). One model per class the issue names."""
+    import hf_mim
+
+    torch.manual_seed(0)
+    models = {
+        "mae": hf_mim.MAEForPreTraining(hf_mim.MAEConfig(**TINY, **DECODER, decoder_intermediate_size=64)),
+        "simmim": hf_mim.SimMIMForPreTraining(hf_mim.SimMIMConfig(**TINY, mask_patch_size=8)),
+        "cmae": hf_mim.CMAEForPreTraining(hf_mim.CMAEConfig(**TINY, projection_hidden_size=64, projection_size=16)),
+        "rmae": hf_mim.RMAEForPreTraining(hf_mim.RMAEConfig(**TINY, **DECODER, decoder_intermediate_size=64)),
+        "adios": hf_mim.ADIOSForPreTraining(
+            hf_mim.ADIOSConfig(
+                **TINY, projection_hidden_size=64, projection_size=16, num_masks=3, occlusion_base_channels=8
+            )
+        ),
+        "beit": hf_mim.BEiTForPreTraining(hf_mim.BEiTConfig(**TINY, vocab_size=32, mask_min_num_patches=2)),
+        "visual-tokenizer": hf_mim.VisualTokenizer(
+            hf_mim.VisualTokenizerConfig(image_size=32, patch_size=8, vocab_size=32, embedding_dim=8, hidden_channels=8)
+        ),
+        "mae-classifier": hf_mim.MAEForImageClassification(hf_mim.MAEConfig(**TINY, num_labels=NUM_LABELS)),
+    }
+    for model in models.values():
+        model.eval()
+    return models
+
+
+def fixed_inputs():
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(2, 3, 32, 32, generator=g)
+    picture = Image.fromarray((torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy())
+    return pixels, picture
+
+
+def push(out: Path) -> None:
+    import subprocess
+
+    from safetensors.torch import save_file
+    from transformers import AutoImageProcessor, AutoModel
+
+    import hf_mim
+
+    pixels, picture = fixed_inputs()
+    reference, report = {"pixels": pixels}, {}
+    for name, model in build_models().items():
+        repo = f"tester/{name}"
+        if name == "simmim":  # the CLI path: save, then `hf-mim push`
+            folder = out / name
+            model.save_pretrained(folder)
+            subprocess.run([sys.executable, "-m", "hf_mim", "push", str(folder), repo], check=True)
+        elif name == "mae-classifier":
+            model.push_to_hub(repo, base_model="tester/mae")
+        else:
+            model.push_to_hub(repo)
+        pulled = type(model).from_pretrained(repo).eval()
+        ours, theirs = model.state_dict(), pulled.state_dict()
+        assert ours.keys() == theirs.keys(), (name, ours.keys() ^ theirs.keys())
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+        with torch.no_grad():
+            if name == "visual-tokenizer":
+                reference[name] = model.get_codebook_indices(pixels)
+                assert torch.equal(pulled.get_codebook_indices(pixels), reference[name])
+            else:
+                encoder = AutoModel.from_pretrained(repo).eval()
+                assert type(encoder).__module__.startswith("hf_mim."), type(encoder)
+                reference[name] = encoder(pixels).last_hidden_state
+                processed = AutoImageProcessor.from_pretrained(repo)(images=picture, return_tensors="pt")
+                reference[f"{name}.pipeline"] = encoder(**processed).last_hidden_state
+                if name == "mae-classifier":
+                    reference[f"{name}.logits"] = model(pixels).logits
+                    assert torch.equal(pulled(pixels).logits, reference[f"{name}.logits"])
+        report[name] = {"class": type(model).__name__}
+    # `hf-mim pretrain --push-to-hub`: a 2-step run on the built-in data, pushed with its records and pictures
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hf_mim",
+            "pretrain",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--num-workers",
+            "0",
+            "--model-size",
+            "tiny",
+            "--output-dir",
+            str(out / "run"),
+            "--push-to-hub",
+            "tester/pretrained",
+        ],
+        check=True,
+    )
+    # the server's YAML validation, through huggingface_hub's client
+    from huggingface_hub import ModelCard
+
+    try:
+        ModelCard("---\nlicense: not-a-license\n---\n# card\n").validate()
+    except ValueError as err:
+        report["remote_yaml_rejects"] = str(err)
+    ModelCard((out / "run" / "README.md").read_text()).validate()
+    save_file({k: v.contiguous() for k, v in reference.items()}, str(out / "reference.safetensors"))
+    (out / "push.json").write_text(json.dumps(report))
+    assert hf_mim.__version__
+
+
+def load(out: Path) -> None:
+    import importlib.abc
+
+    class BlockHFMIM(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_mim" or name.startswith("hf_mim."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+            return None
+
+    sys.meta_path.insert(0, BlockHFMIM())
+    try:
+        import hf_mim  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise AssertionError("hf_mim is importable in the no-hf_mim environment")
+
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+
+    reference = load_file(str(out / "reference.safetensors"))
+    pixels, picture = fixed_inputs()
+    assert torch.equal(pixels, reference["pixels"])
+    report = {}
+    for name in [n for n in json.loads((out / "push.json").read_text()) if n != "remote_yaml_rejects"]:
+        repo = f"tester/{name}"
+        model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+        entry = {"class": type(model).__name__}
+        with torch.no_grad():
+            if name == "visual-tokenizer":
+                entry["max_abs_diff"] = int((model.get_codebook_indices(pixels) != reference[name]).sum())
+            else:
+                entry["max_abs_diff"] = float((model(pixels).last_hidden_state - reference[name]).abs().max())
+                classifier = AutoModelForImageClassification.from_pretrained(
+                    repo, trust_remote_code=True, num_labels=5 if name != "mae-classifier" else NUM_LABELS
+                ).eval()
+                logits = classifier(pixels).logits
+                entry["classifier"] = [type(classifier).__name__, list(logits.shape)]
+                if name == "mae-classifier":
+                    entry["logits_diff"] = float((logits - reference[f"{name}.logits"]).abs().max())
+                extractor = pipeline("image-feature-extraction", model=repo, trust_remote_code=True)
+                features = torch.tensor(extractor(picture))
+                entry["pipeline_diff"] = float((features - reference[f"{name}.pipeline"]).abs().max())
+        report[name] = entry
+    report["hf_mim_modules"] = sorted(m for m in sys.modules if m == "hf_mim" or m.startswith("hf_mim."))
+    print("REPORT " + json.dumps(report))
+
+
+if __name__ == "__main__":
+    command, out = sys.argv[1], Path(sys.argv[2])
+    {"push": push, "load": load}[command](out)

@@ -1,0 +1,268 @@
+"""Model cards, pictures, the remote-code export and hf_mim's own path checks, in-process and offline."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+
+import hf_mim
+from hf_mim.hub import check_path_in_repo, check_repo_id, files_to_upload
+from hf_mim.model_cards import GENERATED_MARKER, build_model_card, model_card_for_folder, validate_model_card
+from hf_mim.model_cards.methods import METHOD_CARDS
+from hf_mim.model_cards.pictures import reconstruct, reconstruction_grid, save_loss_curve, save_method_picture
+from hf_mim.modeling.auto import AUTO_CLASSES
+from hf_mim.modeling.base import export_remote_code
+from hf_mim.modeling.losses import normalize_patches
+
+TINY = dict(
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+)
+SECTIONS = ("## Method", "## Architecture", "## Training", "## Evaluation", "## How to use", "## Limitations")
+
+
+def _config(model_type):
+    config_class = AUTO_CLASSES[model_type]["AutoConfig"]
+    if model_type == "hf_mim_visual_tokenizer":
+        return config_class(image_size=32, patch_size=8, vocab_size=32, embedding_dim=8, hidden_channels=8)
+    return config_class(**TINY, **({"mask_patch_size": 8} if model_type == "hf_mim_simmim" else {}))
+
+
+@pytest.mark.parametrize("model_type", sorted(AUTO_CLASSES))
+def test_a_bare_card_is_valid_complete_and_says_what_is_unknown(model_type):
+    config = _config(model_type)
+    config.architectures = [AUTO_CLASSES[model_type]["AutoModel"].__name__]
+    card = build_model_card(config, total_parameters=1234)
+    data = ModelCard(str(card), ignore_metadata_errors=False).data.to_dict()
+    method = METHOD_CARDS[model_type]
+    assert data["tags"][:2] == ["hf-mim", method.tag]
+    assert data["pipeline_tag"] == "image-feature-extraction" and data["license"] == "apache-2.0"
+    assert "datasets" not in data and "base_model" not in data and "model-index" not in data
+    for section in SECTIONS:
+        assert section in card.text
+    assert method.paper_url in card.text and method.bibtex in card.text
+    assert "Unknown. This model was not saved by an `hf-mim pretrain` run" in card.text
+    assert "No evaluation results are recorded" in card.text
+    assert "| Parameters | 1,234 |" in card.text
+    assert card.text.rstrip().endswith(GENERATED_MARKER)
+
+
+def test_a_run_card_has_the_recipe_pictures_datasets_and_a_model_index(tmp_path):
+    model = hf_mim.MAEForPreTraining(hf_mim.MAEConfig(**TINY, decoder_hidden_size=32, decoder_num_hidden_layers=1))
+    summary = {
+        "method": "mae",
+        "dataset": "someone/images",
+        "dataset_id": "someone/images",
+        "num_samples": 5000,
+        "steps": 100,
+        "epochs": 2,
+        "effective_batch_size": 256,
+        "learning_rate": 0.0015,
+        "mixed_precision": "bf16",
+        "hardware": "8 x NVIDIA H100",
+        "wall_time_seconds": 12.5,
+        "images_per_second": 2048.0,
+        "final_loss": 0.42,
+        "loss_history": [[10, 1.0], [20, 0.8]],
+    }
+    (tmp_path / "training_summary.json").write_text(json.dumps(summary))
+    (tmp_path / "training_args.json").write_text(json.dumps({"weight_decay": 0.05, "seed": 3}))
+    results = [{"protocol": "knn", "dataset": "digits", "metric": "accuracy", "value": 0.875, "split": "test"}]
+    (tmp_path / "eval_results.json").write_text(json.dumps({"results": results}))
+    save_loss_curve(summary["loss_history"], tmp_path / "loss_curve.png")
+    model.save_pretrained(tmp_path)  # writes README.md through the hub hook
+    card = ModelCard.load(tmp_path / "README.md", ignore_metadata_errors=False)
+    assert card.data.datasets == ["someone/images"]
+    (result,) = card.data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_type, result.dataset_split) == (
+        "accuracy",
+        0.875,
+        "digits",
+        "test",
+    )
+    for row in (
+        "| Optimizer steps | 100 |",
+        "| Effective batch size | 256 |",
+        "| Precision | bf16 |",
+        "| Hardware | 8 x NVIDIA H100 |",
+        "| Wall time | 12.5 s (2048.0 images/s) |",
+        "| Seed | 3 |",
+        "| knn | digits | test | accuracy | 0.875 |",
+        "| Masking | random, ratio 0.75 |",
+    ):
+        assert row in card.text, row
+    assert "![Training loss](loss_curve.png)" in card.text and "reconstruction.png" not in card.text
+    assert "demonstration-scale" in card.text  # 5,000 images
+
+
+def test_a_classifier_card_names_its_base_model_and_classification_pipeline():
+    config = hf_mim.MAEConfig(**TINY, num_labels=4)
+    config.architectures = ["MAEForImageClassification"]
+    card = build_model_card(config, base_model="someone/mae-base", repo_id="someone/mae-cls")
+    assert card.data.base_model == "someone/mae-base" and card.data.pipeline_tag == "image-classification"
+    assert "image-classification" in card.data.tags and "fine-tuned from [someone/mae-base]" in card.text
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("license", "not-a-license", "license='not-a-license'"),
+        ("pipeline_tag", "text-generation", "pipeline_tag='text-generation'"),
+        ("base_model", "../../etc", "base_model='../../etc'"),
+        ("datasets", ["a/b/c"], "datasets="),
+        ("tags", ["has space"], "tags="),
+    ],
+)
+def test_local_validation_rejects_bad_metadata_naming_the_field(field, value, match):
+    card = build_model_card(_config("hf_mim_mae"))
+    setattr(card.data, field, value)
+    with pytest.raises(ValueError, match=match):
+        validate_model_card(card)
+
+
+def test_eval_results_without_a_value_fail_naming_the_entry():
+    with pytest.raises(ValueError, match=r"eval_results\[0\] lacks \['value'\]"):
+        build_model_card(_config("hf_mim_mae"), eval_results=[{"protocol": "knn", "dataset": "d", "metric": "acc"}])
+
+
+def test_saving_never_overwrites_a_card_a_person_wrote_but_refreshes_a_generated_one(tmp_path):
+    model = hf_mim.MAEModel(hf_mim.MAEConfig(**TINY))
+    model.save_pretrained(tmp_path)
+    generated = (tmp_path / "README.md").read_text()
+    assert GENERATED_MARKER in generated
+    (tmp_path / "training_summary.json").write_text(json.dumps({"method": "mae", "dataset": "x", "steps": 7}))
+    model.save_pretrained(tmp_path)
+    assert "| Optimizer steps | 7 |" in (tmp_path / "README.md").read_text()
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# mine\n")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "---\nlicense: mit\n---\n# mine\n"
+
+
+@pytest.mark.parametrize(
+    "bad", ["..", "../x", "a/../b", "/etc/passwd", "C:\\x", "c:x", "\\\\server\\share", "//server/share", "a//b", ""]
+)
+def test_path_and_repo_id_checks_reject_traversal_absolute_drive_and_unc(bad):
+    with pytest.raises(ValueError, match="path_in_repo="):
+        check_path_in_repo(bad)
+    with pytest.raises(ValueError, match="repo_id="):
+        check_repo_id(bad)
+
+
+@pytest.mark.parametrize("good", ["model", "user/model", "org-1/model_v2.1"])
+def test_repo_id_check_accepts_hub_ids(good):
+    assert check_repo_id(good) == good
+
+
+def test_only_safetensors_config_code_records_and_pictures_are_uploaded(tmp_path):
+    hf_mim.MAEModel(hf_mim.MAEConfig(**TINY)).save_pretrained(tmp_path)
+    for name in ("optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "loss_curve.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "checkpoints" / "step-1").mkdir(parents=True)
+    uploaded, left_out = files_to_upload(tmp_path)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "mae.py",
+        "loss_curve.png",
+    } <= set(uploaded)
+    assert {"optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "checkpoints"} == set(left_out)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(
+        ValueError,
+        match=r"no model.safetensors \(only pickle files: \['optimizer.bin', 'pytorch_model.bin', 'weights.pt'\]",
+    ):
+        files_to_upload(tmp_path)
+
+
+@pytest.mark.parametrize("model_type", sorted(AUTO_CLASSES))
+def test_exported_code_is_self_contained_and_its_auto_map_names_real_classes(tmp_path, model_type):
+    config = _config(model_type)
+    names = export_remote_code(config, tmp_path)
+    assert set(config.auto_map) == set(AUTO_CLASSES[model_type])
+    for auto_name, reference in config.auto_map.items():
+        module, cls = reference.split(".")
+        assert f"{module}.py" in names and cls == AUTO_CLASSES[model_type][auto_name].__name__
+    for name in names:
+        for node in ast.walk(ast.parse((tmp_path / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert f"{node.module}.py" in names, (name, node.module)  # every relative import travels along
+    assert "beit.py" not in names or model_type == "hf_mim_beit"  # only what the method needs
+
+
+def test_hf_mim_never_passes_trust_remote_code_true():
+    for path in Path(hf_mim.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
+                assert not (isinstance(node.value, ast.Constant) and node.value.value is True), path
+
+
+def test_reconstruction_grid_shows_image_masked_input_reconstruction_and_pasted_back():
+    images = torch.rand(2, 3, 16, 16)
+    reconstruction = torch.zeros(2, 3, 16, 16)  # black, with mean 0 and std 1 below
+    masked = torch.tensor([[True, False, False, True], [False, False, False, False]])
+    grid = torch.from_numpy(
+        __import__("numpy").array(reconstruction_grid(images, masked, reconstruction, 8, [0, 0, 0], [1, 1, 1]))
+    ).float()
+    assert grid.shape == (32, 64, 3)
+    original = (images.clamp(0, 1) * 255).round().permute(0, 2, 3, 1)
+    assert torch.equal(grid[:16, :16], original[0]) and torch.equal(grid[16:, :16], original[1])
+    assert (grid[:8, 16:24] == 127).all() and torch.equal(grid[:8, 24:32], original[0, :8, 8:16])  # masked grey
+    assert (grid[:16, 32:48] == 0).all()  # the reconstruction
+    assert (grid[:8, 48:56] == 0).all() and torch.equal(grid[:8, 56:64], original[0, :8, 8:16])  # pasted back
+    assert torch.equal(grid[16:, 48:], original[1])  # nothing masked: all pasted
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts MAE's per-patch-normalised target exactly, with a fixed mask."""
+
+    def __init__(self, config, mask):
+        super().__init__()
+        self.config, self.mask, self.weight = config, mask, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, pixel_values):
+        from types import SimpleNamespace
+
+        target = normalize_patches(hf_mim.patchify(pixel_values, self.config.patch_size))
+        return SimpleNamespace(logits=target, mask=self.mask.float())
+
+
+def test_norm_pix_reconstructions_are_denormalised_with_the_visible_patches_statistics():
+    config = hf_mim.MAEConfig(**TINY, norm_pix_loss=True)
+    tile = torch.randn(2, 3, 8, 8) * 0.5 + 2.0
+    images = tile.repeat(1, 1, 4, 4)  # every patch alike: visible statistics are the masked patches' own
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, ::3] = True
+    reconstruction, masked = reconstruct(_Oracle(config, mask), images)
+    assert torch.equal(masked, mask)
+    torch.testing.assert_close(reconstruction, images, atol=1e-5, rtol=0)
+    config.norm_pix_loss = False
+    assert not torch.allclose(reconstruct(_Oracle(config, mask), images)[0], images, atol=0.1)
+
+
+def test_each_method_writes_its_picture_or_none(tmp_path):
+    pixels = torch.randn(2, 3, 32, 32)
+    mae = hf_mim.MAEForPreTraining(hf_mim.MAEConfig(**TINY, decoder_hidden_size=32, decoder_num_hidden_layers=1))
+    adios = hf_mim.ADIOSForPreTraining(hf_mim.ADIOSConfig(**TINY, num_masks=3, occlusion_base_channels=8))
+    cmae = hf_mim.CMAEForPreTraining(hf_mim.CMAEConfig(**TINY))
+    assert save_method_picture(mae, pixels, tmp_path) == "reconstruction.png"
+    assert save_method_picture(adios, pixels, tmp_path) == "masks.png"
+    assert save_method_picture(cmae, pixels, tmp_path) is None
+    assert Image.open(tmp_path / "reconstruction.png").size == (4 * 32 * 4, 2 * 32 * 4)
+    save_loss_curve([[1, 3.0], [2, 2.0]], tmp_path / "loss.png")
+    assert Image.open(tmp_path / "loss.png").size == (600, 350)
+    with pytest.raises(ValueError, match="loss_history is empty"):
+        save_loss_curve([], tmp_path / "empty.png")
+    card = model_card_for_folder(_saved(mae, tmp_path))
+    assert "![Reconstructions](reconstruction.png)" in card.text and "![Occlusion masks](masks.png)" in card.text
+
+
+def _saved(model, folder):
+    model.save_pretrained(folder)
+    return folder
