@@ -167,14 +167,21 @@ def test_cli_default_run_on_the_builtin_dataset(tmp_path):
         "preprocessor_config.json",
         "training_args.json",
         "training_summary.json",
+        "README.md",  # the model card, with the run's recipe and pictures
+        "loss_curve.png",
+        "reconstruction.png",
+        "mae.py",  # remote code, for loading without hf_mim
     ):
         assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "| Optimizer steps | 2 |" in card and "![Reconstructions](reconstruction.png)" in card
     model = AutoModelForPreTraining.from_pretrained(out)
     assert isinstance(model, MAEForPreTraining)
     assert model.config.hidden_size == 192 and model.config.image_size == 32  # ViT-Ti at 32 px on the digits
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["dataset"].startswith("scikit-learn digits") and summary["num_samples"] == 1797
     assert summary["steps"] == 2 and summary["effective_batch_size"] == 16
+    assert summary["dataset_id"] is None  # not a Hub dataset: the card's metadata names no `datasets`
     assert summary["learning_rate"] == pytest.approx(1e-2 * 16 / 256)  # base lr scaled by batch / 256
     assert json.loads((out / "training_args.json").read_text())["max_steps"] == 2
 
@@ -588,3 +595,10 @@ def test_adios_alternates_two_optimizers_under_accumulation(tmp_path):
     assert 0.0 < summary["final_metrics"]["mask_area_min"] <= summary["final_metrics"]["mask_area_max"] < 1.0
     first, last = (load_file(str(tmp_path / "run" / "checkpoints" / f"step-{n}" / "model.safetensors")) for n in (1, 3))
     assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("occlusion."))
+
+
+@pytest.mark.parametrize("repo_id", ["../x", "C:\\x", "a/b/c"])
+def test_an_unsafe_push_to_hub_repo_id_fails_before_training(tmp_path, repo_id):
+    run = run_cli(["--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--push-to-hub", repo_id])
+    assert run.returncode == 2 and "--push-to-hub=" in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "out" / "training_args.json").exists()  # refused before anything ran
