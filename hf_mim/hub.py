@@ -45,23 +45,30 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
+def _unsafe(text) -> str | None:
+    """Why `text` could address something outside a repository (or is no name at all); None when it cannot."""
+    if not isinstance(text, str) or not text:
+        return "it is empty or not a string"
+    if "\\" in text or text.startswith("//"):
+        return "it is a UNC or Windows path"
+    if re.match(r"^[A-Za-z]:", text):
+        return "it starts with a drive letter"
+    if text.startswith(("/", "~")):
+        return "it is an absolute path"
+    if "\x00" in text:
+        return "it contains a NUL byte"
+    return None
+
+
 def check_repo_id(repo_id, field: str = "repo_id") -> str:
     """A Hub repo id, "name" or "namespace/name"; raises ValueError for anything that could address a path:
     `..`, absolute paths, drive letters, UNC or backslash paths, empty parts, or characters the Hub rejects."""
-    problem = None
-    if not isinstance(repo_id, str) or not repo_id:
-        problem = "it is empty or not a string"
-    elif "\\" in repo_id or repo_id.startswith("//"):
-        problem = "it is a UNC or Windows path"
-    elif re.match(r"^[A-Za-z]:", repo_id):
-        problem = "it starts with a drive letter"
-    elif repo_id.startswith("/") or repo_id.startswith("~"):
-        problem = "it is an absolute path"
-    elif ".." in repo_id:
+    problem = _unsafe(repo_id)
+    if problem is None and ".." in repo_id:
         problem = "it contains '..'"
-    elif repo_id.count("/") > 1 or not all(_REPO_PART.match(part) for part in repo_id.split("/")):
+    elif problem is None and (repo_id.count("/") > 1 or not all(_REPO_PART.match(part) for part in repo_id.split("/"))):
         problem = "it is not 'name' or 'namespace/name' of letters, digits, '-', '_' and '.' (at most 96 each)"
-    elif repo_id.endswith((".git", ".")) or "--" in repo_id:
+    elif problem is None and (repo_id.endswith((".git", ".")) or "--" in repo_id):
         problem = "it ends in '.git' or '.', or contains '--'"
     if problem:
         raise ValueError(f"{field}={repo_id!r} is invalid: {problem}; allowed: 'name' or 'namespace/name'")
@@ -71,19 +78,9 @@ def check_repo_id(repo_id, field: str = "repo_id") -> str:
 def check_path_in_repo(path, field: str = "path_in_repo") -> str:
     """A relative POSIX path inside a repository; raises ValueError for `..` parts, absolute paths, drive letters,
     UNC or backslash paths and empty parts."""
-    problem = None
-    if not isinstance(path, str) or not path:
-        problem = "it is empty or not a string"
-    elif "\\" in path or path.startswith("//"):
-        problem = "it is a UNC or Windows path"
-    elif re.match(r"^[A-Za-z]:", path):
-        problem = "it starts with a drive letter"
-    elif path.startswith("/"):
-        problem = "it is an absolute path"
-    elif any(part in ("", ".", "..") for part in path.split("/")):
+    problem = _unsafe(path)
+    if problem is None and any(part in ("", ".", "..") for part in path.split("/")):
         problem = "it has an empty, '.' or '..' part"
-    elif "\x00" in path:
-        problem = "it contains a NUL byte"
     if problem:
         raise ValueError(f"{field}={path!r} is invalid: {problem}; allowed: a relative path like 'dir/file.json'")
     return path
@@ -107,9 +104,11 @@ def files_to_upload(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
         )
     uploaded, left_out = [], []
     for name in names:
-        path = folder / name
-        keep = path.is_file() and not path.is_symlink() and not name.endswith(PICKLE_SUFFIXES)
-        keep = keep and (name in UPLOAD_FILES or bool(_SHARD.match(name)) or name.endswith((".png", ".py")))
+        # is_file() follows symlinks: the Hub cache keeps weights as links into its blob store, and a folder
+        # pushed from there must not go up without them. Modeling code is not taken from the folder (a training
+        # script beside the weights is no business of the repo): push_folder exports it fresh.
+        keep = (folder / name).is_file() and not name.endswith(PICKLE_SUFFIXES)
+        keep = keep and (name in UPLOAD_FILES or bool(_SHARD.match(name)) or name.endswith(".png"))
         (uploaded if keep else left_out).append(name)
     for name in uploaded:
         check_path_in_repo(name)
@@ -164,7 +163,7 @@ def push_folder(
         operations += [
             CommitOperationAdd(name, str(folder / name))
             for name in uploaded
-            if name not in ("README.md", "config.json") and name not in code
+            if name not in ("README.md", "config.json")
         ]
         api = HfApi()
         repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id

@@ -138,6 +138,13 @@ class Handler(BaseHTTPRequestHandler):
     def _authorized(self) -> bool:
         return self.headers.get("Authorization", "").startswith("Bearer ")
 
+    def _token_or_401(self) -> bool:
+        """Writes need a bearer token, as on the Hub; answers 401 and returns False without one."""
+        if self._authorized():
+            return True
+        self._error(401, "Invalid credentials in Authorization header")
+        return False
+
     def _repo(self, repo_type: str, repo_id: str, head: bool = False) -> Repo | None:
         repo = self.state.repos.get((repo_type, repo_id))
         if repo is None or (repo.private and not self._authorized()):
@@ -193,13 +200,13 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- endpoints ------------------------------------------------------------------------------------------
     def whoami(self, groups, query, head=False):
-        if not self._authorized():
-            return self._error(401, "Invalid credentials in Authorization header")
+        if not self._token_or_401():
+            return
         self._json(200, {"type": "user", "name": "tester", "orgs": [], "auth": {"type": "access_token"}})
 
     def create_repo(self, groups, query, head=False):
-        if not self._authorized():
-            return self._error(401, "Invalid credentials in Authorization header")
+        if not self._token_or_401():
+            return
         payload = json.loads(self._body())
         repo_type = payload.get("type") or "model"
         repo_id = f"{payload.get('organization') or 'tester'}/{payload['name']}"
@@ -220,8 +227,8 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"errors": [], "warnings": []})
 
     def preupload(self, groups, query, head=False):
-        if not self._authorized():
-            return self._error(401, "Invalid credentials in Authorization header")
+        if not self._token_or_401():
+            return
         repo = self._repo(groups["type"], groups["repo"])
         if repo is None:
             return
@@ -233,8 +240,8 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"files": files, "commitOid": repo.head.oid})
 
     def lfs_batch(self, groups, query, head=False):
-        if not self._authorized():
-            return self._error(401, "Invalid credentials in Authorization header")
+        if not self._token_or_401():
+            return
         if self._repo(groups.get("type") or "model", groups["repo"]) is None:
             return
         payload = json.loads(self._body())
@@ -264,8 +271,8 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {})
 
     def commit(self, groups, query, head=False):
-        if not self._authorized():
-            return self._error(401, "Invalid credentials in Authorization header")
+        if not self._token_or_401():
+            return
         repo = self._repo(groups["type"], groups["repo"])
         if repo is None:
             return

@@ -158,27 +158,53 @@ def test_repo_id_check_accepts_hub_ids(good):
     assert check_repo_id(good) == good
 
 
-def test_only_safetensors_config_code_records_and_pictures_are_uploaded(tmp_path):
+def test_only_safetensors_config_records_and_pictures_are_taken_from_the_folder(tmp_path):
     hf_mim.MAEModel(hf_mim.MAEConfig(**TINY)).save_pretrained(tmp_path)
-    for name in ("optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "loss_curve.png"):
+    for name in ("optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "train.py", "loss_curve.png"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "checkpoints" / "step-1").mkdir(parents=True)
     uploaded, left_out = files_to_upload(tmp_path)
-    assert {
+    assert set(uploaded) == {
         "model.safetensors",
         "config.json",
         "preprocessor_config.json",
         "README.md",
-        "mae.py",
         "loss_curve.png",
-    } <= set(uploaded)
-    assert {"optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "checkpoints"} == set(left_out)
+    }
+    # modeling code is exported fresh by push_folder, never read from the folder (a script there stays local)
+    code = {"backbone.py", "base.py", "classification.py", "heads.py", "losses.py", "mae.py", "masking.py"}
+    assert (
+        set(left_out)
+        == {"optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "train.py", "checkpoints", "outputs.py"}
+        | code
+    )
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(
         ValueError,
         match=r"no model.safetensors \(only pickle files: \['optimizer.bin', 'pytorch_model.bin', 'weights.pt'\]",
     ):
         files_to_upload(tmp_path)
+
+
+def test_symlinked_weights_as_in_the_hub_cache_are_uploaded(tmp_path):
+    folder, blobs = tmp_path / "snapshot", tmp_path / "blobs"
+    hf_mim.MAEModel(hf_mim.MAEConfig(**TINY)).save_pretrained(folder)
+    blobs.mkdir()
+    (folder / "model.safetensors").rename(blobs / "abc123")
+    (folder / "model.safetensors").symlink_to(blobs / "abc123")
+    assert "model.safetensors" in files_to_upload(folder)[0]
+
+
+def test_base_model_is_the_hub_id_a_classifier_was_loaded_from():
+    from hf_mim.hub import base_model_of
+
+    config = hf_mim.MAEConfig(**TINY)
+    config.architectures, config._name_or_path = ["MAEForImageClassification"], "someone/mae-base"
+    assert base_model_of(config) == "someone/mae-base"
+    config._name_or_path = "../not/a/repo"
+    assert base_model_of(config) is None
+    config.architectures, config._name_or_path = ["MAEForPreTraining"], "someone/mae-base"
+    assert base_model_of(config) is None  # a pretraining model has no base model
 
 
 @pytest.mark.parametrize("model_type", sorted(AUTO_CLASSES))

@@ -263,7 +263,7 @@ def build_model_card(
         results=results,
         repo_id=repo_id or "<repo_id>",
         usage_output=usage_output,
-        classification=not tokenizer,
+        show_finetuning=not tokenizer,
         limitations=limitations,
         version=__version__,
     )

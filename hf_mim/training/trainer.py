@@ -185,7 +185,7 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
 def pretrain(args: PretrainArguments) -> dict:
     """Run pretraining; returns the summary also written to OUTPUT_DIR/training_summary.json."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+    from accelerate.utils import DataLoaderConfiguration, DistributedType, gather_object, set_seed
 
     args = resolve_defaults(args)
     validate(args)
@@ -446,7 +446,9 @@ def pretrain(args: PretrainArguments) -> dict:
         unwrapped = accelerator.unwrap_model(model)
         # the records and pictures first: save_pretrained builds the model card from what the folder holds
         Path(args.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
-        _save_pictures(unwrapped, raw, image_column, config, summary, args.output_dir)
+        # FSDP / ZeRO-3 shard the parameters: a forward on the main process alone would wait for the other ranks
+        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        _save_pictures(unwrapped, raw, image_column, config, summary, args.output_dir, draw_model=not sharded)
         unwrapped.save_pretrained(args.output_dir, state_dict=state_dict)
         method.save_outputs(unwrapped, args.output_dir)
     # end_training destroys the process group. Without this barrier the other ranks did so while the main process
@@ -476,7 +478,7 @@ def pretrain(args: PretrainArguments) -> dict:
     return summary
 
 
-def _save_pictures(model, raw, image_column, config, summary, output_dir) -> None:
+def _save_pictures(model, raw, image_column, config, summary, output_dir, draw_model: bool = True) -> None:
     """loss_curve.png from the loss history, and the method's picture (reconstructions, ADIOS masks) of the first
     images of the dataset, resized and normalised without augmentation. A picture that fails is logged, not
     fatal: the trained weights matter more than their illustration."""
@@ -485,7 +487,10 @@ def _save_pictures(model, raw, image_column, config, summary, output_dir) -> Non
 
     try:
         if summary["loss_history"]:
-            save_loss_curve(summary["loss_history"], Path(output_dir, "loss_curve.png"), f"{summary['method']}")
+            save_loss_curve(summary["loss_history"], Path(output_dir, "loss_curve.png"), summary["method"])
+        if not draw_model:
+            logger.info("parameters are sharded: no reconstruction or mask picture (draw it from the saved model)")
+            return
         transform = MAETransform(
             config.image_size, config.image_mean, config.image_std, config.num_channels, train=False
         )
