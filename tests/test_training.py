@@ -1,17 +1,13 @@
 """`hf-mim pretrain` end to end: tiny models, a few steps each."""
 
-import contextlib
 import json
 import logging
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 
 import psutil
 import pytest
@@ -24,6 +20,7 @@ from hf_mim.training.methods import MAEMethod
 from hf_mim.training.trainer import PretrainArguments, TrainingError, pretrain
 
 from .images import BAD, write_image_folder
+from .launch import hf_mim_command, run_group, two_processes
 
 TINY_MODEL = dict(
     hidden_size=32,
@@ -53,66 +50,12 @@ def tiny_args(tmp_path, **kw) -> PretrainArguments:
     return PretrainArguments(**fields)
 
 
-def run_group(cmd, env=None, timeout=300) -> subprocess.CompletedProcess:
-    """Run a command whose processes all carry a marker in their environment. Output goes to files, not pipes: a
-    launcher's workers live in sessions of their own (torchrun starts them so) and, were one to outlive the launcher,
-    it would hold a pipe open and block the test for good. On timeout every marked process prints its threads' stacks
-    (hf_mim registers faulthandler on SIGUSR1), then all are killed, and the test fails with those stacks."""
-    marker = uuid.uuid4().hex
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {}), _RUN_MARKER: marker}
-        )
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_marked(marker)
-            proc.wait()
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if timed_out:
-        pytest.fail(f"{cmd[:6]}... did not finish in {timeout}s; stderr tail:\n{stderr[-6000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-
-
-_RUN_MARKER = "HF_MIM_TEST_RUN"
-
-
-def _kill_marked(marker: str) -> None:
-    def marked():
-        found = []
-        for p in psutil.process_iter():
-            try:
-                if p.environ().get(_RUN_MARKER) == marker:
-                    found.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-        return found
-
-    for p in marked():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGUSR1)
-    time.sleep(2)  # for the stacks to be written
-    victims = marked()
-    for p in victims:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(victims, timeout=10)
-
-
 def run_cli(args, env=None, timeout=300):
-    return run_group([sys.executable, "-m", "hf_mim", "pretrain", *args], env=env, timeout=timeout)
+    return hf_mim_command("pretrain", args, env=env, timeout=timeout)
 
 
 def run_two_processes(args, timeout=300):
-    """`hf-mim pretrain` on 2 CPU processes. `accelerate launch --multi_gpu` is accelerate's torchrun launcher;
-    on a machine without GPUs hf_mim asks it for a gloo group (`--cpu` would start one process in accelerate 1.x)."""
-    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_mim", "pretrain"]
-    return run_group([sys.executable, *launch, *args], timeout=timeout)
+    return two_processes("pretrain", args, timeout=timeout)
 
 
 def weights(folder):

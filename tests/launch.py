@@ -1,0 +1,89 @@
+"""Running hf-mim commands as subprocess groups that cannot hang a test (shared by the CLI tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import psutil
+import pytest
+
+
+def run_group(cmd, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run a command whose processes all carry a marker in their environment. Output goes to files, not pipes: a
+    launcher's workers live in sessions of their own (torchrun starts them so) and, were one to outlive the launcher,
+    it would hold a pipe open and block the test for good. On timeout every marked process prints its threads' stacks
+    (hf_mim registers faulthandler on SIGUSR1), then all are killed, and the test fails with those stacks."""
+    marker = uuid.uuid4().hex
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {}), _RUN_MARKER: marker}
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_marked(marker)
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if timed_out:
+        pytest.fail(f"{cmd[:6]}... did not finish in {timeout}s; stderr tail:\n{stderr[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+_RUN_MARKER = "HF_MIM_TEST_RUN"
+
+
+def _kill_marked(marker: str) -> None:
+    def marked():
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.environ().get(_RUN_MARKER) == marker:
+                    found.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
+
+    for p in marked():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGUSR1)
+    time.sleep(2)  # for the stacks to be written
+    victims = marked()
+    for p in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(victims, timeout=10)
+
+
+def hf_mim_command(command: str, args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """`python -m hf_mim COMMAND ARGS` in one process."""
+    return run_group([sys.executable, "-m", "hf_mim", command, *args], env=env, timeout=timeout)
+
+
+def two_processes(command: str, args, timeout=300) -> subprocess.CompletedProcess:
+    """`hf-mim COMMAND` on 2 CPU processes. `accelerate launch --multi_gpu` is accelerate's torchrun launcher;
+    on a machine without GPUs hf_mim asks it for a gloo group (`--cpu` would start one process in accelerate 1.x)."""
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_mim", command]
+    return run_group([sys.executable, *launch, *args], timeout=timeout)
+
+
+def in_process(command: str, args) -> subprocess.CompletedProcess:
+    """`hf-mim COMMAND ARGS` in this process (no interpreter start-up): exit code, stdout and stderr."""
+    from hf_mim.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([command, *args])
+    return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
