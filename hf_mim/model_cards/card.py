@@ -40,6 +40,18 @@ PICTURES = {
         "Per row: the image, its partition into the occlusion model's masks (one colour per mask), then each mask "
         "over the image.",
     ),
+    "tokens.png": (
+        "Visual tokens",
+        "Per row: the image, then (BEiT) the masked input, the tokenizer's token map (one colour per token id), the "
+        "predicted map (masked patches in the colour of the predicted token, darkened where it is wrong), and the "
+        "tokenizer's decoding of the true tokens and of the tokens with the masked ones predicted; (tokenizer) the "
+        "token map and its decoding.",
+    ),
+    "occlusion_cka.png": (
+        "Occlusion invariance",
+        "Linear CKA between each block's features of full images and of the same images with random patches "
+        "occluded (`hf-mim evaluate --protocol cka`), against the mask ratio and against the block.",
+    ),
 }
 
 # The Hub's license identifiers (https://huggingface.co/docs/hub/repositories-licenses).

@@ -32,6 +32,133 @@ def _to_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (pixels[:, :3] * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
+def panels_picture(panels: Sequence[torch.Tensor], scale: int = 1):
+    """A PIL image from panels, each (B, H, W, 3) in 0-255: one row per image, one column per panel. `scale`
+    enlarges small images (nearest neighbour, so patches stay sharp)."""
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(p), dim=0) for p in panels], dim=1)
+    picture = Image.fromarray(grid.round().clamp(0, 255).to(torch.uint8).numpy())
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture
+
+
+def token_colours(token_ids: torch.Tensor) -> torch.Tensor:
+    """A colour per visual-token id, (..., 3) float in 0-255: hues spread by the golden ratio, so nearby ids look
+    different and equal ids look the same in every picture."""
+    hue = (token_ids.double() * 0.6180339887498949) % 1.0
+    sector = (hue * 6).floor()
+    frac = hue * 6 - sector
+    value, saturation = 0.95, 0.65
+    p = torch.full_like(hue, value * (1 - saturation))
+    q, t = value * (1 - saturation * frac), value * (1 - saturation * (1 - frac))
+    v = torch.full_like(hue, value)
+    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    sector = sector.long() % 6
+    rgb = torch.zeros(*hue.shape, 3, dtype=torch.float64)
+    for k, (r, g, b) in enumerate(choices):
+        where = sector == k
+        rgb[where] = torch.stack([r, g, b], dim=-1)[where]
+    return (rgb * 255).float()
+
+
+def _grid_to_pixels(values: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """(B, L, ...) per-patch values -> (B, H, W, ...) with every patch's value over its pixels."""
+    rows, cols = grid
+    values = values.reshape(values.shape[0], rows, cols, *values.shape[2:])
+    return values.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
+
+
+def token_grid(
+    images: torch.Tensor,
+    token_ids: torch.Tensor,
+    patch_size: int,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+    bool_masked_pos: torch.Tensor | None = None,
+    predicted_ids: torch.Tensor | None = None,
+    decoded: Sequence[torch.Tensor] = (),
+    decoded_mean: Sequence[float] | None = None,
+    decoded_std: Sequence[float] | None = None,
+    scale: int = 1,
+):
+    """A PIL image with one row per image: the image; with `bool_masked_pos`, the masked input (masked patches grey);
+    the token map (each patch in its token's colour); with `predicted_ids`, the predicted map (masked patches in
+    the predicted token's colour, visible ones as in the token map, a wrong prediction darkened); then each
+    `decoded` image (B, C, H, W), normalised with `decoded_mean` / `decoded_std` (default: the images').
+
+    images: (B, C, H, W) normalised; token_ids, predicted_ids: (B, L) on the patch grid; bool_masked_pos: (B, L)."""
+    batch, _, height, width = images.shape
+    grid = (height // patch_size, width // patch_size)
+    if token_ids.shape != (batch, grid[0] * grid[1]):
+        raise ValueError(f"token_ids {tuple(token_ids.shape)} do not match a {grid[0]}x{grid[1]} patch grid")
+    original = _to_uint8(images, image_mean, image_std).float()
+    panels = [original]
+    token_map = _grid_to_pixels(token_colours(token_ids.cpu()), grid, patch_size)
+    if bool_masked_pos is not None:
+        pixel_mask = _grid_to_pixels(bool_masked_pos.cpu().bool().float()[..., None], grid, patch_size)
+        panels.append(pixel_mask * 127.0 + (1 - pixel_mask) * original)
+    panels.append(token_map)
+    if predicted_ids is not None:
+        masked = bool_masked_pos.cpu().bool() if bool_masked_pos is not None else torch.ones_like(token_ids, dtype=bool)
+        shown = torch.where(masked, predicted_ids.cpu(), token_ids.cpu())
+        wrong = (masked & (shown != token_ids.cpu())).float()
+        colours = token_colours(shown) * (1 - 0.6 * wrong[..., None])
+        panels.append(_grid_to_pixels(colours, grid, patch_size))
+    for image in decoded:
+        panels.append(_to_uint8(image, decoded_mean or image_mean, decoded_std or image_std).float())
+    return panels_picture(panels, scale)
+
+
+@torch.no_grad()
+def save_token_picture(
+    model, pixel_values: torch.Tensor, path: str | os.PathLike, seed: int = 0, scale: int = 4
+) -> str:
+    """The token picture of a BEiT model (image, masked input, the tokenizer's token map, the predicted map, the
+    tokenizer's decoding of the true tokens and of the tokens with the masked ones predicted) or of a visual
+    tokenizer (image, token map, decoding). Written as a PNG; returns the path."""
+    device = next(model.parameters()).device
+    pixel_values = pixel_values.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        if model.config.model_type == "hf_mim_visual_tokenizer":
+            tokenizer, inputs = model, pixel_values
+            token_ids = tokenizer.get_codebook_indices(inputs)
+            masked = predicted = None
+            decoded = [tokenizer.decode_ids(token_ids, tokenizer.check_pixel_values(inputs))]
+        else:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                output = model(pixel_values)
+            tokenizer, inputs = model.tokenizer, model.tokenizer_inputs(pixel_values)
+            token_ids, masked = output.labels, output.bool_masked_pos.bool()
+            predicted = output.logits.argmax(-1)
+            grid = tokenizer.check_pixel_values(inputs)
+            decoded = [
+                tokenizer.decode_ids(token_ids, grid),
+                tokenizer.decode_ids(torch.where(masked, predicted, token_ids), grid),
+            ]
+    finally:
+        model.train(was_training)
+    picture = token_grid(
+        pixel_values,
+        token_ids,
+        model.config.patch_size,
+        model.config.image_mean,
+        model.config.image_std,
+        bool_masked_pos=masked,
+        predicted_ids=predicted,
+        decoded=[d.float() for d in decoded],
+        decoded_mean=tokenizer.config.image_mean,
+        decoded_std=tokenizer.config.image_std,
+        scale=scale,
+    )
+    picture.save(path, format="PNG")
+    return str(path)
+
+
 def mask_grid(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -44,7 +171,6 @@ def mask_grid(
     occludes painted in mask k's colour, in proportion to the mask's value (as in ADIOS's figures).
 
     images: (B, C, H, W) normalised; masks: (B, N, H, W) in [0, 1]. `scale` enlarges small images (nearest)."""
-    from PIL import Image
 
     if images.ndim != 4 or masks.ndim != 4 or masks.shape[0] != images.shape[0]:
         raise ValueError(
@@ -61,11 +187,7 @@ def mask_grid(
     for k in range(num):
         alpha = m[:, k].unsqueeze(-1)
         panels.append((1 - alpha) * rgb + alpha * colours[k])
-    grid = torch.cat([torch.cat(list(p), dim=0) for p in panels], dim=1)  # rows: images, columns: panels
-    picture = Image.fromarray(grid.round().clamp(0, 255).to(torch.uint8).numpy())
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    return picture
+    return panels_picture(panels, scale)
 
 
 @torch.no_grad()
@@ -120,7 +242,6 @@ def reconstruction_grid(
     and the reconstruction with the visible patches pasted back.
 
     images, reconstruction: (B, C, H, W) normalised; bool_masked_pos: (B, L), True where a patch was masked."""
-    from PIL import Image
 
     if reconstruction.shape != images.shape:
         raise ValueError(f"reconstruction {tuple(reconstruction.shape)} and images {tuple(images.shape)} differ")
@@ -140,11 +261,7 @@ def reconstruction_grid(
         recon,
         pixel_mask * recon + (1 - pixel_mask) * original,
     ]
-    grid = torch.cat([torch.cat(list(p), dim=0) for p in panels], dim=1)
-    picture = Image.fromarray(grid.round().clamp(0, 255).to(torch.uint8).numpy())
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    return picture
+    return panels_picture(panels, scale)
 
 
 @torch.no_grad()
@@ -190,9 +307,11 @@ def reconstruct(model, pixel_values: torch.Tensor, seed: int = 0) -> tuple[torch
     return unpatchify(predicted, patch, grid, config.num_channels), masked
 
 
-def save_reconstructions(model, pixel_values: torch.Tensor, path: str | os.PathLike, scale: int = 4) -> str:
+def save_reconstructions(
+    model, pixel_values: torch.Tensor, path: str | os.PathLike, scale: int = 4, seed: int = 0
+) -> str:
     """`reconstruct` then `reconstruction_grid`, written as a PNG. Returns the path."""
-    reconstruction, masked = reconstruct(model, pixel_values)
+    reconstruction, masked = reconstruct(model, pixel_values, seed)
     picture = reconstruction_grid(
         pixel_values,
         masked,
@@ -206,22 +325,32 @@ def save_reconstructions(model, pixel_values: torch.Tensor, path: str | os.PathL
     return str(path)
 
 
-def save_method_picture(model, pixel_values: torch.Tensor, folder: str | os.PathLike) -> str | None:
+def save_method_picture(
+    model, pixel_values: torch.Tensor, folder: str | os.PathLike, seed: int = 0, scale: int = 4
+) -> str | None:
     """The picture a method has, written into `folder`: reconstructions for pixel-target methods (MAE, R-MAE,
-    SimMIM), masks for ADIOS; None for methods without one (C-MAE, BEiT, the tokenizer). Returns the file name."""
+    SimMIM), masks for ADIOS, visual tokens for BEiT and the tokenizer; None for C-MAE, whose targets are features,
+    not pixels. Returns the file name."""
     model_type = model.config.model_type
     if model_type == "hf_mim_adios":
-        save_adios_masks(model, pixel_values, os.path.join(folder, "masks.png"))
+        save_adios_masks(model, pixel_values, os.path.join(folder, "masks.png"), scale=scale)
         return "masks.png"
     if model_type in ("hf_mim_mae", "hf_mim_rmae", "hf_mim_simmim"):
-        save_reconstructions(model, pixel_values, os.path.join(folder, "reconstruction.png"))
+        save_reconstructions(model, pixel_values, os.path.join(folder, "reconstruction.png"), scale=scale, seed=seed)
         return "reconstruction.png"
+    if model_type in ("hf_mim_beit", "hf_mim_visual_tokenizer"):
+        save_token_picture(model, pixel_values, os.path.join(folder, "tokens.png"), seed=seed, scale=scale)
+        return "tokens.png"
     return None
 
 
 __all__ = [
     "PALETTE",
     "mask_grid",
+    "panels_picture",
+    "save_token_picture",
+    "token_colours",
+    "token_grid",
     "reconstruct",
     "reconstruction_grid",
     "save_adios_masks",
