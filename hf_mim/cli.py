@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
+import io
 import signal
 import sys
 
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--mask-patch-size", type=int, help="SimMIM: mask patch size in pixels to record")
 
     _add_pretrain_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_visualize_parser(sub)
     push = sub.add_parser(
         "push",
         help="upload a saved model folder to the Hub with its generated model card",
@@ -150,6 +154,130 @@ def _add_pretrain_parser(sub) -> None:
     )
 
 
+def _add_evaluate_parser(sub) -> None:
+    from .evaluation.cka import DEFAULT_RATIOS, OCCLUSIONS
+    from .evaluation.runner import PROTOCOLS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="k-NN, linear probe, fine-tuning or occlusion-invariance CKA of pretrained encoders",
+        description="Evaluate one or more hf_mim checkpoints on a labelled dataset (the built-in digits by default, "
+        "held out 20%% for test, stratified and seeded): k-NN (cosine, temperature-weighted votes, as in DINO), a "
+        "linear probe (frozen features, parameter-free BatchNorm then a linear layer, as in MAE), fine-tuning "
+        "(AutoModelForImageClassification with transformers.Trainer), or linear CKA between each block's features "
+        "of full and occluded images. Runs on one process or many (`accelerate launch -m hf_mim evaluate ...`). "
+        "Prints a table, writes OUTPUT_DIR/evaluation.json, and merges each local model's results into its "
+        "eval_results.json (the model card's model-index when pushed).",
+    )
+    add = p.add_argument
+    add("--model", nargs="+", required=True, metavar="PATH_OR_REPO", help="checkpoint folders or Hub ids")
+    add("--protocol", nargs="+", default=["knn"], choices=PROTOCOLS, help="protocols to run (default: knn)")
+    add(
+        "--random-init",
+        action="store_true",
+        help="also evaluate the first model's architecture freshly initialised (the baseline)",
+    )
+    add("--dataset", help="Hub dataset id, image folder, saved dataset, or 'digits' (built in, the default)")
+    add("--dataset-config", help="dataset configuration name (Hub datasets)")
+    add("--train-split", default="train", help="split the k-NN bank, probe and fine-tuning learn from (default: train)")
+    add(
+        "--test-split", help="split to report on (default: test or validation, else a held-out part of the train split)"
+    )
+    add("--test-size", type=float, default=0.2, help="held-out fraction when there is no test split (default: 0.2)")
+    add("--image-column", help="column holding the images (default: detected)")
+    add("--label-column", help="column holding the labels (default: the first ClassLabel, else 'label' ...)")
+    add("--labels-per-class", type=int, help="low-label setting: train on N images of each class (seeded)")
+    add("--batch-size", type=int, default=128, help="images per process for feature extraction (default: 128)")
+    add("--num-workers", type=int, default=0, help="DataLoader workers per process (default: 0)")
+    add("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision (default: no)")
+    add("--pooling", choices=["cls", "mean"], help="feature pooling: CLS token or mean of patches (default: config's)")
+    add("--block", type=int, help="k-NN / linear: features of this block, 1-based (default: the last)")
+    add("--knn-k", type=int, default=20, help="neighbours (default: 20)")
+    add("--knn-temperature", type=float, default=0.07, help="vote temperature (default: 0.07)")
+    add("--linear-epochs", type=int, default=100, help="linear probe epochs (default: 100)")
+    add("--linear-batch-size", type=int, default=256, help="linear probe batch size (default: 256)")
+    add("--linear-lr", type=float, default=0.1, help="linear probe base lr per 256 (SGD; default: 0.1)")
+    add("--finetune-epochs", type=float, default=50, help="fine-tuning epochs (default: 50)")
+    add("--finetune-batch-size", type=int, default=64, help="fine-tuning batch size per process (default: 64)")
+    add("--finetune-lr", type=float, default=1e-3, help="fine-tuning base lr per 256 (AdamW; default: 1e-3)")
+    add("--weight-decay", type=float, default=0.05, help="fine-tuning weight decay (default: 0.05)")
+    add("--layer-decay", type=float, default=1.0, help="layer-wise lr decay, e.g. 0.75 as MAE (default: 1, off)")
+    add("--drop-path", type=float, help="fine-tuning stochastic depth rate (default: the config's)")
+    add("--label-smoothing", type=float, default=0.1, help="fine-tuning label smoothing (default: 0.1)")
+    add(
+        "--mask-ratios",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_RATIOS),
+        help="cka: mask ratios (default: 0.1 ... 0.9)",
+    )
+    add("--occlusion", default="drop", choices=OCCLUSIONS, help="cka: drop masked patches (MAE) or zero them")
+    add("--cka-samples", type=int, default=1024, help="cka: test images used (default: 1024)")
+    add("--output-dir", default="outputs/evaluate", help="tables, plots, fine-tuning runs (default: outputs/evaluate)")
+    add(
+        "--no-save-to-model",
+        dest="save_to_model",
+        action="store_false",
+        help="do not merge results into the local model folders' eval_results.json",
+    )
+    add("--seed", type=int, default=0, help="seed for splits, subsets, masks, probes (default: 0)")
+
+
+def _add_visualize_parser(sub) -> None:
+    p = sub.add_parser(
+        "visualize",
+        help="write pictures of reconstructions, ADIOS masks or BEiT tokens",
+        description="Write the method's picture of some images: MAE / R-MAE / SimMIM reconstruction.png (image, "
+        "masked input, reconstruction, reconstruction with visible patches pasted back; normalised-pixel targets "
+        "de-normalised with the visible patches' statistics), ADIOS masks.png (colour-coded masks), BEiT and the "
+        "visual tokenizer tokens.png (token maps, predicted tokens, decodings).",
+    )
+    add = p.add_argument
+    add("--model", required=True, metavar="PATH_OR_REPO", help="an hf_mim pretraining checkpoint")
+    add("--images", nargs="+", metavar="PATH", help="image files or folders (default: the first images of --dataset)")
+    add("--dataset", help="dataset to take images from when --images is not given (default: digits)")
+    add("--num-images", type=int, default=8, help="images, one row each (default: 8)")
+    add("--mask-ratio", type=float, help="override the checkpoint's mask ratio")
+    add("--seed", type=int, default=0, help="seed of the masks (default: 0)")
+    add("--scale", type=int, default=4, help="enlarge small images this many times (default: 4)")
+    add("--output-dir", default="outputs/visualize", help="where the PNG goes (default: outputs/visualize)")
+
+
+def _run_evaluate(args) -> int:
+    from .evaluation.runner import EvaluateArguments, evaluate_models
+    from .training.data import DatasetError
+
+    fields = {k: v for k, v in vars(args).items() if k in EvaluateArguments.__dataclass_fields__}
+    try:
+        evaluate_models(EvaluateArguments(**fields))
+    except (DatasetError, ValueError, FileNotFoundError, OSError) as err:
+        print(f"hf-mim evaluate: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_visualize(args) -> int:
+    from .evaluation.visualize import visualize
+    from .training.data import DatasetError
+
+    try:
+        path = visualize(
+            args.model,
+            args.output_dir,
+            images=args.images,
+            dataset=args.dataset,
+            num_images=args.num_images,
+            mask_ratio=args.mask_ratio,
+            seed=args.seed,
+            scale=args.scale,
+        )
+    except (DatasetError, ValueError, FileNotFoundError, OSError) as err:
+        print(f"hf-mim visualize: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 def _run_pretrain(args) -> int:
     from .training.data import DatasetError
     from .training.trainer import PretrainArguments, TrainingError, pretrain
@@ -174,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGUSR1"):
         # `kill -USR1 PID` prints every thread's Python stack to stderr and the run goes on: what a stuck rank is
         # waiting for, without a debugger on the machine.
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # Not possible where stderr is no file (a notebook, a redirected stream): the command runs without it.
+        with contextlib.suppress(io.UnsupportedOperation, ValueError, AttributeError):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.command == "push":
         from .hub import push_folder
 
@@ -217,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "pretrain":
         return _run_pretrain(args)
+    if args.command == "evaluate":
+        return _run_evaluate(args)
+    if args.command == "visualize":
+        return _run_visualize(args)
     return 2
 
 

@@ -1,0 +1,382 @@
+"""`hf-mim evaluate`: run the protocols on one or more checkpoints, print a table, write the results.
+
+Writes, under OUTPUT_DIR: `evaluation.json` (every row, the arguments, the machine), `cka.json` and `cka.png` for
+the CKA protocol, and the fine-tuning runs' Trainer folders. Each local model folder gets its own results merged
+into its `eval_results.json` (a result replaces an earlier one of the same protocol, settings, dataset, split and
+metric), which `hf-mim push` turns into the model card's `model-index`; a CKA plot is copied in as
+`occlusion_cka.png`. Hub checkpoints are never written to: their results stay in OUTPUT_DIR.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import platform
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .cka import DEFAULT_RATIOS, OCCLUSIONS
+
+logger = logging.getLogger("hf_mim.evaluate")
+
+PROTOCOLS = ("knn", "linear", "finetune", "cka")
+RANDOM_INIT = "random-init"
+
+
+@dataclass
+class EvaluateArguments:
+    """What `hf-mim evaluate` takes; see `hf-mim evaluate --help` for each field."""
+
+    model: list[str]
+    protocol: list[str] = field(default_factory=lambda: ["knn"])
+    random_init: bool = False
+    dataset: str | None = None
+    dataset_config: str | None = None
+    train_split: str = "train"
+    test_split: str | None = None
+    test_size: float = 0.2
+    image_column: str | None = None
+    label_column: str | None = None
+    labels_per_class: int | None = None
+    batch_size: int = 128
+    num_workers: int = 0
+    mixed_precision: str = "no"
+    pooling: str | None = None
+    block: int | None = None
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    linear_epochs: int = 100
+    linear_batch_size: int = 256
+    linear_lr: float = 0.1
+    finetune_epochs: float = 50
+    finetune_batch_size: int = 64
+    finetune_lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float = 1.0
+    drop_path: float | None = None
+    label_smoothing: float = 0.1
+    mask_ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
+    occlusion: str = "drop"
+    cka_samples: int = 1024
+    output_dir: str = "outputs/evaluate"
+    save_to_model: bool = True
+    seed: int = 0
+
+
+def validate(args: EvaluateArguments) -> None:
+    def bad(flag, value, allowed):
+        raise ValueError(f"--{flag} {value!r} is invalid; allowed: {allowed}")
+
+    if not args.model:
+        bad("model", args.model, "one or more checkpoint folders or Hub ids")
+    for name in args.protocol:
+        if name not in PROTOCOLS:
+            bad("protocol", name, f"any of {PROTOCOLS}")
+    if args.pooling not in (None, "cls", "mean"):
+        bad("pooling", args.pooling, "cls or mean")
+    if args.block is not None and args.block < 1:
+        bad("block", args.block, "a block number from 1 (the first block) to the encoder's depth")
+    if args.labels_per_class is not None and args.labels_per_class < 1:
+        bad("labels-per-class", args.labels_per_class, "a positive integer")
+    for flag in ("batch_size", "knn_k", "linear_epochs", "linear_batch_size", "finetune_batch_size", "cka_samples"):
+        if getattr(args, flag) < 1:
+            bad(flag.replace("_", "-"), getattr(args, flag), "a positive integer")
+    if not args.finetune_epochs > 0:
+        bad("finetune-epochs", args.finetune_epochs, "a positive number")
+    if not 0.0 < args.test_size < 1.0:
+        bad("test-size", args.test_size, "a fraction strictly between 0 and 1")
+    if not 0.0 < args.layer_decay <= 1.0:
+        bad("layer-decay", args.layer_decay, "a number in (0, 1]; 1 turns it off")
+    if not args.knn_temperature > 0:
+        bad("knn-temperature", args.knn_temperature, "a positive number")
+    if args.occlusion not in OCCLUSIONS:
+        bad("occlusion", args.occlusion, OCCLUSIONS)
+    if not args.mask_ratios or any(not 0.0 < r < 1.0 for r in args.mask_ratios):
+        bad("mask-ratios", args.mask_ratios, "ratios strictly between 0 and 1")
+    if args.mixed_precision not in ("no", "fp16", "bf16"):
+        bad("mixed-precision", args.mixed_precision, "no, fp16 or bf16")
+
+
+def _settings(args: EvaluateArguments, protocol: str, pooling: str) -> str:
+    low = f", {args.labels_per_class} labels/class" if args.labels_per_class else ""
+    where = f"block {args.block}, " if args.block else ""
+    if protocol == "knn":
+        return f"k={args.knn_k}, T={args.knn_temperature:g}, {where}{pooling}{low}"
+    if protocol == "linear":
+        return f"{where}{pooling}, {args.linear_epochs} epochs{low}"
+    layer_decay = f", layer decay {args.layer_decay:g}" if args.layer_decay < 1 else ""
+    return f"{args.finetune_epochs:g} epochs{layer_decay}{low}"
+
+
+def _dataset_key(splits, args: EvaluateArguments) -> str:
+    if splits.dataset_id:
+        return splits.dataset_id
+    name = args.dataset or "digits"
+    return Path(name).name or name
+
+
+def _accelerator(args: EvaluateArguments):
+    from accelerate import Accelerator
+
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return (
+        Accelerator(cpu=cpu, mixed_precision=args.mixed_precision)
+        if cpu
+        else Accelerator(mixed_precision=args.mixed_precision)
+    )
+
+
+def _loader(dataset, splits, config, args, accelerator):
+    from torch.utils.data import DataLoader
+
+    from ..training.transforms import MAETransform
+    from .data import KeepShapeCollator, LabelledTransform, prepare_labelled
+
+    transform = MAETransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    prepared = prepare_labelled(dataset, LabelledTransform(splits.image_column, splits.label_column, transform))
+    size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+    loader = DataLoader(
+        prepared,
+        batch_size=args.batch_size,
+        shuffle=False,
+        num_workers=args.num_workers,
+        collate_fn=KeepShapeCollator((config.num_channels, *size)),
+    )
+    return accelerator.prepare_data_loader(loader)
+
+
+def _name(model: str, random_init: bool) -> str:
+    return f"{RANDOM_INIT} ({Path(model).name or model})" if random_init else model
+
+
+def evaluate_models(args: EvaluateArguments) -> dict:
+    """Run every protocol on every model; returns {"results": rows, "cka": {...}} (also in evaluation.json)."""
+    import datasets
+    from accelerate.utils import set_seed
+
+    from .data import labels_per_class_subset, load_labelled_splits
+    from .protocols import check_block, extract_features, knn_scores, linear_probe, load_encoder, load_metric
+
+    validate(args)
+    datasets.disable_progress_bars()  # one "Flattening the indices" bar per split and model otherwise
+    accelerator = _accelerator(args)
+    main = accelerator.is_main_process
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.setLevel(logging.INFO if main else logging.WARNING)
+    splits = load_labelled_splits(
+        args.dataset,
+        args.dataset_config,
+        args.train_split,
+        args.test_split,
+        args.image_column,
+        args.label_column,
+        args.test_size,
+        args.seed,
+    )
+    train = splits.train
+    if args.labels_per_class:
+        train = labels_per_class_subset(train, splits.label_column, args.labels_per_class, args.seed)
+    logger.info(
+        "%s: %d training images (%s), %d test images (%s), %d classes",
+        splits.description,
+        len(train),
+        f"{args.labels_per_class} per class" if args.labels_per_class else args.train_split,
+        len(splits.test),
+        splits.test_split,
+        splits.num_classes,
+    )
+    metric = load_metric("accuracy")
+    output_dir = Path(args.output_dir)
+    dataset_key = _dataset_key(splits, args)
+    entries = [(m, False) for m in args.model] + ([(args.model[0], True)] if args.random_init else [])
+    rows: list[dict] = []
+    cka_results: dict[str, torch.Tensor] = {}
+    skipped = 0
+    for model_name, random_init in entries:
+        name = _name(model_name, random_init)
+        feature_protocols = [p for p in args.protocol if p in ("knn", "linear", "cka")]
+        if feature_protocols:
+            model = load_encoder(model_name, random_init=random_init, seed=args.seed)
+            check_block(model.config, args.block)
+            pooling = args.pooling or model.config.pooling
+            # no DDP wrapper: nothing is trained, each process only encodes its shard
+            encoder = model.to(accelerator.device)
+            if "knn" in args.protocol or "linear" in args.protocol:
+                train_loader = _loader(train, splits, encoder.config, args, accelerator)
+                test_loader = _loader(splits.test, splits, encoder.config, args, accelerator)
+                train_x, train_y, bad_train = extract_features(encoder, train_loader, accelerator, args.block, pooling)
+                test_x, test_y, bad_test = extract_features(encoder, test_loader, accelerator, args.block, pooling)
+                skipped = max(skipped, bad_train + bad_test)
+                for protocol in ("knn", "linear"):
+                    if protocol not in args.protocol:
+                        continue
+                    if protocol == "knn":
+                        scores = knn_scores(
+                            train_x, train_y, test_x, splits.num_classes, args.knn_k, args.knn_temperature
+                        )
+                    else:
+                        _, scores = linear_probe(
+                            train_x,
+                            train_y,
+                            test_x,
+                            splits.num_classes,
+                            epochs=args.linear_epochs,
+                            batch_size=args.linear_batch_size,
+                            base_lr=args.linear_lr,
+                            seed=args.seed,
+                        )
+                    value = metric.compute(predictions=scores.argmax(-1), references=test_y)["accuracy"]
+                    rows.append(
+                        _row(name, model_name, random_init, protocol, args, pooling, splits, dataset_key, value)
+                    )
+            if "cka" in args.protocol:
+                cka_results[name] = _occlusion_cka(encoder, splits, args, accelerator, pooling)
+            del model, encoder
+            gc.collect()
+        if "finetune" in args.protocol:
+            from .finetune import finetune
+
+            set_seed(args.seed)
+            run_dir = output_dir / "finetune" / (RANDOM_INIT if random_init else (Path(model_name).name or "model"))
+            metrics = finetune(
+                model_name,
+                splits,
+                run_dir,
+                random_init=random_init,
+                labels_per_class=args.labels_per_class,
+                epochs=args.finetune_epochs,
+                batch_size=args.finetune_batch_size,
+                base_lr=args.finetune_lr,
+                weight_decay=args.weight_decay,
+                layer_decay=args.layer_decay,
+                drop_path_rate=args.drop_path,
+                label_smoothing=args.label_smoothing,
+                pooling=args.pooling,
+                seed=args.seed,
+                num_workers=args.num_workers,
+                mixed_precision=args.mixed_precision,
+            )
+            rows.append(
+                _row(
+                    name, model_name, random_init, "finetune", args, None, splits, dataset_key, metrics["eval_accuracy"]
+                )
+            )
+
+    summary = {
+        "results": rows,
+        "cka": {
+            "mask_ratios": list(args.mask_ratios),
+            "occlusion": args.occlusion,
+            "tables": {name: table.tolist() for name, table in cka_results.items()},
+        }
+        if cka_results
+        else None,
+        "skipped_images": skipped,
+        "dataset": splits.description,
+        "test_split": splits.test_split,
+        "arguments": asdict(args),
+        "hardware": f"{accelerator.num_processes} process(es), {platform.machine()}, {os.cpu_count()} CPUs"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+    }
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+        print(format_table(rows))
+        if cka_results:
+            from .cka import plot_cka
+
+            (output_dir / "cka.json").write_text(json.dumps(summary["cka"], indent=2))
+            plot_cka(cka_results, args.mask_ratios, output_dir / "cka.png", f"occlusion invariance ({args.occlusion})")
+            print(format_cka_table(cka_results, args.mask_ratios))
+        if args.save_to_model:
+            _save_to_models(rows, entries, output_dir if cka_results else None)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _row(name, model_name, random_init, protocol, args, pooling, splits, dataset_key, value) -> dict:
+    return {
+        "model": name,
+        "protocol": protocol,
+        "settings": _settings(args, protocol, pooling),
+        "dataset": dataset_key,
+        "dataset_name": splits.description,
+        "split": splits.test_split,
+        "metric": "accuracy",
+        "value": round(float(value), 6),
+        "source": None if random_init else model_name,
+    }
+
+
+@torch.no_grad()
+def _occlusion_cka(encoder, splits, args, accelerator, pooling: str) -> torch.Tensor:
+    """(R, depth) CKA table of one encoder over the first `cka_samples` test images."""
+    from .cka import cka_table, occlusion_features
+
+    test = splits.test.select(range(min(args.cka_samples, len(splits.test))))
+    loader = _loader(test, splits, encoder.config, args, accelerator)
+    full, occluded = [], []
+    for batch in loader:
+        # each image's masks are seeded by its index in the dataset: the same on any number of processes
+        f, o = occlusion_features(
+            encoder, batch["pixel_values"], batch["index"], args.mask_ratios, args.occlusion, pooling, args.seed
+        )
+        f, o, valid = accelerator.gather_for_metrics(
+            (f.permute(2, 0, 1, 3).contiguous(), o.permute(2, 0, 1, 3).contiguous(), batch["valid"])
+        )
+        full.append(f[valid.bool()].cpu())
+        occluded.append(o[valid.bool()].cpu())
+    full = torch.cat(full).permute(1, 2, 0, 3)  # (depth, R, N, D)
+    occluded = torch.cat(occluded).permute(1, 2, 0, 3)
+    return cka_table(full, occluded)
+
+
+def _save_to_models(rows: list[dict], entries, cka_dir: Path | None) -> None:
+    from ..model_cards.card import EVAL_RESULTS
+
+    for model_name, random_init in entries:
+        folder = Path(model_name)
+        if random_init or not folder.is_dir():
+            continue
+        path = folder / EVAL_RESULTS
+        existing = json.loads(path.read_text()).get("results", []) if path.exists() else []
+        mine = [{k: v for k, v in r.items() if k not in ("model", "source")} for r in rows if r["source"] == model_name]
+        keys = {_result_key(r) for r in mine}
+        merged = [r for r in existing if _result_key(r) not in keys] + mine
+        path.write_text(json.dumps({"results": merged}, indent=2))
+        if cka_dir is not None:
+            shutil.copyfile(cka_dir / "cka.png", folder / "occlusion_cka.png")
+        logger.info("results written to %s", path)
+
+
+def _result_key(r: dict) -> tuple:
+    return (r.get("protocol"), r.get("settings"), r.get("dataset"), r.get("split"), r.get("metric"))
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    header = ("model", "protocol", "settings", "dataset", "split", "accuracy")
+    lines = [
+        (r["model"], r["protocol"], r["settings"], r["dataset"], r["split"], f"{100 * r['value']:.2f}") for r in rows
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
+    fmt = " | ".join(f"{{:{w}}}" for w in widths)
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([fmt.format(*header), rule] + [fmt.format(*line) for line in lines])
+
+
+def format_cka_table(results: dict[str, torch.Tensor], ratios) -> str:
+    header = ["model (last block CKA)"] + [f"{r:g}" for r in ratios]
+    lines = [[name] + [f"{v:.3f}" for v in table[:, -1].tolist()] for name, table in results.items()]
+    widths = [max(len(x) for x in column) for column in zip(header, *lines, strict=True)]
+    fmt = " | ".join(f"{{:{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), "-+-".join("-" * w for w in widths)] + [fmt.format(*line) for line in lines])
+
+
+__all__ = ["EvaluateArguments", "PROTOCOLS", "evaluate_models", "format_table", "validate"]

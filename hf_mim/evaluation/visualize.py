@@ -1,0 +1,110 @@
+"""`hf-mim visualize`: pictures of what a pretrained model does with images it is given.
+
+MAE, R-MAE and SimMIM: reconstruction.png (image, masked input, reconstruction, reconstruction with the visible
+patches pasted back; normalised-pixel targets de-normalised with the visible patches' statistics). ADIOS: masks.png
+(the occlusion model's masks, colour-coded). BEiT: tokens.png (the tokenizer's token map, the predicted tokens and
+both decoded); a visual tokenizer: tokens.png (token map and decoding). The model card shows the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+PICTURE_METHODS = (
+    "hf_mim_mae",
+    "hf_mim_rmae",
+    "hf_mim_simmim",
+    "hf_mim_adios",
+    "hf_mim_beit",
+    "hf_mim_visual_tokenizer",
+)
+
+
+def load_pretraining_model(name_or_path: str | os.PathLike, **config_overrides):
+    """The full pretraining model of an hf_mim checkpoint (decoder, heads, tokenizer), in eval mode."""
+    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+    import hf_mim  # noqa: F401  (registers hf_mim's classes)
+
+    config = AutoConfig.from_pretrained(name_or_path, **config_overrides)
+    if config.model_type not in PICTURE_METHODS:
+        raise ValueError(
+            f"--model {name_or_path} has model_type {config.model_type!r}; pictures exist for {PICTURE_METHODS} "
+            "(C-MAE's targets are features, not pixels, so it has none)"
+        )
+    auto = AutoModel if config.model_type == "hf_mim_visual_tokenizer" else AutoModelForPreTraining
+    return auto.from_pretrained(name_or_path, config=config).eval()
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    files = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"--images {name}: no such file or folder")
+    if not files:
+        raise ValueError(f"--images {paths}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
+    return files
+
+
+def load_images(
+    config, images: list[str] | None = None, dataset: str | None = None, num_images: int = 8
+) -> torch.Tensor:
+    """Up to `num_images` images (from files and folders, else from the first images of `dataset`, the built-in
+    digits by default) resized to the model's size and normalised with its mean and std: (B, C, H, W).
+    Undecodable files are skipped; none at all is an error."""
+    from ..training.data import find_image_column, load_pretraining_dataset
+    from ..training.transforms import MAETransform, open_image
+
+    transform = MAETransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    if images:
+        sources = image_files(images)
+    else:
+        raw, _ = load_pretraining_dataset(dataset)
+        column = find_image_column(raw)
+        sources = [raw[i][column] for i in range(min(len(raw), 4 * num_images))]
+    tensors, errors = [], []
+    for source in sources:
+        try:
+            tensors.append(transform(open_image(str(source) if isinstance(source, Path) else source), None))
+        except Exception as err:  # a bad file is skipped, as in training
+            errors.append(f"{source}: {type(err).__name__}")
+        if len(tensors) == num_images:
+            break
+    if not tensors:
+        raise ValueError(f"no image could be decoded: {errors[:5]}")
+    return torch.stack(tensors)
+
+
+def visualize(
+    model_name_or_path: str,
+    output_dir: str | os.PathLike,
+    images: list[str] | None = None,
+    dataset: str | None = None,
+    num_images: int = 8,
+    mask_ratio: float | None = None,
+    seed: int = 0,
+    scale: int = 4,
+) -> str:
+    """Write the method's picture of `num_images` images into `output_dir`; returns its path."""
+    from ..model_cards.pictures import save_method_picture
+
+    if num_images < 1:
+        raise ValueError(f"num_images={num_images!r} is invalid: must be a positive integer")
+    overrides = {} if mask_ratio is None else {"mask_ratio": mask_ratio}
+    model = load_pretraining_model(model_name_or_path, **overrides)
+    pixel_values = load_images(model.config, images, dataset, num_images)
+    os.makedirs(output_dir, exist_ok=True)
+    name = save_method_picture(model, pixel_values, output_dir, seed=seed, scale=scale)
+    return os.path.join(output_dir, name)
+
+
+__all__ = ["image_files", "load_images", "load_pretraining_model", "visualize"]
