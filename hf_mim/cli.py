@@ -205,6 +205,14 @@ def _add_evaluate_parser(sub) -> None:
     add("--drop-path", type=float, help="fine-tuning stochastic depth rate (default: the config's)")
     add("--label-smoothing", type=float, default=0.1, help="fine-tuning label smoothing (default: 0.1)")
     add(
+        "--crop-scale",
+        type=float,
+        nargs=2,
+        default=[0.08, 1.0],
+        metavar=("MIN", "MAX"),
+        help="fine-tuning random resized crop area range (default: 0.08 1, as MAE)",
+    )
+    add(
         "--mask-ratios",
         type=float,
         nargs="+",

@@ -340,6 +340,26 @@ def test_layer_decay_groups_scale_each_layer_as_in_mae(tiny_mae):
         layer_decay_parameter_groups(model, 0.05, 1.5)
 
 
+def test_finetuning_draws_new_crops_every_epoch_and_tests_on_fixed_images():
+    """A crop seeded per image would be the same in every epoch: 200 images, 200 crops learned by heart (the
+    benchmark's first fine-tuning run did exactly that, 100% on its training crops, 16% on the test images)."""
+    from hf_mim.evaluation.data import LabelledSplits
+    from hf_mim.evaluation.finetune import finetune_transforms
+
+    data = _digits_like()
+    splits = LabelledSplits(data, data, "image", "label", ["c0", "c1", "c2"], "", None, "test")
+    train, test = finetune_transforms(MAEConfig(**TINY), splits, (0.2, 1.0), seed=0)
+    augmented, resized = prepare_labelled(data, train), prepare_labelled(data, test)
+    torch.manual_seed(1)
+    first, second = augmented[0]["pixel_values"], augmented[0]["pixel_values"]
+    assert not torch.equal(first, second)  # each reading (each epoch) draws a new crop
+    torch.manual_seed(1)
+    assert torch.equal(augmented[0]["pixel_values"], first)  # reproducible from the seed Trainer sets
+    assert torch.equal(resized[0]["pixel_values"], resized[0]["pixel_values"])
+    with pytest.raises(ValueError, match=r"crop_scale=\(0.5, 0.2\) is invalid"):
+        finetune_transforms(MAEConfig(**TINY), splits, (0.5, 0.2))
+
+
 def test_trainer_applies_the_layer_scales_along_its_schedule(tiny_mae, tmp_path):
     from transformers import AutoModelForImageClassification, TrainingArguments
 

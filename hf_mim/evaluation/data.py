@@ -156,12 +156,16 @@ def labels_per_class_subset(
 @dataclass
 class LabelledTransform:
     """`with_transform` for evaluation: decoded, resized (or augmented, for fine-tuning) and normalised images
-    with their labels; undecodable images flagged in `error`."""
+    with their labels; undecodable images flagged in `error`.
+
+    With `seed=None` (fine-tuning) augmentations come from the global RNG, so every epoch draws new ones; Trainer
+    seeds it (and each DataLoader worker's) from its own seed, so a run is still reproducible. A per-sample seed
+    would give each image the same crop in every epoch, and the model would learn those crops by heart."""
 
     image_column: str
     label_column: str
     transform: MAETransform
-    seed: int = 0
+    seed: int | None = 0
     epoch: int = 0
 
     def __call__(self, batch: dict) -> dict:
@@ -170,10 +174,8 @@ class LabelledTransform:
             batch[self.image_column], batch[self.label_column], batch[INDEX_COLUMN], strict=True
         ):
             try:
-                pixels, error = (
-                    self.transform(open_image(value), sample_generator(self.seed, self.epoch, int(index))),
-                    None,
-                )
+                generator = None if self.seed is None else sample_generator(self.seed, self.epoch, int(index))
+                pixels, error = self.transform(open_image(value), generator), None
             except Exception as err:  # any undecodable input is skipped, whatever the decoder raised
                 pixels, error = None, f"{type(err).__name__}: {_first_line(err)}"
             out["pixel_values"].append(pixels)

@@ -89,6 +89,24 @@ def accuracy_metric_fn():
     return compute_metrics
 
 
+def finetune_transforms(config, splits, crop_scale: tuple[float, float] = (0.08, 1.0), seed: int = 0):
+    """(train, test) transforms for fine-tuning: a random resized crop at `crop_scale` and a flip, drawn anew every
+    epoch from the global RNG (Trainer seeds it); the test images resized only."""
+    from ..training.transforms import MAETransform
+    from .data import LabelledTransform
+
+    if not (len(crop_scale) == 2 and 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0):
+        raise ValueError(f"crop_scale={tuple(crop_scale)!r} is invalid: allowed (min, max) with 0 < min <= max <= 1")
+
+    def make(train_mode: bool):
+        augment = MAETransform(
+            config.image_size, config.image_mean, config.image_std, config.num_channels, tuple(crop_scale), train_mode
+        )
+        return LabelledTransform(splits.image_column, splits.label_column, augment, seed=None if train_mode else seed)
+
+    return make(True), make(False)
+
+
 def finetune(
     model_name_or_path: str,
     splits,
@@ -118,8 +136,7 @@ def finetune(
     images are resized. Under `accelerate launch` / torchrun, Trainer runs DDP and gathers the predictions."""
     from transformers import AutoConfig, AutoModelForImageClassification, TrainingArguments, set_seed
 
-    from ..training.transforms import MAETransform
-    from .data import LabelledTransform, collate_drop_bad, labels_per_class_subset, prepare_labelled
+    from .data import collate_drop_bad, labels_per_class_subset, prepare_labelled
 
     label2id = {name: i for i, name in enumerate(splits.label_names)}
     id2label = dict(enumerate(splits.label_names))
@@ -139,16 +156,7 @@ def finetune(
     if labels_per_class is not None:
         train = labels_per_class_subset(train, splits.label_column, labels_per_class, seed)
 
-    def transform(train_mode: bool) -> LabelledTransform:
-        return LabelledTransform(
-            splits.image_column,
-            splits.label_column,
-            MAETransform(
-                config.image_size, config.image_mean, config.image_std, config.num_channels, crop_scale, train_mode
-            ),
-            seed=seed,
-        )
-
+    train_transform, test_transform = finetune_transforms(config, splits, crop_scale, seed)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -177,8 +185,8 @@ def finetune(
     trainer = LayerDecayTrainer(
         model=model,
         args=args,
-        train_dataset=prepare_labelled(train, transform(True)),
-        eval_dataset=prepare_labelled(splits.test, transform(False)),
+        train_dataset=prepare_labelled(train, train_transform),
+        eval_dataset=prepare_labelled(splits.test, test_transform),
         data_collator=collate_drop_bad,
         compute_metrics=accuracy_metric_fn(),
         layer_decay=layer_decay,
@@ -189,4 +197,11 @@ def finetune(
     return metrics
 
 
-__all__ = ["LayerDecayTrainer", "accuracy_metric_fn", "finetune", "layer_decay_parameter_groups", "layer_id"]
+__all__ = [
+    "LayerDecayTrainer",
+    "accuracy_metric_fn",
+    "finetune",
+    "finetune_transforms",
+    "layer_decay_parameter_groups",
+    "layer_id",
+]

@@ -60,6 +60,7 @@ class EvaluateArguments:
     layer_decay: float = 1.0
     drop_path: float | None = None
     label_smoothing: float = 0.1
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     mask_ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
     occlusion: str = "drop"
     cka_samples: int = 1024
@@ -94,6 +95,8 @@ def validate(args: EvaluateArguments) -> None:
         bad("layer-decay", args.layer_decay, "a number in (0, 1]; 1 turns it off")
     if not args.knn_temperature > 0:
         bad("knn-temperature", args.knn_temperature, "a positive number")
+    if len(args.crop_scale) != 2 or not 0.0 < args.crop_scale[0] <= args.crop_scale[1] <= 1.0:
+        bad("crop-scale", args.crop_scale, "MIN MAX with 0 < MIN <= MAX <= 1")
     if args.occlusion not in OCCLUSIONS:
         bad("occlusion", args.occlusion, OCCLUSIONS)
     if not args.mask_ratios or any(not 0.0 < r < 1.0 for r in args.mask_ratios):
@@ -110,7 +113,8 @@ def _settings(args: EvaluateArguments, protocol: str, pooling: str) -> str:
     if protocol == "linear":
         return f"{where}{pooling}, {args.linear_epochs} epochs{low}"
     layer_decay = f", layer decay {args.layer_decay:g}" if args.layer_decay < 1 else ""
-    return f"{args.finetune_epochs:g} epochs{layer_decay}{low}"
+    crop = "" if list(args.crop_scale) == [0.08, 1.0] else f", crop {args.crop_scale[0]:g}-{args.crop_scale[1]:g}"
+    return f"{args.finetune_epochs:g} epochs{layer_decay}{crop}{low}"
 
 
 def _dataset_key(splits, args: EvaluateArguments) -> str:
@@ -256,6 +260,7 @@ def evaluate_models(args: EvaluateArguments) -> dict:
                 layer_decay=args.layer_decay,
                 drop_path_rate=args.drop_path,
                 label_smoothing=args.label_smoothing,
+                crop_scale=tuple(args.crop_scale),
                 pooling=args.pooling,
                 seed=args.seed,
                 num_workers=args.num_workers,
