@@ -162,7 +162,7 @@ def _add_evaluate_parser(sub) -> None:
         "evaluate",
         help="k-NN, linear probe, fine-tuning or occlusion-invariance CKA of pretrained encoders",
         description="Evaluate one or more hf_mim checkpoints on a labelled dataset (the built-in digits by default, "
-        "held out 20%% for test, stratified and seeded): k-NN (cosine, temperature-weighted votes, as in DINO), a "
+        "held out 20% for test, stratified and seeded): k-NN (cosine, temperature-weighted votes, as in DINO), a "
         "linear probe (frozen features, parameter-free BatchNorm then a linear layer, as in MAE), fine-tuning "
         "(AutoModelForImageClassification with transformers.Trainer), or linear CKA between each block's features "
         "of full and occluded images. Runs on one process or many (`accelerate launch -m hf_mim evaluate ...`). "
