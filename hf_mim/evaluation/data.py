@@ -17,6 +17,7 @@ from ..training.data import (
     INDEX_COLUMN,
     DatasetError,
     _first_line,
+    find_column,
     find_image_column,
     hub_dataset_id,
     load_pretraining_dataset,
@@ -49,18 +50,7 @@ class LabelledSplits:
 
 
 def find_label_column(dataset: datasets.Dataset, requested: str | None = None) -> str:
-    columns = list(dataset.column_names)
-    if requested is not None:
-        if requested not in columns:
-            raise DatasetError(f"--label-column {requested!r} is not a column; the columns are {columns}")
-        return requested
-    class_labels = [c for c in columns if isinstance(dataset.features[c], datasets.ClassLabel)]
-    if class_labels:
-        return class_labels[0]
-    for candidate in _LABEL_COLUMN_NAMES:
-        if candidate in columns:
-            return candidate
-    raise DatasetError(f"found no label column; the columns are {columns}. Pass --label-column")
+    return find_column(dataset, requested, "label-column", datasets.ClassLabel, _LABEL_COLUMN_NAMES)
 
 
 def _as_class_labels(dataset: datasets.Dataset, column: str) -> datasets.Dataset:

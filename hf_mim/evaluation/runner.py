@@ -127,12 +127,9 @@ def _dataset_key(splits, args: EvaluateArguments) -> str:
 def _accelerator(args: EvaluateArguments):
     from accelerate import Accelerator
 
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return (
-        Accelerator(cpu=cpu, mixed_precision=args.mixed_precision)
-        if cpu
-        else Accelerator(mixed_precision=args.mixed_precision)
-    )
+    from ..training.trainer import needs_cpu_process_group
+
+    return Accelerator(cpu=needs_cpu_process_group(), mixed_precision=args.mixed_precision)
 
 
 def _loader(dataset, splits, config, args, accelerator):

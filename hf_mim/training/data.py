@@ -105,19 +105,28 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def find_image_column(dataset: datasets.Dataset, requested: str | None = None) -> str:
+def find_column(
+    dataset: datasets.Dataset, requested: str | None, flag: str, feature_type: type, names: tuple[str, ...]
+) -> str:
+    """`requested` if it is a column; else the first column whose feature is a `feature_type`, else the first of
+    `names` present. A DatasetError names `--flag` and lists the columns otherwise."""
     columns = list(dataset.column_names)
     if requested is not None:
         if requested not in columns:
-            raise DatasetError(f"--image-column {requested!r} is not a column; the columns are {columns}")
+            raise DatasetError(f"--{flag} {requested!r} is not a column; the columns are {columns}")
         return requested
-    image_features = [c for c in columns if isinstance(dataset.features[c], datasets.Image)]
-    if image_features:
-        return image_features[0]
-    for candidate in _IMAGE_COLUMN_NAMES:
+    typed = [c for c in columns if isinstance(dataset.features[c], feature_type)]
+    if typed:
+        return typed[0]
+    for candidate in names:
         if candidate in columns:
             return candidate
-    raise DatasetError(f"found no image column; the columns are {columns}. Pass --image-column")
+    what = flag.removesuffix("-column")
+    raise DatasetError(f"found no {what} column; the columns are {columns}. Pass --{flag}")
+
+
+def find_image_column(dataset: datasets.Dataset, requested: str | None = None) -> str:
+    return find_column(dataset, requested, "image-column", datasets.Image, _IMAGE_COLUMN_NAMES)
 
 
 def check_size(dataset: datasets.Dataset, num_processes: int, description: str) -> None:
@@ -224,6 +233,7 @@ __all__ = [
     "builtin_digits",
     "check_size",
     "Collator",
+    "find_column",
     "find_image_column",
     "load_pretraining_dataset",
     "prepare_dataset",

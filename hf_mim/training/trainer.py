@@ -182,6 +182,13 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def needs_cpu_process_group() -> bool:
+    """Whether to ask accelerate for a CPU (gloo) process group. accelerate forms one only when told the run is on
+    CPU; launched by torchrun or `accelerate launch --multi_gpu` on a machine without GPUs, each process would
+    otherwise run alone, all of them writing the same output folder."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def pretrain(args: PretrainArguments) -> dict:
     """Run pretraining; returns the summary also written to OUTPUT_DIR/training_summary.json."""
     from accelerate import Accelerator
@@ -190,14 +197,8 @@ def pretrain(args: PretrainArguments) -> dict:
     args = resolve_defaults(args)
     validate(args)
     method = TRAINING_METHODS[args.method]()
-    cpu_kwargs = {}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        # accelerate forms a CPU (gloo) process group only when told the run is on CPU; launched by torchrun or
-        # `accelerate launch --multi_gpu` on a machine without GPUs, each process would otherwise train alone,
-        # all of them writing the same output folder.
-        cpu_kwargs["cpu"] = True
     accelerator = Accelerator(
-        **cpu_kwargs,
+        cpu=needs_cpu_process_group(),
         gradient_accumulation_steps=args.grad_accum,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
