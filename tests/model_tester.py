@@ -166,6 +166,20 @@ class ModelTesterMixin:
         bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         assert not bad, f"non-finite gradients in {bad}"
 
+    def test_training_forward_has_no_graph_breaks(self):
+        """The pretraining loss traces as one torch.compile graph: a graph break splits the step into pieces that
+        are compiled apart, with eager Python between them (and, on a GPU, often a device sync)."""
+        import torch._dynamo
+
+        config = self.get_config()
+        model = self.pretraining_class(config).train()
+        inputs = self.pretraining_inputs(config)
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(lambda **kw: self.scalar(model, model(**kw)))(**inputs)
+        reasons = [str(r.reason).splitlines()[0] for r in explanation.break_reasons]
+        assert explanation.graph_break_count == 0, reasons
+        assert explanation.graph_count == 1
+
     def test_save_load_is_bit_identical(self, tmp_path):
         config = self.get_config()
         model = self.pretraining_class(config).eval()

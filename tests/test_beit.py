@@ -82,6 +82,28 @@ def test_loss_is_cross_entropy_on_masked_positions_only():
         assert torch.equal(model(pixel_values=pixels, bool_masked_pos=mask, labels=changed).loss, out.loss)
 
 
+def test_given_labels_compile_into_one_graph_and_bad_ids_still_fail():
+    model = BEiTForPreTraining(tiny_config()).train()
+    pixels = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, [1, 2, 5]] = True
+    labels = torch.randint(0, 16, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(lambda **kw: model(**kw).loss)(
+        pixel_values=pixels, bool_masked_pos=mask, labels=labels
+    )
+    assert explanation.graph_break_count == 0, [str(r.reason).splitlines()[0] for r in explanation.break_reasons]
+    compiled = torch.compile(model, backend="aot_eager")
+    torch.testing.assert_close(
+        compiled(pixel_values=pixels, bool_masked_pos=mask, labels=labels).loss,
+        model(pixel_values=pixels, bool_masked_pos=mask, labels=labels).loss,
+    )
+    bad = labels.clone()
+    bad[0, 0] = 16  # an unmasked position: the loss alone would never notice
+    with pytest.raises(RuntimeError, match="outside"):
+        compiled(pixel_values=pixels, bool_masked_pos=mask, labels=bad)
+
+
 def test_targets_come_from_the_frozen_tokenizer():
     model = BEiTForPreTraining(tiny_config()).eval()
     pixels = torch.randn(2, 3, 32, 32)

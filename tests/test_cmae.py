@@ -41,6 +41,13 @@ class TestCMAE(ModelTesterMixin):
     def get_config(self, **overrides):
         return tiny_config(**overrides)
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="the EMA teacher is kept outside the module tree on purpose (see ema.py), and dynamo stops at it",
+    )
+    def test_training_forward_has_no_graph_breaks(self):
+        super().test_training_forward_has_no_graph_breaks()
+
     def pretraining_inputs(self, config, seed=0):
         out = inputs(config, self.batch_size, seed)
         out["pixel_values"] = self.pixel_values(config, seed)

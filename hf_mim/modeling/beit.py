@@ -195,6 +195,12 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
             )
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integer token ids, got dtype {labels.dtype}")
+        if torch.compiler.is_compiling():
+            # Reading the ids back would split the compiled graph and sync the device on every step; the check
+            # runs on the device instead (an error when the step completes, not a ValueError here).
+            in_vocabulary = ((labels >= 0) & (labels < self.config.vocab_size)).all()
+            torch._assert_async(in_vocabulary, f"labels hold token ids outside [0, {self.config.vocab_size - 1}]")
+            return
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(
@@ -244,7 +250,8 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         logits = self.lm_head(hidden[:, 1:])
         loss = masked_cross_entropy(logits, labels, bool_masked_pos)
         mask = bool_masked_pos.bool()
-        accuracy = (logits.detach()[mask].argmax(-1) == labels[mask]).float().mean()
+        hits = (logits.detach().argmax(-1) == labels) & mask
+        accuracy = hits.sum() / mask.sum()  # NaN with nothing masked, as the mean of an empty selection was
         if not return_dict:
             return tuple(v for v in (loss, logits, labels, bool_masked_pos, accuracy, hidden_states) if v is not None)
         return BEiTForPreTrainingOutput(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 NORM_PIX_EPS = 1e-6
+IGNORE_INDEX = -100  # torch's and transformers' label for "no loss here"
 
 
 def normalize_patches(patches: torch.Tensor, eps: float = NORM_PIX_EPS) -> torch.Tensor:
@@ -42,9 +43,14 @@ def masked_pixel_l1_loss(
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of (B, L, V) logits against (B, L) ids on the masked positions only (BEiT), in float32."""
-    mask = bool_masked_pos.bool()
-    return torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask])
+    """Cross-entropy of (B, L, V) logits against (B, L) ids on the masked positions only (BEiT), in float32.
+
+    Visible positions are excluded through `ignore_index`, not by indexing: `logits[mask]` has a data-dependent
+    shape, which splits a compiled graph (and syncs a GPU) on every step."""
+    targets = labels.masked_fill(~bool_masked_pos.bool(), IGNORE_INDEX)
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, -2).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+    )
 
 
 NEGATIVES = ("batch", "positions")

@@ -186,6 +186,13 @@ def _broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _code_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """How often each of the `vocab_size` codes occurs in `ids`, as floats. A scatter-add into a fixed-size
+    histogram rather than `torch.bincount`, whose output shape depends on the data and so splits a compiled graph."""
+    flat = ids.reshape(-1)
+    return torch.zeros(vocab_size, device=ids.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+
+
 def _code_statistics(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Perplexity (exp of the entropy of the code histogram) and the fraction of codes used."""
     probs = counts / counts.sum().clamp(min=1)
@@ -261,7 +268,7 @@ class EMAVectorQuantizer(nn.Module):
             self.initialized.fill_(True)
         ids = self.nearest(flat.detach())
         quantized = self.embedding[ids]
-        counts = torch.bincount(ids, minlength=self.vocab_size).float()
+        counts = _code_counts(ids, self.vocab_size)
         if self.training:
             counts = _all_reduce_sum(counts)
             self._ema_update(flat.detach(), ids, counts)
@@ -300,7 +307,7 @@ class GumbelQuantizer(nn.Module):
             quantized = self.lookup(ids)
         log_q = F.log_softmax(logits, dim=1)
         kl = self.kl_weight * (log_q.exp() * (log_q + math.log(self.vocab_size))).sum(dim=1).mean()
-        counts = torch.bincount(ids.reshape(-1), minlength=self.vocab_size).float()
+        counts = _code_counts(ids, self.vocab_size)
         if self.training:
             counts = _all_reduce_sum(counts)
         perplexity, usage = _code_statistics(counts)
