@@ -60,7 +60,7 @@ def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, ep
     from hf_mim.training.transforms import MAETransform
 
     method = MAEMethod()
-    config = method.build_config(image_size=224, patch_size=16)
+    config = method.build_config(dict(image_size=224, patch_size=16), {})
     raw, _ = load_pretraining_dataset(str(folder))
     transform = PretrainingTransform(
         "image", MAETransform(224, config.image_mean, config.image_std), 0, method.sample_extras(config)
@@ -90,7 +90,8 @@ def model_images_per_second(batch_size: int, steps: int) -> float:
     from hf_mim.training.methods import ENCODER_PRESETS, MAEMethod
 
     method = MAEMethod()
-    model = method.build_model(method.build_config(image_size=224, patch_size=16, **ENCODER_PRESETS["small"])).train()
+    config = method.build_config(dict(image_size=224, patch_size=16, **ENCODER_PRESETS["small"]), {})
+    model = method.build_model(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     pixels, noise = torch.randn(batch_size, 3, 224, 224), torch.rand(batch_size, 196)
     times = []

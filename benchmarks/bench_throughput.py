@@ -1,27 +1,38 @@
-"""Train-step throughput and peak memory of hf_mim's methods against their transformers peers, in one run:
+"""Train-step throughput, FLOP utilisation and peak memory of hf_mim's methods against their transformers peers.
+
+One command measures, at ViT-S/16 and ViT-B/16 (224 px), each method against the transformers model of identical
+dimensions, in every precision/compile variant asked for, and the input pipeline alone on the same machine:
 
 - MAE: `MAEForPreTraining` vs `ViTMAEForPreTraining` (MAE's 8x512 decoder, mask ratio 0.75, norm_pix_loss);
 - SimMIM: `SimMIMForPreTraining` vs `ViTForMaskedImageModeling` (mask patches of 32 px, ratio 0.6);
 - BEiT: `BEiTForPreTraining` vs `BeitForMaskedImageModeling` (block masks, 40%, vocabulary 8192, LayerScale 0.1,
   absolute position embeddings on both sides).
 
-Encoders have the same dimensions (ViT-S/16 at 224 px by default). MAE and SimMIM pairs have identical weights
-(the transformers model randomly initialised and converted with hf_mim's converter) and their losses on the same
-batch and mask must agree to 1e-5 before anything is timed. BEiT's architectures differ in details (transformers'
-BEiT has an extra LayerNorm before its head; hf_mim's computes its targets with its frozen tokenizer), so that pair
-has equal sizes, not equal weights: transformers' model is given the labels, and hf_mim's is timed twice, given the
-same labels (`hf_mim`), and computing them with its tokenizer inside the step (`hf_mim+tokenizer`).
+MAE and SimMIM pairs have identical weights (the transformers model randomly initialised and converted with
+hf_mim's converter) and their fp32 losses on the same batch and mask must agree to 1e-5 before anything is timed.
+BEiT's architectures differ in details (transformers' BEiT has an extra LayerNorm before its head; hf_mim's computes
+its targets with its frozen tokenizer), so that pair has equal sizes, not equal weights: transformers' model is
+given the labels, and hf_mim's is timed twice, given the same labels (`hf_mim`), and computing them with its
+tokenizer inside the step (`hf_mim+tokenizer`).
 
-A step is forward, backward and an AdamW step (same optimizer settings for all). Steps are interleaved
-(A B, B A, A B, ...) after warm-up, and medians are reported, so that drift on a noisy machine hits all alike.
+A step is forward, backward and a fused AdamW step (transformers' Trainer default; the same settings for all).
+Variants: `fp32`, `bf16` (autocast), each optionally `+compile` (`torch.compile` of the model; the same for both
+sides). transformers models use SDPA attention. Within a variant, models are stepped interleaved (A B, B A, ...)
+after warm-up, and medians are reported, so that drift on a noisy machine hits all alike.
 
-Peak memory is measured in a fresh subprocess per model: on CPU, the growth of the peak resident set size
-(VmHWM) over the process's size after imports, through model construction and three training steps; on CUDA,
-torch.cuda.max_memory_allocated.
+FLOPs are counted once per model with `torch.utils.flop_counter` over a forward and backward (matmuls, convolutions
+and attention; the optimizer and elementwise work are not counted). Achieved TFLOP/s is that over the median
+step; "vs GEMM" divides it by the rate of one large matmul measured on the same device in the same precision (what
+the hardware's GEMMs actually deliver); MFU divides it by the nominal peak of known GPUs (or `--peak-tflops`).
 
-    python benchmarks/bench_throughput.py                       # CPU, ViT-S/16, batch 8: MAE, SimMIM, BEiT
-    python benchmarks/bench_throughput.py --methods mae --rounds 16
-    python benchmarks/bench_throughput.py --device cuda --batch-size 128 --dtype bf16
+Peak memory is measured in a fresh subprocess per model and variant: on CPU, the growth of the peak resident set
+size (VmHWM) over the process's size after imports, through model construction and two training steps; on CUDA,
+torch.cuda.max_memory_allocated over the same.
+
+    python benchmarks/bench_throughput.py                          # CPU: ViT-S and ViT-B, fp32 and bf16, batch 8
+    python benchmarks/bench_throughput.py --sizes small --methods mae --variants fp32 fp32+compile
+    python benchmarks/bench_throughput.py --device cuda            # bf16 and bf16+compile, batch 128
+    python benchmarks/bench_throughput.py --record                 # also write the table into RESULTS.md
 """
 
 from __future__ import annotations
@@ -84,7 +95,9 @@ def build_models(method: str, size: str, image_size: int, patch_size: int) -> di
         from hf_mim.modeling.simmim import SimMIMConfig, SimMIMForPreTraining
 
         theirs = ViTForMaskedImageModeling(ViTConfig(**dims, encoder_stride=patch_size, attn_implementation="sdpa"))
-        config = SimMIMConfig(**dims, position_embedding_type="learned", mask_patch_size=mask_patch_size(dims))
+        config = SimMIMConfig(
+            **dims, position_embedding_type="learned", mask_patch_size=mask_patch_size(image_size, patch_size)
+        )
         ours = _load(SimMIMForPreTraining, config, _transformers_to_hf_mim(theirs.state_dict(), config))
         return {"hf_mim": ours, "transformers": theirs}
     from transformers import BeitConfig, BeitForMaskedImageModeling
@@ -107,9 +120,9 @@ def build_models(method: str, size: str, image_size: int, patch_size: int) -> di
     return {"hf_mim": ours, "hf_mim+tokenizer": ours, "transformers": theirs}
 
 
-def mask_patch_size(dims: dict) -> int:
+def mask_patch_size(image_size: int, patch_size: int) -> int:
     """SimMIM's 32 px mask squares where they tile the image, else plain patches."""
-    return 32 if dims["image_size"] % 32 == 0 and 32 % dims["patch_size"] == 0 else dims["patch_size"]
+    return 32 if image_size % 32 == 0 and 32 % patch_size == 0 else patch_size
 
 
 def batch_for(args, device) -> dict:
@@ -118,7 +131,7 @@ def batch_for(args, device) -> dict:
     g = torch.Generator().manual_seed(1)
     grid = (args.image_size // args.patch_size,) * 2
     length = grid[0] * grid[1]
-    scale = mask_patch_size(dims_for("simmim", args.size, args.image_size, args.patch_size)) // args.patch_size
+    scale = mask_patch_size(args.image_size, args.patch_size) // args.patch_size
     batch = {
         "pixel_values": torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g),
         "noise": torch.rand(args.batch_size, length, generator=g),
@@ -142,13 +155,23 @@ def inputs_for(method: str, name: str, batch: dict) -> dict:
     return inputs
 
 
+VARIANTS = ("fp32", "bf16", "fp32+compile", "bf16+compile")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: Nominal dense bf16 tensor-core peaks (TFLOP/s), by a substring of torch.cuda.get_device_name(); first match wins.
+GPU_PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0))
+
+
+def parse_variant(variant: str) -> tuple[torch.dtype, bool]:
+    precision, _, extra = variant.partition("+")
+    return DTYPES[precision], extra == "compile"
+
+
 def make_step(model, device, dtype, compile_model):
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    optimizer = torch.optim.AdamW(trainable, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
     forward = torch.compile(model) if compile_model else model
-    enabled = dtype != torch.float32
-    autocast = torch.autocast(device.type, dtype=dtype) if enabled else torch.autocast(device.type, enabled=False)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def step(inputs):
         with autocast:
@@ -174,6 +197,41 @@ def timed(step, inputs, device) -> float:
     return time.perf_counter() - start
 
 
+def count_flops(model, inputs: dict, device) -> float:
+    """FLOPs of one forward and backward (matmuls, convolutions, attention), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.to(device).train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(**inputs).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def gemm_tflops(device, dtype, size: int) -> float:
+    """The rate one large square matmul reaches on this device and dtype: what its GEMMs deliver in practice."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, start = 10, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def nominal_peak(device, dtype, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in GPU_PEAK_BF16_TFLOPS if key in name), None)
+
+
 def _status_kib(field: str) -> int:
     """A field of /proc/self/status in KiB. VmHWM (peak RSS) belongs to the address space and so starts afresh at
     exec; ru_maxrss would not do here, as Linux carries it over from the parent across fork and exec."""
@@ -182,17 +240,18 @@ def _status_kib(field: str) -> int:
 
 
 def memory_child(args) -> None:
-    """Runs in a subprocess: peak memory of one model's training steps."""
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    """Runs in a subprocess: peak memory of one model's training steps in one variant."""
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    method, name = args.memory_of.split(":")
+    size, method, variant, name = args.memory_of.split(":")
+    dtype, compile_model = parse_variant(variant)
     base_rss = _status_kib("VmRSS")
-    model = build_models(method, args.size, args.image_size, args.patch_size)[name]
-    inputs = inputs_for(method, name, batch_for(args, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step = make_step(model, device, dtype, args.compile)
-    for _ in range(3):
+    model = build_models(method, size, args.image_size, args.patch_size)[name]
+    inputs = inputs_for(method, name, batch_for(args, device))
+    step = make_step(model, device, dtype, compile_model)
+    for _ in range(2):
         step(inputs)
     sync(device)
     if device.type == "cuda":
@@ -203,12 +262,22 @@ def memory_child(args) -> None:
 
 
 def measure_memory(args, which: str) -> float:
-    cmd = [sys.executable, __file__, "--memory-of", which] + [a for a in sys.argv[1:] if a != "--skip-memory"]
+    cmd = [sys.executable, __file__, "--memory-of", which] + child_arguments(args)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     return json.loads(out)["peak_bytes"] / 2**20
 
 
-def machine() -> str:
+def child_arguments(args) -> list[str]:
+    return [
+        f"--device={args.device}",
+        f"--image-size={args.image_size}",
+        f"--patch-size={args.patch_size}",
+        f"--batch-size={args.batch_size}",
+        f"--threads={args.threads}",
+    ]
+
+
+def machine(device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -217,78 +286,192 @@ def machine() -> str:
         pass
     import transformers
 
-    desc = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, transformers {transformers.__version__}"
-    if torch.cuda.is_available():
-        desc += f", {torch.cuda.get_device_name()}"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    desc = (
+        f"{cpu}, {os.cpu_count()} logical CPUs, {memory:.0f} GiB, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
+    if device.type == "cuda":
+        desc += f", {torch.cuda.get_device_name(device)}"
     return desc
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def bench_method(method: str, args, device, dtype, batch: dict) -> None:
-    models = build_models(method, args.size, args.image_size, args.patch_size)
+def bench_group(size: str, method: str, args, device, rows: list[dict]) -> None:
+    """Every variant of one method at one size; appends one row per model and variant to `rows`."""
+    batch = batch_for(args, device)
+    models = build_models(method, size, args.image_size, args.patch_size)
     inputs = {name: inputs_for(method, name, batch) for name in models}
     with torch.no_grad():
         losses = {name: model.to(device).eval()(**inputs[name]).loss for name, model in models.items()}
     if method != "beit" and not torch.allclose(losses["hf_mim"], losses["transformers"], rtol=0, atol=1e-5):
         # equal numerics first, or the timing means nothing
         raise SystemExit(f"{method}: losses differ: { {k: v.item() for k, v in losses.items()} }")
-
-    steps = {name: make_step(model, device, dtype, args.compile) for name, model in models.items()}
-    for name, step in steps.items():
-        for _ in range(args.warmup):
-            step(inputs[name])
-    times = {name: [] for name in steps}
-    order = list(steps)
-    for r in range(args.rounds):
-        for name in order if r % 2 == 0 else order[::-1]:
-            times[name].append(timed(steps[name], inputs[name], device))
-
-    memory = {} if args.skip_memory else {name: measure_memory(args, f"{method}:{name}") for name in steps}
-    median = {name: statistics.median(t) for name, t in times.items()}
+    flops = {name: count_flops(model, inputs[name], device) for name, model in models.items()}
+    del models
     print(
-        f"\n{method}: ViT-{args.size[0].upper()}/{args.patch_size} {args.image_size}px, batch {args.batch_size}, "
-        f"{args.device} {args.dtype}{' compiled' if args.compile else ''}, {args.rounds} interleaved steps each "
-        f"after {args.warmup} warm-up; initial losses "
-        + ", ".join(f"{name} {loss.item():.6f}" for name, loss in losses.items())
+        f"\n{method} ViT-{size[0].upper()}/{args.patch_size}: initial fp32 losses "
+        + ", ".join(f"{name} {loss.item():.6f}" for name, loss in losses.items()),
+        flush=True,
     )
-    print("| model | median step (s) | images/s | peak memory (MiB) |")
-    print("| --- | ---: | ---: | ---: |")
-    for name in steps:
-        mem = f"{memory[name]:.0f}" if name in memory else "-"
-        print(f"| {name} | {median[name]:.3f} | {args.batch_size / median[name]:.2f} | {mem} |")
-    for name in steps:
-        if name != "transformers":
-            print(f"speed-up {name} / transformers: {median['transformers'] / median[name]:.2f}x")
-    sys.stdout.flush()
+    for variant in args.variants:
+        dtype, compile_model = parse_variant(variant)
+        models = build_models(method, size, args.image_size, args.patch_size)  # the same initial weights again
+        steps = {name: make_step(model, device, dtype, compile_model) for name, model in models.items()}
+        for name, step in steps.items():
+            for _ in range(args.warmup):
+                step(inputs[name])
+        times = {name: [] for name in steps}
+        order = list(steps)
+        for r in range(args.rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                times[name].append(timed(steps[name], inputs[name], device))
+        del steps, models
+        median = {name: statistics.median(t) for name, t in times.items()}
+        for name in times:
+            memory = None if args.skip_memory else measure_memory(args, f"{size}:{method}:{variant}:{name}")
+            rows.append(
+                dict(
+                    size=size,
+                    method=method,
+                    variant=variant,
+                    model=name,
+                    step_s=median[name],
+                    images_per_s=args.batch_size / median[name],
+                    speedup=median["transformers"] / median[name],
+                    gflop_per_image=flops[name] / args.batch_size / 1e9,
+                    tflops=flops[name] / median[name] / 1e12,
+                    peak_mib=memory,
+                )
+            )
+            print(format_row(rows[-1], args), flush=True)
+
+
+def format_row(row: dict, args) -> str:
+    gemm = args.gemm_rates[row["variant"].split("+")[0]]
+    peak = args.peaks[row["variant"].split("+")[0]]
+    mfu = f"{100 * row['tflops'] / peak:.1f}%" if peak else "-"
+    memory = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
+    speedup = f"**{row['speedup']:.2f}x**" if row["model"] != "transformers" else ""
+    return (
+        f"| ViT-{row['size'][0].upper()}/{args.patch_size} | {row['method']} | {row['variant']} | {row['model']} | "
+        f"{1000 * row['step_s']:.0f} | {row['images_per_s']:.2f} | {speedup} | {row['gflop_per_image']:.1f} | "
+        f"{row['tflops']:.3f} | {100 * row['tflops'] / gemm:.0f}% | {mfu} | {memory} |"
+    )
+
+
+TABLE_HEADER = (
+    "| encoder | method | variant | model | median step (ms) | images/s | vs transformers | GFLOP/image | TFLOP/s "
+    "| vs GEMM | MFU | peak MiB |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def loader_rate(args) -> float | None:
+    """Images/s of hf_mim's pretraining input pipeline alone (bench_input_pipeline's loader), or None where the
+    `datasets` library is missing."""
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        return None
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_input_pipeline import loader_images_per_second, write_jpegs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_jpegs(Path(tmp), max(256, 4 * args.batch_size))
+        return loader_images_per_second(Path(tmp), args.batch_size, args.loader_workers, epochs=2)
+
+
+def record(text: str, key: str) -> None:
+    """Replace (or append) this device's section of RESULTS.md, between markers the script owns."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+    begin, end = f"<!-- bench_throughput:{key} -->", f"<!-- /bench_throughput:{key} -->"
+    with open(path) as f:
+        content = f.read()
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in content and end in content:
+        content = content[: content.index(begin)] + block + content[content.index(end) + len(end) :]
+    else:
+        content = content.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(content)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--size", choices=SIZES, default="small")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, help="default: fp32 bf16 on CPU, bf16 bf16+compile on CUDA"
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--patch-size", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=10, help="measured steps per model")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, help="default: 8 on CPU, 128 on CUDA")
+    parser.add_argument("--rounds", type=int, default=8, help="measured steps per model and variant")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps first (compilation happens here)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast dtype")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--loader-workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--peak-tflops", type=float, help="nominal peak for MFU, where the GPU is not known here")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-loader", action="store_true")
+    parser.add_argument("--record", action="store_true", help="write the table into benchmarks/RESULTS.md")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.batch_size is None:
+        args.batch_size = 128 if device.type == "cuda" else 8
     if args.memory_of:
         return memory_child(args)
+    if args.variants is None:
+        args.variants = ["bf16", "bf16+compile"] if device.type == "cuda" else ["fp32", "bf16"]
 
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     torch.set_num_threads(args.threads)
-    print(f"machine: {machine()}")
-    batch = batch_for(args, device)
-    for method in args.methods:
-        bench_method(method, args, device, dtype, batch)
+    description = machine(device)
+    print(f"machine: {description}", flush=True)
+    precisions = sorted({v.split("+")[0] for v in args.variants})
+    gemm_size = 8192 if device.type == "cuda" else 2048
+    args.gemm_rates = {p: gemm_tflops(device, DTYPES[p], gemm_size) for p in precisions}
+    args.peaks = {p: nominal_peak(device, DTYPES[p], args.peak_tflops) for p in precisions}
+    print("GEMM rate: " + ", ".join(f"{p} {r:.3f} TFLOP/s" for p, r in args.gemm_rates.items()), flush=True)
+    print(TABLE_HEADER, flush=True)
+
+    rows: list[dict] = []
+    for size in args.sizes:
+        for method in args.methods:
+            bench_group(size, method, args, device, rows)
+
+    loader = None if args.skip_loader else loader_rate(args)
+    lines = [
+        f"Command: `python benchmarks/bench_throughput.py {' '.join(sys.argv[1:])}`".replace(" --record", ""),
+        "",
+        f"Machine: {description}; {time.strftime('%Y-%m-%d')}",
+        "",
+        f"Batch {args.batch_size}, {args.image_size} px, {args.warmup} warm-up and {args.rounds} interleaved "
+        "measured steps per model and variant, medians. GEMM rate on this device: "
+        + ", ".join(f"{p} {r:.3f} TFLOP/s ({gemm_size}x{gemm_size} matmul)" for p, r in args.gemm_rates.items())
+        + ".",
+        "",
+        TABLE_HEADER,
+        *(format_row(row, args) for row in rows),
+    ]
+    if loader is not None:
+        fastest = max(rows, key=lambda r: r["images_per_s"])
+        lines += [
+            "",
+            f"Input pipeline alone (bench_input_pipeline's loader: JPEGs of 500x375 through `datasets`, MAE "
+            f"augmentation to {args.image_size} px, batch {args.batch_size}, {args.loader_workers} workers): "
+            f"**{loader:.1f} images/s**, {loader / fastest['images_per_s']:.1f}x the fastest train step above "
+            f"({fastest['method']} ViT-{fastest['size'][0].upper()} {fastest['variant']} {fastest['model']}, "
+            f"{fastest['images_per_s']:.2f} images/s).",
+        ]
+    elif not args.skip_loader:
+        lines += ["", "Input pipeline not measured: the `datasets` library is not installed here."]
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.record:
+        record(text, f"{'cuda' if device.type == 'cuda' else 'cpu'} {' '.join(args.variants)}")
 
 
 if __name__ == "__main__":

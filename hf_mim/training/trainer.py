@@ -172,6 +172,15 @@ def param_groups(model, weight_decay: float, only=None, exclude=()) -> list[dict
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel (one kernel over all tensors instead of a loop of elementwise ops per tensor),
+    the default of transformers' Trainer too. The parameters are still on the CPU here, where torch also has the
+    fused kernel; it falls back to the per-tensor loop for dtypes or devices the kernel lacks."""
+    params = [p for group in groups for p in group["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
+
+
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -237,10 +246,10 @@ def pretrain(args: PretrainArguments) -> dict:
     effective_batch = args.batch_size * args.grad_accum * world
     lr = args.lr if args.lr is not None else args.base_lr * effective_batch / 256
     second = method.second_parameters(model)
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay, exclude=second), lr=lr, betas=method.betas)
+    optimizer = adamw(param_groups(model, args.weight_decay, exclude=second), lr=lr, betas=method.betas)
     # ADIOS's occlusion model: its own AdamW, prepared with the rest, so accelerate checkpoints and restores it
     optimizer2 = (
-        torch.optim.AdamW(
+        adamw(
             param_groups(model, args.weight_decay, only=second),
             lr=method.second_learning_rate(config),
             betas=method.betas,
