@@ -197,9 +197,35 @@ def timed(step, inputs, device) -> float:
     return time.perf_counter() - start
 
 
+def register_cpu_attention_flops() -> None:
+    """torch's FLOP counter knows the CUDA attention kernels but not the CPU flash kernel SDPA runs on a CPU, which
+    it would count as 0 FLOPs; give it the same formulas."""
+    from torch.utils.flop_counter import (
+        flop_registry,
+        register_flop_formula,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+    )
+
+    forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if forward in flop_registry:
+        return
+
+    @register_flop_formula(forward, get_raw=True)
+    def _forward(query, key, value, *args, out_val=None, **kwargs):
+        return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+    @register_flop_formula(backward, get_raw=True)
+    def _backward(grad_out, query, key, value, *args, out_val=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
 def count_flops(model, inputs: dict, device) -> float:
     """FLOPs of one forward and backward (matmuls, convolutions, attention), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    register_cpu_attention_flops()
 
     model.to(device).train()
     counter = FlopCounterMode(display=False)
