@@ -1,0 +1,77 @@
+"""The benchmark scripts run end to end at toy sizes, so that they cannot rot unnoticed between measurements
+(bench_input_pipeline.py once did, when a signature it used changed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *arguments: str, timeout: int = 600) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_throughput_suite_checks_parity_then_times_every_model():
+    results = BENCHMARKS / "RESULTS.md"
+    before = results.read_text()
+    out = run(
+        "bench_throughput.py",
+        *("--sizes", "small", "--image-size", "64", "--batch-size", "2", "--rounds", "1", "--warmup", "1"),
+        *("--variants", "fp32", "--skip-memory", "--skip-loader", "--threads", "2"),
+    )
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ViT-S/16")]
+    # the table is printed as it goes and again at the end
+    models = {(cells[1].strip(), cells[3].strip()) for cells in rows}
+    assert models == {
+        ("mae", "hf_mim"),
+        ("mae", "transformers"),
+        ("simmim", "hf_mim"),
+        ("simmim", "transformers"),
+        ("beit", "hf_mim"),
+        ("beit", "hf_mim+tokenizer"),
+        ("beit", "transformers"),
+    }
+    for cells in rows:
+        assert float(cells[5]) > 0  # images/s
+        assert float(cells[7]) > 0  # GFLOP/image, attention included
+    # same weights and masks: the fp32 losses agree before anything is timed (the script exits otherwise)
+    for method in ("mae", "simmim"):
+        line = next(line for line in out.splitlines() if line.startswith(f"{method} ViT-S/16: initial fp32 losses"))
+        ours, theirs = line.split("hf_mim ")[1].split(",")[0], line.split("transformers ")[1]
+        assert abs(float(ours) - float(theirs)) <= 1e-5
+    assert results.read_text() == before  # nothing is recorded without --record
+
+
+def test_attention_flops_are_counted_on_cpu():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import torch
+        from bench_throughput import register_cpu_attention_flops
+        from torch.utils.flop_counter import FlopCounterMode
+
+        register_cpu_attention_flops()
+        q = torch.randn(2, 4, 64, 32, requires_grad=True)
+        with FlopCounterMode(display=False) as counter:
+            torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+        forward = 2 * (2 * 4 * 64 * 64 * 32) * 2  # QK^T and PV, 2 FLOPs per multiply-add
+        assert counter.get_total_flops() == forward * 7 // 2  # backward: 2.5x the forward, as torch counts it
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_input_pipeline_benchmark_runs():
+    out = run("bench_input_pipeline.py", "--images", "16", "--num-workers", "0", "--epochs", "1", "--model-steps", "1")
+    assert "| input pipeline alone |" in out and "loader / model:" in out
