@@ -24,6 +24,15 @@ TINY_VIT = dict(
 )
 
 
+def compiled_graphs(fn, **inputs) -> tuple[int, list[str]]:
+    """How many graphs torch.compile would cut `fn(**inputs)` into, and the first line of each graph break's reason."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(fn)(**inputs)
+    return explanation.graph_count, [str(r.reason).splitlines()[0] for r in explanation.break_reasons]
+
+
 class PixelsOnly(torch.utils.data.Dataset):
     """Random images as a dataset of {"pixel_values"} (and "labels") dicts, what transformers' Trainer feeds."""
 
@@ -169,16 +178,12 @@ class ModelTesterMixin:
     def test_training_forward_has_no_graph_breaks(self):
         """The pretraining loss traces as one torch.compile graph: a graph break splits the step into pieces that
         are compiled apart, with eager Python between them (and, on a GPU, often a device sync)."""
-        import torch._dynamo
-
         config = self.get_config()
         model = self.pretraining_class(config).train()
-        inputs = self.pretraining_inputs(config)
-        torch._dynamo.reset()
-        explanation = torch._dynamo.explain(lambda **kw: self.scalar(model, model(**kw)))(**inputs)
-        reasons = [str(r.reason).splitlines()[0] for r in explanation.break_reasons]
-        assert explanation.graph_break_count == 0, reasons
-        assert explanation.graph_count == 1
+        graphs, reasons = compiled_graphs(
+            lambda **kw: self.scalar(model, model(**kw)), **self.pretraining_inputs(config)
+        )
+        assert (graphs, reasons) == (1, [])
 
     def test_save_load_is_bit_identical(self, tmp_path):
         config = self.get_config()

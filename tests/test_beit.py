@@ -13,7 +13,7 @@ from hf_mim import (
     VisualTokenizerConfig,
 )
 
-from .model_tester import TINY_VIT, ModelTesterMixin
+from .model_tester import TINY_VIT, ModelTesterMixin, compiled_graphs
 
 TOKENIZER = dict(image_size=32, patch_size=8, vocab_size=16, embedding_dim=8, hidden_channels=8)
 TINY = dict(
@@ -88,11 +88,10 @@ def test_given_labels_compile_into_one_graph_and_bad_ids_still_fail():
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, [1, 2, 5]] = True
     labels = torch.randint(0, 16, (2, 16), generator=torch.Generator().manual_seed(0))
-    torch._dynamo.reset()
-    explanation = torch._dynamo.explain(lambda **kw: model(**kw).loss)(
-        pixel_values=pixels, bool_masked_pos=mask, labels=labels
+    graphs, reasons = compiled_graphs(
+        lambda **kw: model(**kw).loss, pixel_values=pixels, bool_masked_pos=mask, labels=labels
     )
-    assert explanation.graph_break_count == 0, [str(r.reason).splitlines()[0] for r in explanation.break_reasons]
+    assert (graphs, reasons) == (1, [])
     compiled = torch.compile(model, backend="aot_eager")
     torch.testing.assert_close(
         compiled(pixel_values=pixels, bool_masked_pos=mask, labels=labels).loss,

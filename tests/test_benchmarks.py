@@ -3,23 +3,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+from .launch import run_group
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run(script: str, *arguments: str, timeout: int = 600) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    # run_group: DataLoader workers of a stuck script are killed with it instead of hanging the test
+    result = run_group([sys.executable, str(BENCHMARKS / script), *arguments], timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
