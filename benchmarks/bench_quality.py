@@ -1,20 +1,31 @@
-"""Quality of each method's features on the built-in digits, against the same ViT from random initialisation.
+"""Does pretraining help? Every method against random initialisation, and hf_mim's MAE against transformers', on
+digits that pretraining never saw.
 
-For every method, pretrain a tiny ViT (6 blocks, width 128; 32 px, patch 4) with the method's built-in recipe
-otherwise, for the same CPU budget (seconds of
-training on this machine: a short probe run measures the method's images/s, and the run gets the steps that fill
-the budget), then report, in one table:
+Protocol (issue 16):
 
-- k-NN accuracy (k = 20, T = 0.07, CLS features) with the whole training part as the bank;
-- low-label fine-tuning accuracy: 20 labels per class (200 images), `transformers.Trainer`, identical settings for
-  every model, random initialisation included (no layer-wise decay, which would handicap the random baseline).
+- Data: the built-in digits. Pretraining reads only the "train" split (1,437 images); every accuracy is measured on
+  the "test" split (360 images), which no pretraining run and no fine-tuning run sees. `hf-mim pretrain` records the
+  split it read, and the script refuses a run that read anything else.
+- Pretraining: `hf-mim pretrain --method M --epochs E` with the small-data recipe every method gets on this data
+  (`--recipe auto`: the mini encoder, 6 blocks of width 128, at 32 px with 4 px patches); the same number of epochs
+  over the same images for every method (`--epochs`), with the wall time reported. BEiT's visual tokenizer is
+  trained first (`--tokenizer-epochs`) and its time counted in BEiT's.
+- The peer: transformers' `ViTMAEForPreTraining` with the same dimensions, decoder, mask ratio and target as
+  hf_mim's MAE, its sin-cos position tables restored (transformers 5 leaves a fresh model's at zero), trained by the
+  same `hf-mim pretrain` loop with the same recipe and epochs, then converted with `hf-mim convert` so that it is
+  evaluated by exactly the code that evaluates hf_mim's models. Only the implementations and their weight
+  initialisations differ (transformers: normal(0.02) linear layers; hf_mim: MAE's Xavier-uniform).
+- Evaluation, per fine-tuning seed (`--seeds`, at least 3; the test split does not move with them):
+  k-NN (k = 20, T = 0.07) and the linear probe on frozen, mean-pooled features with every training label;
+  fine-tuning (`transformers.Trainer`) on 20 labels per class drawn by the seed, identical for every model. The
+  random-initialisation baseline is the same architecture, initialised from the same seed.
+- Reported: mean +- standard deviation over seeds, and the paired difference to random initialisation (same seed,
+  same labelled images). A method is "ahead" when that difference exceeds twice the larger of the two standard
+  deviations.
 
-Pretraining sees only the training part of digits (the 80% `hf-mim evaluate` trains on; the held-out 20% it tests
-on is never seen, not even without labels): the split is written with `save_to_disk` and the built-in recipe is
-passed explicitly. BEiT's tokenizer is trained first, on its own budget (`--tokenizer-budget`).
-
-    python benchmarks/bench_quality.py                      # all methods, 120 s each (about 45 min on 2 cores)
-    python benchmarks/bench_quality.py --methods mae simmim --budget 60 --finetune-epochs 10   # a quick look
+    python benchmarks/bench_quality.py --record                          # every method and the peer
+    python benchmarks/bench_quality.py --few-images 1 16 1437 --record    # Kong & Zhang's few-image pretraining
+    python benchmarks/bench_quality.py --methods mae --epochs 1 --seeds 0 --finetune-epochs 1    # a smoke run
 """
 
 from __future__ import annotations
@@ -23,190 +34,319 @@ import argparse
 import json
 import os
 import platform
+import re
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 METHODS = ("mae", "simmim", "beit", "rmae", "cmae", "adios")
-BATCH = 64
-# A ViT smaller than the built-in recipe's ViT-Ti (12 x 192): 6 blocks of width 128. On two CPU cores it gets about
-# three times the pretraining steps in the same budget, and fine-tuning seven models stays within minutes.
-ENCODER = dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512)
+PEER = "transformers-mae"
+RANDOM = "random init"
+RESULTS = Path(__file__).with_name("RESULTS.md")
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def run(cmd: list[str], log: Path) -> None:
     print("$", " ".join(cmd), flush=True)
     with open(log, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
         code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
     if code:
         raise SystemExit(f"command failed ({code}); see {log}")
 
 
-def pretrain_args(method: str, data_dir: Path) -> list[str]:
-    """The built-in recipe (`hf-mim pretrain` on digits), spelled out for a dataset folder."""
-    from hf_mim.training.methods import TRAINING_METHODS
-    from hf_mim.training.trainer import BUILTIN_DEFAULTS
-
-    overrides = dict(TRAINING_METHODS[method].builtin_defaults)
-    if TRAINING_METHODS[method].uses_encoder_presets:
-        overrides.update(ENCODER)
-    args = [
-        "--method",
-        method,
-        "--dataset",
-        str(data_dir),
-        "--image-size",
-        str(BUILTIN_DEFAULTS["image_size"]),
-        "--patch-size",
-        str(BUILTIN_DEFAULTS["patch_size"]),
-        "--base-lr",
-        str(BUILTIN_DEFAULTS["base_lr"]),
-        "--batch-size",
-        str(BATCH),
-        "--num-workers",
-        "2",
-    ]
-    if TRAINING_METHODS[method].uses_encoder_presets:
-        args += ["--model-size", BUILTIN_DEFAULTS["model_size"]]
-    if overrides:
-        config = data_dir.parent / f"{method}_config.json"
-        config.write_text(json.dumps(overrides))
-        args += ["--config", str(config)]
-    return args
+def hf_mim(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hf_mim", *args]
 
 
-def pretrain_for(
-    method: str, budget: float, data_dir: Path, out: Path, log: Path, extra: list[str], reuse: bool = False
-) -> dict:
-    """Probe the method's images/s with a short run, then train for the steps that fill `budget` seconds. With
-    `reuse`, a finished run already in `out` (and its probe) is read back instead."""
-    if reuse and (out / "training_summary.json").exists():
-        summary = json.loads((out / "training_summary.json").read_text())
-        probe = json.loads((out.parent / f"probe-{method}" / "training_summary.json").read_text())
-        return {
-            "steps": summary["steps"],
-            "probe_images_per_second": probe["images_per_second"],
-            "train_seconds": summary["wall_time_seconds"],
-            "final_loss": summary["final_loss"],
-            "reused": True,
-        }
-    hf_mim = [sys.executable, "-m", "hf_mim", "pretrain"]
-    probe = out.parent / f"probe-{method}"
-    run(hf_mim + pretrain_args(method, data_dir) + extra + ["--max-steps", "12", "--output-dir", str(probe)], log)
-    speed = json.loads((probe / "training_summary.json").read_text())["images_per_second"]
-    steps = max(10, int(budget * speed / BATCH))
-    start = time.perf_counter()
-    run(hf_mim + pretrain_args(method, data_dir) + extra + ["--max-steps", str(steps), "--output-dir", str(out)], log)
-    summary = json.loads((out / "training_summary.json").read_text())
+def read_summary(folder: Path) -> dict:
+    summary = json.loads((folder / "training_summary.json").read_text())
+    # the held-out guarantee: every pretraining run read the built-in training split and nothing else
+    if not summary["dataset"].endswith("'train' split") or "digits" not in summary["dataset"]:
+        raise SystemExit(f"{folder} was pretrained on {summary['dataset']!r}, not the digits' training split")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretraining
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def pretrain(method: str, work: Path, epochs: int, log: Path, extra: list[str] = (), reuse: bool = False) -> dict:
+    out = work / method
+    if not (reuse and (out / "training_summary.json").exists()):
+        if method == PEER:
+            run([sys.executable, __file__, "--train-peer", str(out), "--epochs", str(epochs)], log)
+        else:
+            run(hf_mim("pretrain", "--method", method, "--epochs", str(epochs), "--output-dir", str(out), *extra), log)
+    summary = read_summary(out)
+    recon = summary.get("reconstruction") or {}
     return {
-        "steps": steps,
-        "probe_images_per_second": speed,
-        "train_seconds": summary.get("wall_time_seconds", time.perf_counter() - start),
+        "folder": str(out if method != PEER else out / "converted"),
+        "steps": summary["steps"],
+        "epochs": summary["epochs"],
+        "wall": summary["wall_time_seconds"],
         "final_loss": summary["final_loss"],
+        "reconstruction": recon.get("ratio"),
     }
+
+
+def train_peer(out: Path, epochs: int) -> None:
+    """transformers' ViTMAEForPreTraining through `hf-mim pretrain`'s loop, then converted to hf_mim's format."""
+    import torch
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from hf_mim.convert import convert_checkpoint
+    from hf_mim.model_cards.pictures import reconstruction_error
+    from hf_mim.modeling.backbone import sincos_2d_position_embedding
+    from hf_mim.training import trainer
+    from hf_mim.training.methods import TRAINING_METHODS, MAEMethod
+
+    # Every ViTMAEConfig field that hf_mim's MAEConfig also has, from the config hf_mim's MAE would train.
+    shared = [
+        *("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads"),
+        *("intermediate_size", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob"),
+        *("initializer_range", "layer_norm_eps", "qkv_bias", "decoder_hidden_size", "decoder_num_hidden_layers"),
+        *("decoder_num_attention_heads", "decoder_intermediate_size", "mask_ratio", "norm_pix_loss"),
+    ]
+
+    class TransformersMAE(MAEMethod):
+        name = PEER
+        config_class = ViTMAEConfig
+        model_class = ViTMAEForPreTraining
+
+        def build_config(self, encoder_fields, overrides):
+            ours = MAEMethod().build_config(encoder_fields, overrides)
+            # image_mean / image_std ride along as extra attributes: the data pipeline normalises with them
+            return ViTMAEConfig(
+                **{k: getattr(ours, k) for k in shared}, image_mean=ours.image_mean, image_std=ours.image_std
+            )
+
+        def build_model(self, config):
+            model = ViTMAEForPreTraining(config)
+            grid = (config.image_size // config.patch_size,) * 2
+            with torch.no_grad():  # transformers 5 leaves a fresh model's sin-cos tables at zero
+                model.vit.embeddings.position_embeddings.copy_(sincos_2d_position_embedding(config.hidden_size, grid))
+                model.decoder.decoder_pos_embed.copy_(sincos_2d_position_embedding(config.decoder_hidden_size, grid))
+            return model
+
+        def sample_extras(self, config):
+            num_patches = (config.image_size // config.patch_size) ** 2
+            return lambda generator: {"noise": torch.rand(num_patches, generator=generator)}
+
+    TRAINING_METHODS[PEER] = TransformersMAE
+    summary = trainer.pretrain(trainer.PretrainArguments(method=PEER, epochs=epochs, output_dir=str(out)))
+    converted = convert_checkpoint(out, out / "converted")
+    # hf-mim pretrain measures the reconstruction error of hf_mim's own models only; the converted copy computes
+    # the transformers model's exactly (the conversion is tested to 1e-5), on the same test images
+    summary["reconstruction"] = {
+        "split": "test",
+        **reconstruction_error(converted.eval(), test_images(converted.config)),
+    }
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def test_images(config):
+    import torch
+
+    from hf_mim.training.data import builtin_digits
+    from hf_mim.training.transforms import MAETransform
+
+    transform = MAETransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    return torch.stack([transform(image, None) for image in builtin_digits("test")["image"]])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(models: dict[str, str], seeds, args, work: Path, log: Path) -> dict[str, dict[str, list[float]]]:
+    """{model: {protocol: [accuracy per seed]}}, random initialisation included."""
+    names = {folder: name for name, folder in models.items()}
+    scores: dict[str, dict[str, list[float]]] = {name: {} for name in [*models, RANDOM]}
+    common = ["--model", *models.values(), "--random-init", "--no-save-to-model"]
+    for seed in seeds:
+        runs = {
+            "frozen": ["--protocol", "knn", "linear", "--pooling", "mean"],
+            "finetune": [
+                *("--protocol", "finetune", "--labels-per-class", str(args.labels_per_class)),
+                *("--finetune-epochs", str(args.finetune_epochs), "--finetune-batch-size", "50"),
+                *("--finetune-lr", str(args.finetune_lr), "--drop-path", "0.1", "--crop-scale", "0.35", "1"),
+            ],
+        }
+        for kind, flags in runs.items():
+            out = work / f"eval-{kind}-seed{seed}"
+            if not (args.reuse and (out / "evaluation.json").exists()):
+                run(hf_mim("evaluate", *common, *flags, "--seed", str(seed), "--output-dir", str(out)), log)
+            for row in json.loads((out / "evaluation.json").read_text())["results"]:
+                name = RANDOM if row["model"].startswith("random-init") else names[row["model"]]
+                scores[name].setdefault(row["protocol"], []).append(100 * row["value"])
+    return scores
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float] | None) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def comparison(scores, name: str) -> tuple[str, bool]:
+    """The paired difference to random initialisation on fine-tuning, and whether it exceeds twice the larger of
+    the two seeds' standard deviations."""
+    ours, base = scores[name]["finetune"], scores[RANDOM]["finetune"]
+    diffs = [a - b for a, b in zip(ours, base, strict=True)]
+    mean, std = mean_std(diffs)
+    bar = 2 * max(mean_std(ours)[1], mean_std(base)[1])
+    return f"{mean:+.1f} ± {std:.1f}", mean > bar
+
+
+def table(runs: dict, scores: dict, seeds) -> str:
+    lines = [
+        "| model | epochs (steps) | pretraining wall (s) | final loss | reconstruction error | k-NN | linear probe "
+        f"| fine-tune, {len(seeds)} seeds | vs random init (paired) | ahead by > 2σ |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run_info in runs.items():
+        diff, ahead = comparison(scores, name)
+        recon = run_info.get("reconstruction")
+        lines.append(
+            f"| {name} | {run_info['epochs']} ({run_info['steps']}) | {run_info['wall']:.0f} "
+            f"| {run_info['final_loss']:.4f} | {'-' if recon is None else f'{recon:.3f}'} "
+            f"| {fmt(scores[name].get('knn'))} | {fmt(scores[name].get('linear'))} "
+            f"| {fmt(scores[name]['finetune'])} | {diff} | {'yes' if ahead else 'no'} |"
+        )
+    lines.append(
+        f"| {RANDOM} | - | - | - | - | {fmt(scores[RANDOM].get('knn'))} | {fmt(scores[RANDOM].get('linear'))} "
+        f"| {fmt(scores[RANDOM]['finetune'])} | - | - |"
+    )
+    return "\n".join(lines)
+
+
+def record(marker: str, block: str, files=(RESULTS, README)) -> None:
+    """Replace the text between `<!-- marker:start -->` and `<!-- marker:end -->` in each file that has them."""
+    for path in files:
+        text = path.read_text()
+        pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
+        if pattern.search(text):
+            path.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text))
+            print(f"recorded in {path}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kong & Zhang's few-image pretraining
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def few_image_dataset(work: Path, count: int, seed: int = 0) -> Path:
+    """`count` training images drawn from `seed`, each repeated so that the set has as many rows as the whole
+    training split: every run then takes the same steps per epoch, and every row its own augmentation."""
+    import torch
+
+    from hf_mim.training.data import builtin_digits
+
+    folder = work / f"few-{count}"
+    if not folder.exists():
+        train = builtin_digits("train")
+        chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+        rows = [chosen[i % count] for i in range(len(train))]
+        train.select(rows).save_to_disk(str(folder))
+    return folder
+
+
+def few_images(args, work: Path, log: Path) -> str:
+    work = work / "few-images"
+    work.mkdir(exist_ok=True)
+    runs, models = {}, {}
+    for count in args.few_images:
+        name = f"MAE on {count} image{'s' if count > 1 else ''}"
+        out = work / f"mae-few-{count}"
+        if not (args.reuse and (out / "training_summary.json").exists()):
+            data = few_image_dataset(work, count)
+            run(
+                hf_mim(
+                    *("pretrain", "--dataset", str(data), "--image-size", "32", "--epochs", str(args.epochs)),
+                    *("--num-workers", "0", "--output-dir", str(out)),
+                ),
+                log,
+            )
+        summary = json.loads((out / "training_summary.json").read_text())
+        runs[name] = {
+            "folder": str(out),
+            "steps": summary["steps"],
+            "epochs": summary["epochs"],
+            "wall": summary["wall_time_seconds"],
+            "final_loss": summary["final_loss"],
+            "reconstruction": None,
+        }
+        models[name] = str(out)
+    scores = evaluate(models, args.seeds, args, work, log)
+    return table(runs, scores, args.seeds)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--budget", type=float, default=120.0, help="pretraining seconds per method")
-    parser.add_argument("--tokenizer-budget", type=float, default=60.0, help="seconds for BEiT's tokenizer")
+    parser.add_argument("--methods", nargs="+", default=[*METHODS, PEER], choices=[*METHODS, PEER])
+    parser.add_argument("--epochs", type=int, default=50, help="pretraining epochs, the same for every method")
+    parser.add_argument("--tokenizer-epochs", type=int, default=20, help="epochs of BEiT's visual tokenizer")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds")
+    parser.add_argument("--labels-per-class", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=float, default=100)
     parser.add_argument("--finetune-lr", type=float, default=2.5e-3, help="base lr per 256 images")
+    parser.add_argument("--few-images", type=int, nargs="+", help="instead: MAE pretrained on this many images")
     parser.add_argument("--workdir", default="outputs/bench_quality")
-    parser.add_argument(
-        "--reuse", action="store_true", help="read back pretraining runs already in --workdir instead of re-running"
-    )
-    parser.add_argument("--crop-scale", nargs=2, type=float, default=[0.35, 1.0], help="fine-tuning crop area range")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true", help="read back runs already in --workdir")
+    parser.add_argument("--record", action="store_true", help="write the table into RESULTS.md and README.md")
+    parser.add_argument("--train-peer", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from hf_mim.evaluation.data import load_labelled_splits
+    if args.train_peer:
+        train_peer(Path(args.train_peer), args.epochs)
+        return
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
-    data_dir = work / "digits-train"
-    if not data_dir.exists():
-        # exactly the training part `hf-mim evaluate` uses (same stratified split, same seed)
-        load_labelled_splits(None, seed=args.seed).train.save_to_disk(str(data_dir))
-
-    runs, models = {}, []
     began = time.perf_counter()
-    for method in args.methods:
-        extra = []
-        if method == "beit":
-            tokenizer = work / "visual-tokenizer"
-            runs["visual-tokenizer"] = pretrain_for(
-                "visual-tokenizer", args.tokenizer_budget, data_dir, tokenizer, log, [], args.reuse
-            )
-            extra = ["--tokenizer", str(tokenizer)]
-        out = work / method
-        runs[method] = pretrain_for(method, args.budget, data_dir, out, log, extra, args.reuse)
-        models.append(str(out))
-        print(f"{method}: {runs[method]}", flush=True)
-
-    evaluate = [
-        sys.executable,
-        "-m",
-        "hf_mim",
-        "evaluate",
-        "--model",
-        *models,
-        "--random-init",
-        "--seed",
-        str(args.seed),
-    ]
-    knn_dir, ft_dir = work / "eval-knn", work / "eval-finetune"
-    run(evaluate + ["--protocol", "knn", "--output-dir", str(knn_dir)], log)
-    run(
-        evaluate
-        + [
-            "--protocol",
-            "finetune",
-            "--labels-per-class",
-            "20",
-            "--finetune-epochs",
-            str(args.finetune_epochs),
-            "--finetune-batch-size",
-            "50",
-            "--finetune-lr",
-            str(args.finetune_lr),
-            "--drop-path",
-            "0.1",
-            "--crop-scale",
-            *[str(v) for v in args.crop_scale],
-            "--output-dir",
-            str(ft_dir),
-        ],
-        log,
-    )
-    knn = {r["model"]: r["value"] for r in json.loads((knn_dir / "evaluation.json").read_text())["results"]}
-    ft = {r["model"]: r["value"] for r in json.loads((ft_dir / "evaluation.json").read_text())["results"]}
-    random_name = next(name for name in knn if name.startswith("random-init"))
-
-    lines = [
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {__import__('torch').__version__}; "
-        f"budget {args.budget:g} s of pretraining per method; total wall {time.perf_counter() - began:.0f} s",
-        "",
-        "| method | pretraining steps (images/s) | final loss | k-NN acc. (%) | fine-tune acc., 20 labels/class (%) "
-        "| fine-tune vs random init |",
-        "|---|---|---|---|---|---|",
-    ]
-    for method, model in zip(args.methods, models, strict=True):
-        r = runs[method]
-        delta = 100 * (ft[model] - ft[random_name])
-        lines.append(
-            f"| {method} | {r['steps']} ({r['probe_images_per_second']:.0f}) | {r['final_loss']:.4f} "
-            f"| {100 * knn[model]:.2f} | {100 * ft[model]:.2f} | {delta:+.2f} |"
-        )
-    lines.append(f"| random init | 0 | - | {100 * knn[random_name]:.2f} | {100 * ft[random_name]:.2f} | - |")
-    table = "\n".join(lines)
-    (work / "results.md").write_text(table + "\n")
-    (work / "results.json").write_text(json.dumps({"runs": runs, "knn": knn, "finetune": ft}, indent=2))
-    print(table)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {__import__('torch').__version__}"
+    if args.few_images:
+        text = few_images(args, work, log)
+        marker = "bench_quality_few_images"
+        command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]).replace(" --record", "")
+    else:
+        runs = {}
+        for method in args.methods:
+            extra = []
+            tokenizer_wall = 0.0
+            if method == "beit":
+                tokenizer = pretrain("visual-tokenizer", work, args.tokenizer_epochs, log, reuse=args.reuse)
+                tokenizer_wall = tokenizer["wall"]
+                extra = ["--tokenizer", str(work / "visual-tokenizer")]
+            runs[method] = pretrain(method, work, args.epochs, log, extra, args.reuse)
+            runs[method]["wall"] += tokenizer_wall
+            print(f"{method}: {runs[method]}", flush=True)
+        scores = evaluate({name: r["folder"] for name, r in runs.items()}, args.seeds, args, work, log)
+        text = table(runs, scores, args.seeds)
+        marker = "bench_quality"
+        command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]).replace(" --record", "")
+        (work / "results.json").write_text(json.dumps({"runs": runs, "scores": scores}, indent=2))
+    wall = time.perf_counter() - began
+    block = f"`{command.strip()}`: {machine}; {wall / 60:.0f} min in all ({time.strftime('%Y-%m-%d')})\n\n{text}"
+    (work / f"{marker}.md").write_text(block + "\n")
+    print(block)
+    if args.record:
+        record(marker, block)
 
 
 if __name__ == "__main__":

@@ -66,22 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pretrain_parser(sub) -> None:
-    from .training.methods import ENCODER_PRESETS, TRAINING_METHODS
+    from .training.methods import (
+        ENCODER_PRESETS,
+        RECIPES,
+        SMALL_DATASET_IMAGES,
+        SMALL_IMAGE_SIZE,
+        TRAINING_METHODS,
+    )
 
     p = sub.add_parser(
         "pretrain",
         help="pretrain a model (one process, or many under `accelerate launch`)",
         description="Pretrain with Accelerate: `hf-mim pretrain` on one device, `accelerate launch -m hf_mim "
         "pretrain ...` on several (DDP; FSDP and DeepSpeed through your accelerate config). With no --dataset, "
-        "trains a ViT-Ti on the built-in digits dataset in a few minutes on a CPU.",
+        "trains MAE on the training split of the built-in digits in a few minutes on a CPU.",
     )
     add = p.add_argument
     add(
         "--method",
         default="mae",
         choices=sorted(TRAINING_METHODS),
-        help="mae, simmim, beit (give it --tokenizer), or visual-tokenizer (trains BEiT's tokenizer) "
-        "(default: %(default)s)",
+        help="mae, simmim, beit (give it --tokenizer), visual-tokenizer (trains BEiT's tokenizer), rmae, cmae or "
+        "adios (default: %(default)s)",
     )
     add(
         "--dataset",
@@ -96,27 +102,44 @@ def _add_pretrain_parser(sub) -> None:
         help="where checkpoints and the final model go (default: %(default)s)",
     )
     add("--max-steps", type=int, help="optimizer steps to train; overrides --epochs")
-    add("--epochs", type=int, help="passes over the data (default: 8 on the built-in dataset, else 1)")
+    add(
+        "--epochs",
+        type=int,
+        help="passes over the data (default: the method's small-data recipe's; 1 with --recipe paper)",
+    )
     add("--batch-size", type=int, default=64, help="images per device per micro-step (default: %(default)s)")
     add("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default: %(default)s)")
     add(
         "--base-lr",
         type=float,
-        help="learning rate per 256 images: lr = base_lr * effective batch / 256, as in "
-        "MAE (default: the method's paper recipe, 1.5e-4 for MAE, 1e-4 SimMIM, 1.875e-4 BEiT, 1e-3 visual-tokenizer; "
-        "1e-2 on the built-in dataset)",
+        help="learning rate per 256 images: lr = base_lr * effective batch / 256, as in MAE (default: the recipe's; "
+        "paper: 1.5e-4 MAE, R-MAE and C-MAE, 1e-4 SimMIM, 1.875e-4 BEiT, 1e-3 visual-tokenizer and ADIOS; small: 1e-2)",
     )
     add("--lr", type=float, help="absolute learning rate; overrides --base-lr")
     add("--weight-decay", type=float, default=0.05, help="AdamW weight decay on weight matrices (default: %(default)s)")
     add("--warmup-steps", type=int, help="linear warm-up steps before the cosine decay (default: 5%% of the steps)")
     add("--image-size", type=int, help="input resolution (default: 224; 32 on the built-in dataset)")
-    add("--patch-size", type=int, help="patch size (default: 16; 4 on the built-in dataset)")
+    add(
+        "--patch-size",
+        type=int,
+        help="patch size (default: 16 from 128 px up; below, the largest that cuts the image into at least 8x8 "
+        "patches, 4 at 32 px)",
+    )
     add(
         "--model-size",
         choices=sorted(ENCODER_PRESETS),
-        help="ViT-Ti/S/B/L encoder with the paper's heads "
-        "(default: base; tiny on the built-in dataset, MAE with a 2-block, 256-wide decoder); "
-        "not used by visual-tokenizer",
+        help="ViT-Ti/S/B/L encoder, or mini (6 blocks, width 128: hf_mim's size for small data) "
+        "(default: the recipe's: mini for small, base for paper); not used by visual-tokenizer",
+    )
+    add(
+        "--recipe",
+        default="auto",
+        choices=["auto", *RECIPES],
+        help="paper: each method's published ImageNet recipe (learning rate, decoder and heads); small: hf_mim's "
+        "small-data recipe (base lr 1e-2, the mini encoder, lighter decoders and heads, more epochs). auto "
+        f"(the default) takes small when the images are at most {SMALL_IMAGE_SIZE} px a side or the dataset has "
+        f"fewer than {SMALL_DATASET_IMAGES:,} images, else paper; the data's source does not matter. Flags you give "
+        "override the recipe",
     )
     add(
         "--tokenizer",
@@ -144,7 +167,12 @@ def _add_pretrain_parser(sub) -> None:
     add("--resume-from-checkpoint", help="a checkpoint folder, or 'latest' (the newest complete one in OUTPUT_DIR)")
     add("--push-to-hub", metavar="REPO_ID", help="push the final model to this Hub repository")
     add("--report-to", default="none", choices=["none", "tensorboard", "wandb"], help="tracker (default: %(default)s)")
-    add("--num-workers", type=int, default=2, help="DataLoader worker processes per device (default: %(default)s)")
+    add(
+        "--num-workers",
+        type=int,
+        help="DataLoader worker processes per device (default: 2; 0 for the built-in digits, whose decoding is "
+        "cheaper than a worker's share of the CPU)",
+    )
     add("--logging-steps", type=int, default=10, help="log loss, lr and images/s every N steps (default: %(default)s)")
     add(
         "--max-non-finite-steps",

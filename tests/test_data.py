@@ -106,7 +106,7 @@ def test_collator_keeps_shape_when_nothing_decodes():
 
 
 def test_builtin_dataset_is_real_and_labelled():
-    ds = builtin_digits()
+    ds = builtin_digits(None)
     assert len(ds) == 1797 and set(ds.column_names) == {"image", "label"}
     assert ds.features["label"].num_classes == 10
     image = ds[0]["image"]
@@ -143,3 +143,28 @@ def test_dataset_resolution(tmp_path):
     assert len(load_pretraining_dataset(str(tmp_path / "dict"), split="test")[0]) == 2
     with pytest.raises(DatasetError, match="splits"):
         load_pretraining_dataset(str(tmp_path / "dict"), split="validation")
+
+
+def _pixels(dataset) -> set[bytes]:
+    return {open_image(v).tobytes() for v in dataset.cast_column("image", datasets.Image(decode=False))["image"]}
+
+
+def test_builtin_digits_train_and_test_splits_partition_the_data_without_sharing_an_image():
+    train, test, everything = builtin_digits("train"), builtin_digits("test"), builtin_digits(None)
+    assert (len(train), len(test), len(everything)) == (1437, 360, 1797)
+    train_pixels, test_pixels = _pixels(train), _pixels(test)
+    assert len(train_pixels) == 1437 and len(test_pixels) == 360  # no image occurs twice
+    assert not train_pixels & test_pixels and train_pixels | test_pixels == _pixels(everything)
+    per_class = np.bincount(test["label"], minlength=10)
+    assert per_class.min() >= 35 and per_class.max() <= 37  # stratified: 20% of every class
+    assert _pixels(builtin_digits("test")) == test_pixels  # the same cut every time
+    with pytest.raises(DatasetError, match=r"splits \['test', 'train'\], not 'validation'"):
+        load_pretraining_dataset("digits", split="validation")
+
+
+def test_one_saved_split_is_not_taken_for_another_when_strict(tmp_path):
+    builtin_digits("test").select(range(4)).save_to_disk(str(tmp_path / "saved"))
+    loaded, _ = load_pretraining_dataset(str(tmp_path / "saved"), split="train")
+    assert len(loaded) == 4  # pretraining takes a saved dataset whatever split it was
+    with pytest.raises(DatasetError, match="holds one split"):
+        load_pretraining_dataset(str(tmp_path / "saved"), split="validation", strict_split=True)

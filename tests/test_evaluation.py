@@ -272,15 +272,23 @@ def test_extract_features_match_the_model_and_drop_undecodable_images(tiny_mae):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_builtin_digits_are_split_stratified_and_seeded():
+def test_builtin_digits_are_evaluated_on_their_own_test_split_whatever_the_seed():
     splits = load_labelled_splits(None, seed=0)
     assert (len(splits.train), len(splits.test), splits.num_classes) == (1437, 360, 10)
-    assert splits.test_split == "test" and "20% of 'train' held out" in splits.description
+    assert splits.test_split == "test" and "held out" not in splits.description
     per_class = torch.bincount(torch.tensor(splits.test["label"]), minlength=10)
     assert per_class.min() >= 35 and per_class.max() <= 37  # 20% of 174 to 183 images per class
-    again = load_labelled_splits(None, seed=0)
-    assert again.test["label"] == splits.test["label"]
-    assert load_labelled_splits(None, seed=1).test["label"] != splits.test["label"]
+    # the seed draws labelled subsets and fine-tuning order, never the test images
+    assert load_labelled_splits(None, seed=1).test["label"] == splits.test["label"]
+
+
+def test_a_dataset_without_a_test_split_is_split_stratified_and_seeded(tmp_path):
+    folder = _digits_folder(tmp_path, per_class=10)
+    splits = [load_labelled_splits(folder, seed=seed) for seed in (0, 0, 1)]
+    assert (len(splits[0].train), len(splits[0].test)) == (24, 6)
+    assert torch.bincount(torch.tensor(splits[0].test["label"])).tolist() == [2, 2, 2]
+    assert splits[0].test["image"] == splits[1].test["image"] != splits[2].test["image"]
+    assert "20% of 'train' held out" in splits[0].description
 
 
 def test_labels_per_class_takes_exactly_n_of_each_class_from_the_seed():

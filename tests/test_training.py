@@ -17,7 +17,13 @@ from transformers import AutoModelForPreTraining
 
 from hf_mim import MAEForPreTraining
 from hf_mim.training.methods import MAEMethod
-from hf_mim.training.trainer import PretrainArguments, TrainingError, pretrain
+from hf_mim.training.trainer import (
+    PretrainArguments,
+    TrainingError,
+    choose_recipe,
+    default_patch_size,
+    pretrain,
+)
 
 from .images import BAD, write_image_folder
 from .launch import hf_mim_command, run_group, two_processes
@@ -120,13 +126,88 @@ def test_cli_default_run_on_the_builtin_dataset(tmp_path):
     assert "| Optimizer steps | 2 |" in card and "![Reconstructions](reconstruction.png)" in card
     model = AutoModelForPreTraining.from_pretrained(out)
     assert isinstance(model, MAEForPreTraining)
-    assert model.config.hidden_size == 192 and model.config.image_size == 32  # ViT-Ti at 32 px on the digits
+    # the small-data recipe: the mini encoder at 32 px, 4 px patches, MAE's 2 x 128 decoder, pixel targets
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.image_size) == (128, 6, 32)
+    assert (model.config.patch_size, model.config.decoder_hidden_size, model.config.norm_pix_loss) == (4, 128, False)
     summary = json.loads((out / "training_summary.json").read_text())
-    assert summary["dataset"].startswith("scikit-learn digits") and summary["num_samples"] == 1797
+    assert summary["dataset"].startswith("scikit-learn digits") and summary["num_samples"] == 1437  # train split
+    assert summary["recipe"] == "small" and summary["reconstruction"]["split"] == "test"
+    assert "| Recipe | small-data" in card and "| Reconstruction error |" in card
     assert summary["steps"] == 2 and summary["effective_batch_size"] == 16
     assert summary["dataset_id"] is None  # not a Hub dataset: the card's metadata names no `datasets`
     assert summary["learning_rate"] == pytest.approx(1e-2 * 16 / 256)  # base lr scaled by batch / 256
     assert json.loads((out / "training_args.json").read_text())["max_steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("image_size", "images", "recipe"),
+    [
+        (32, 10**6, "small"),
+        (64, 10**6, "small"),
+        (96, 49_999, "small"),
+        (96, 50_000, "paper"),
+        (224, 1_281_167, "paper"),
+    ],
+)
+def test_auto_recipe_is_small_for_small_images_or_small_datasets(image_size, images, recipe):
+    assert choose_recipe(PretrainArguments(image_size=image_size), images) == recipe
+    assert choose_recipe(PretrainArguments(image_size=image_size, recipe="paper"), images) == "paper"
+
+
+@pytest.mark.parametrize(("image_size", "patch"), [(32, 4), (64, 8), (96, 12), (28, 2), (224, 16), ([48, 64], 4)])
+def test_default_patch_size_makes_a_grid_of_at_least_8_by_8_below_128_px(image_size, patch):
+    assert default_patch_size(image_size) == patch
+
+
+def test_a_folder_of_small_images_gets_the_small_recipe_whatever_its_source(tmp_path):
+    """Issue 16: a user's own small images used to get the ImageNet recipe (lr 3.75e-5 at batch 64, MAE's 8 x 512
+    decoder); the scale of the run decides, and what the user gives still wins."""
+    folder = write_image_folder(tmp_path / "images", with_bad=False)
+    common = dict(dataset=str(folder), image_size=32, batch_size=4, max_steps=1, config_overrides={})
+    small = pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "small"), **common))
+    config = json.loads((tmp_path / "small" / "config.json").read_text())
+    assert summary_recipe(small) == ("small", "mini") and small["learning_rate"] == pytest.approx(1e-2 * 4 / 256)
+    assert (config["patch_size"], config["hidden_size"], config["decoder_hidden_size"]) == (4, 128, 128)
+    assert config["norm_pix_loss"] is False
+    paper = pretrain(
+        tiny_args(tmp_path, output_dir=str(tmp_path / "paper"), recipe="paper", model_size="mini", **common)
+    )
+    config = json.loads((tmp_path / "paper" / "config.json").read_text())
+    assert summary_recipe(paper) == ("paper", "mini") and paper["learning_rate"] == pytest.approx(1.5e-4 * 4 / 256)
+    assert (config["decoder_hidden_size"], config["decoder_num_hidden_layers"], config["norm_pix_loss"]) == (
+        512,
+        8,
+        True,
+    )
+    mine = pretrain(
+        tiny_args(
+            tmp_path,
+            output_dir=str(tmp_path / "mine"),
+            base_lr=1e-3,
+            **{**common, "config_overrides": {"norm_pix_loss": True}},
+        )
+    )
+    assert mine["learning_rate"] == pytest.approx(1e-3 * 4 / 256)
+    assert json.loads((tmp_path / "mine" / "config.json").read_text())["norm_pix_loss"] is True
+
+
+def summary_recipe(summary: dict) -> tuple[str, str]:
+    return summary["recipe"], summary["model_size"]
+
+
+def test_pretraining_on_the_builtin_data_never_reads_a_test_image(tmp_path, monkeypatch):
+    from hf_mim.training import data, trainer
+
+    seen = {}
+    real = trainer.prepare_dataset
+    monkeypatch.setattr(trainer, "prepare_dataset", lambda raw, *a: seen.setdefault("raw", raw) and real(raw, *a))
+    pretrain(tiny_args(tmp_path, max_steps=1))
+
+    def pixels(dataset):
+        return {bytes(image.tobytes()) for image in dataset["image"]}
+
+    test = pixels(data.builtin_digits("test"))
+    assert len(seen["raw"]) == 1437 and not pixels(seen["raw"]) & test
 
 
 # weights; an EMA codebook; an EMA teacher; a second optimizer and its schedule (ADIOS's occlusion model)
@@ -322,7 +403,7 @@ def test_each_epoch_draws_new_order_and_augmentations(tmp_path, monkeypatch):
         data, "sample_generator", lambda seed, epoch, index: seen.append((epoch, index)) or real(seed, epoch, index)
     )
     digits = data.builtin_digits().select(range(16))
-    monkeypatch.setattr(data, "builtin_digits", lambda: digits)
+    monkeypatch.setattr(data, "builtin_digits", lambda split="train": digits)
     pretrain(tiny_args(tmp_path, max_steps=None, epochs=2, batch_size=8))  # num_workers=0: the spy sees every call
     orders = {e: [i for ep, i in seen if ep == e] for e in (0, 1)}
     assert sorted(orders[0]) == sorted(orders[1]) == list(range(16))
@@ -333,7 +414,7 @@ def test_resume_in_a_later_epoch_continues_that_epochs_order(tmp_path, monkeypat
     from hf_mim.training import data
 
     digits = data.builtin_digits().select(range(16))
-    monkeypatch.setattr(data, "builtin_digits", lambda: digits)
+    monkeypatch.setattr(data, "builtin_digits", lambda split="train": digits)
     args = dict(max_steps=7, checkpointing_steps=3, batch_size=4)  # 4 steps an epoch: step 3 is in epoch 0,
     pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "a"), **args))  # step 6 in the middle of epoch 1
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)

@@ -76,19 +76,21 @@ def load_labelled_splits(
 ) -> LabelledSplits:
     """Resolve `--dataset` as `hf-mim pretrain` does and return its train and test splits.
 
-    The test split is `test_split`, else the first of test / validation / val / valid the dataset has; a dataset
-    with none (the built-in digits, an image folder) is split here, `test_size` of it held out, stratified by
-    label and seeded, so every run and every process holds out the same images."""
+    The test split is `test_split`, else the first of test / validation / val / valid the dataset has (the
+    built-in digits has "test", the 360 images `hf-mim pretrain` never trains on); a dataset with none (an image
+    folder, a saved dataset of one split) is split here, `test_size` of it held out, stratified by label and
+    seeded, so every run and every process holds out the same images."""
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size={test_size!r} is invalid: must lie strictly between 0 and 1")
     train, description = load_pretraining_dataset(name, config_name, train_split)
     test, test_name = None, test_split
+    # strict: a folder of one saved split must not answer "test" with the training images
     if test_split is not None:
-        test, _ = load_pretraining_dataset(name, config_name, test_split)
-    elif name and name != "digits":
+        test, _ = load_pretraining_dataset(name, config_name, test_split, strict_split=True)
+    else:
         for candidate in _TEST_SPLIT_NAMES:
             try:
-                test, _ = load_pretraining_dataset(name, config_name, candidate)
+                test, _ = load_pretraining_dataset(name, config_name, candidate, strict_split=True)
             except (DatasetError, ValueError, KeyError):
                 continue
             test_name = candidate

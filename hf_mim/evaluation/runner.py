@@ -127,8 +127,9 @@ def _dataset_key(splits, args: EvaluateArguments) -> str:
 def _accelerator(args: EvaluateArguments):
     from accelerate import Accelerator
 
-    from ..training.trainer import needs_cpu_process_group
+    from ..training.trainer import fresh_accelerate_state, needs_cpu_process_group
 
+    fresh_accelerate_state()
     return Accelerator(cpu=needs_cpu_process_group(), mixed_precision=args.mixed_precision)
 
 

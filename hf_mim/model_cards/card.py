@@ -72,6 +72,13 @@ _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+/-]*$")
 
 
+#: How the card names the recipe a run used (`hf-mim pretrain --recipe`).
+RECIPE_NAMES = {
+    "paper": "paper (the method's ImageNet recipe)",
+    "small": "small-data (hf_mim's, for small images or datasets; `hf-mim pretrain --help` says when it applies)",
+}
+
+
 def _fmt_int(n: int | None) -> str:
     return "unknown" if n is None else f"{n:,} ({n / 1e6:.2f} M)" if n >= 10**5 else f"{n:,}"
 
@@ -128,6 +135,7 @@ def _recipe(run: dict, args: dict) -> list[tuple[str, str]]:
             rows.append((key, str(value)))
 
     add("Method", run.get("method"))
+    add("Recipe", RECIPE_NAMES.get(run.get("recipe"), run.get("recipe")))
     add("Dataset", run.get("dataset"))
     add("Images", run.get("num_samples"))
     add("Optimizer steps", run.get("steps"))
@@ -141,6 +149,14 @@ def _recipe(run: dict, args: dict) -> list[tuple[str, str]]:
     if run.get("wall_time_seconds") is not None:
         add("Wall time", f"{run['wall_time_seconds']} s ({run.get('images_per_second')} images/s)")
     add("Final loss", run.get("final_loss"))
+    error = run.get("reconstruction")
+    if error:
+        add(
+            "Reconstruction error",
+            f"{error['ratio']:.3f}: masked-pixel MSE / pixel variance on {error['images']} "
+            f"{'held-out' if error.get('split') != 'train' else 'training'} images ({error.get('split')} split); "
+            "1 is what predicting the mean colour scores",
+        )
     add("Seed", args.get("seed"))
     return rows
 

@@ -307,6 +307,34 @@ def reconstruct(model, pixel_values: torch.Tensor, seed: int = 0) -> tuple[torch
     return unpatchify(predicted, patch, grid, config.num_channels), masked
 
 
+@torch.no_grad()
+def reconstruction_error(model, pixel_values: torch.Tensor, seed: int = 0, batch_size: int = 256) -> dict:
+    """How well a pixel-target model (MAE, R-MAE, SimMIM) fills in what it cannot see: the mean squared error over
+    the masked pixels of `reconstruct`'s output (de-normalised as the picture shows it), divided by the variance of
+    all pixels of the images. 1 is what predicting the images' mean colour scores, 0 a perfect reconstruction.
+
+    Returns {"masked_mse": ..., "pixel_variance": ..., "ratio": ..., "images": N}; masks are drawn from `seed`."""
+    errors, counts = [], []
+    for start in range(0, len(pixel_values), batch_size):
+        images = pixel_values[start : start + batch_size]
+        reconstruction, masked = reconstruct(model, images, seed + start)
+        patch = model.config.patch_size
+        rows, cols = images.shape[-2] // patch, images.shape[-1] // patch
+        pixel_mask = masked.view(-1, 1, rows, cols).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+        pixel_mask = pixel_mask.expand_as(images).to(reconstruction.device)
+        squared = (reconstruction.float() - images.to(reconstruction.device).float()) ** 2
+        errors.append(squared[pixel_mask].sum().double())
+        counts.append(pixel_mask.sum())
+    masked_mse = float(sum(errors) / sum(counts))
+    variance = float(pixel_values.double().var())
+    return {
+        "masked_mse": masked_mse,
+        "pixel_variance": variance,
+        "ratio": masked_mse / variance,
+        "images": len(pixel_values),
+    }
+
+
 def save_reconstructions(
     model, pixel_values: torch.Tensor, path: str | os.PathLike, scale: int = 4, seed: int = 0
 ) -> str:
@@ -325,6 +353,10 @@ def save_reconstructions(
     return str(path)
 
 
+#: Model types whose targets are pixels: they get a reconstruction picture and a reconstruction error.
+PIXEL_TARGET_TYPES = ("hf_mim_mae", "hf_mim_rmae", "hf_mim_simmim")
+
+
 def save_method_picture(
     model, pixel_values: torch.Tensor, folder: str | os.PathLike, seed: int = 0, scale: int = 4
 ) -> str | None:
@@ -335,7 +367,7 @@ def save_method_picture(
     if model_type == "hf_mim_adios":
         save_adios_masks(model, pixel_values, os.path.join(folder, "masks.png"), scale=scale)
         return "masks.png"
-    if model_type in ("hf_mim_mae", "hf_mim_rmae", "hf_mim_simmim"):
+    if model_type in PIXEL_TARGET_TYPES:
         save_reconstructions(model, pixel_values, os.path.join(folder, "reconstruction.png"), scale=scale, seed=seed)
         return "reconstruction.png"
     if model_type in ("hf_mim_beit", "hf_mim_visual_tokenizer"):
@@ -346,12 +378,14 @@ def save_method_picture(
 
 __all__ = [
     "PALETTE",
+    "PIXEL_TARGET_TYPES",
     "mask_grid",
     "panels_picture",
     "save_token_picture",
     "token_colours",
     "token_grid",
     "reconstruct",
+    "reconstruction_error",
     "reconstruction_grid",
     "save_adios_masks",
     "save_loss_curve",

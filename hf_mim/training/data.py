@@ -35,22 +35,41 @@ class DatasetError(ValueError):
     """A dataset problem found before training, with a message meant to be shown as is."""
 
 
-def builtin_digits() -> datasets.Dataset:
+#: The built-in dataset's splits: a fixed, stratified 80/20 cut, so that pretraining on "train" (the default split)
+#: never sees the images `hf-mim evaluate` reports on ("test").
+BUILTIN_SPLITS = {"train": 1437, "test": 360}
+_BUILTIN_TEST_FRACTION, _BUILTIN_SPLIT_SEED = 0.2, 0
+
+
+def builtin_digits(split: str | None = "train") -> datasets.Dataset:
     """scikit-learn's digits (UCI optical recognition of handwritten digits): 1,797 labelled 8x8 greyscale images
-    with 17 grey levels, shipped inside the scikit-learn package, so available offline."""
+    with 17 grey levels, shipped inside the scikit-learn package, so available offline.
+
+    `split`: "train" (1,437 images) or "test" (360), a stratified cut with a fixed seed, the same on every machine;
+    None gives all 1,797. No image occurs twice in the data, so the two splits share no image."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
 
+    if split is not None and split not in BUILTIN_SPLITS:
+        raise DatasetError(
+            f"the built-in dataset {BUILTIN_DATASET!r} has splits {sorted(BUILTIN_SPLITS)}, not {split!r}"
+        )
     digits = load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
     )
-    return datasets.Dataset.from_dict(
+    full = datasets.Dataset.from_dict(
         {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()},
         features=features,
     )
+    if split is None:
+        return full
+    parts = full.train_test_split(
+        test_size=_BUILTIN_TEST_FRACTION, seed=_BUILTIN_SPLIT_SEED, stratify_by_column="label"
+    )
+    return parts[split]
 
 
 def _looks_like_path(name: str) -> bool:
@@ -66,13 +85,17 @@ def hub_dataset_id(name: str | None) -> str | None:
 
 
 def load_pretraining_dataset(
-    name: str | None = None, config_name: str | None = None, split: str = "train"
+    name: str | None = None, config_name: str | None = None, split: str = "train", strict_split: bool = False
 ) -> tuple[datasets.Dataset, str]:
     """Resolve `--dataset`: the built-in name (default), a local image folder, a folder written by
-    `save_to_disk`, or a Hub dataset id. Returns the split and a short description for logs and cards."""
+    `save_to_disk`, or a Hub dataset id. Returns the split and a short description for logs and cards.
+
+    A folder holding one saved `Dataset` (not a `DatasetDict`) is that one split whatever `split` says, unless
+    `strict_split`: then it is only the split it was saved as ("train" when it recorded none), which is how an
+    evaluation looks for a test split without testing on the training images."""
     name = name or BUILTIN_DATASET
     if name == BUILTIN_DATASET:
-        return builtin_digits(), "scikit-learn digits (built in)"
+        return builtin_digits(split), f"scikit-learn digits (built in), {split!r} split"
     path = os.path.expanduser(name)
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
@@ -81,6 +104,12 @@ def load_pretraining_dataset(
                 if split not in loaded:
                     raise DatasetError(f"{name} has splits {sorted(loaded)}, not {split!r}; pass --split")
                 loaded = loaded[split]
+            elif strict_split:
+                own = str(loaded.split) if loaded.split is not None else "train"
+                if split != own:
+                    raise DatasetError(
+                        f"{name} holds one split ({own!r}), not {split!r}; save a DatasetDict for several splits"
+                    )
             return loaded, f"{name} (saved dataset)"
         try:
             return datasets.load_dataset("imagefolder", data_dir=path, split=split), f"{name} (image folder)"
@@ -230,6 +259,7 @@ __all__ = [
     "DatasetError",
     "PretrainingTransform",
     "SkipReport",
+    "BUILTIN_SPLITS",
     "builtin_digits",
     "check_size",
     "Collator",

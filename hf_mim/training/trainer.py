@@ -16,7 +16,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,13 +27,14 @@ from .data import (
     Collator,
     PretrainingTransform,
     SkipReport,
+    builtin_digits,
     check_size,
     find_image_column,
     hub_dataset_id,
     load_pretraining_dataset,
     prepare_dataset,
 )
-from .methods import ENCODER_PRESETS, TRAINING_METHODS
+from .methods import ENCODER_PRESETS, RECIPES, SMALL_DATASET_IMAGES, SMALL_IMAGE_SIZE, TRAINING_METHODS
 from .transforms import MAETransform
 
 logger = logging.getLogger("hf_mim.pretrain")
@@ -68,6 +69,7 @@ class PretrainArguments:
     image_size: int | None = None
     patch_size: int | None = None
     model_size: str | None = None
+    recipe: str = "auto"
     tokenizer: str | None = None
     config: str | None = None
     mixed_precision: str = "no"
@@ -79,32 +81,62 @@ class PretrainArguments:
     resume_from_checkpoint: str | None = None
     push_to_hub: str | None = None
     report_to: str = "none"
-    num_workers: int = 2
+    num_workers: int | None = None
     logging_steps: int = 10
     max_non_finite_steps: int = 5
     config_overrides: dict = field(default_factory=dict)
 
 
-# The built-in dataset is 8x8 digits: a small model at 32 px trains on it in minutes on two CPU cores. Each method
-# adds its own built-in config fields (`TrainingMethod.builtin_defaults`: MAE's smaller decoder, SimMIM's 8 px mask
-# squares, ...); away from the built-in data, base_lr defaults to the method's paper recipe.
-BUILTIN_DEFAULTS = dict(image_size=32, patch_size=4, model_size="tiny", epochs=8, base_lr=1e-2)
-DEFAULTS = dict(image_size=224, patch_size=16, model_size="base", epochs=1, base_lr=None)
+# Defaults that depend on where the data comes from: the built-in digits are 8x8 images, shown to the model at 32 px
+# (an 8x8 grid of 4 px patches). Everything else follows the recipe.
+BUILTIN_IMAGE_SIZE = 32
+DEFAULT_IMAGE_SIZE = 224
+RECIPE_MODEL_SIZE = {"small": "mini", "paper": "base"}
+PAPER_EPOCHS = 1  # a smoke-test default: the papers train for 300-1600 epochs; pass --epochs
 
 
-def resolve_defaults(args: PretrainArguments) -> PretrainArguments:
-    builtin = args.dataset in (None, BUILTIN_DATASET)
-    defaults = BUILTIN_DEFAULTS if builtin else DEFAULTS
-    method = TRAINING_METHODS.get(args.method)
-    for name in ("image_size", "patch_size", "model_size", "base_lr"):
-        if getattr(args, name) is None:
-            setattr(args, name, defaults[name])
-    if args.base_lr is None and method is not None:
-        args.base_lr = method.base_lr
+def default_patch_size(image_size) -> int:
+    """16 px patches from 128 px up (ViT's); below, the largest size that cuts the shorter side into at least 8 patches
+    evenly (4 px at 32 px, 8 px at 64 px), so small images still make a grid worth masking."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    side = min(height, width)
+    if side >= 128:
+        return 16
+    for patch in range(max(1, side // 8), 0, -1):
+        if height % patch == 0 and width % patch == 0:
+            return patch
+    return 1
+
+
+def choose_recipe(args: PretrainArguments, num_images: int) -> str:
+    """`--recipe auto`: "small" when the images are at most SMALL_IMAGE_SIZE px a side or the dataset has fewer than
+    SMALL_DATASET_IMAGES images, else "paper". The scale of the run decides, not where the data comes from."""
+    if args.recipe != "auto":
+        return args.recipe
+    size = args.image_size if isinstance(args.image_size, int) else min(args.image_size)
+    return "small" if size <= SMALL_IMAGE_SIZE or num_images < SMALL_DATASET_IMAGES else "paper"
+
+
+def resolve_defaults(args: PretrainArguments, num_images: int) -> PretrainArguments:
+    """Fill in what the user left as None: the image and patch size, then the recipe, then what the recipe sets
+    (model size, learning rate, epochs, the method's config fields; explicit `config_overrides` win)."""
+    if args.image_size is None:
+        args.image_size = BUILTIN_IMAGE_SIZE if args.dataset in (None, BUILTIN_DATASET) else DEFAULT_IMAGE_SIZE
+    if args.patch_size is None:
+        args.patch_size = default_patch_size(args.image_size)
+    args.recipe = choose_recipe(args, num_images)
+    if args.num_workers is None:
+        # decoding an 8x8 PNG costs microseconds; on two cores a worker would only take CPU time from the model
+        args.num_workers = 0 if args.dataset in (None, BUILTIN_DATASET) else 2
+    method = TRAINING_METHODS[args.method]
+    recipe = method.recipe(args.recipe)
+    if args.model_size is None:
+        args.model_size = RECIPE_MODEL_SIZE[args.recipe]
+    if args.base_lr is None:
+        args.base_lr = recipe.base_lr
     if args.max_steps is None and args.epochs is None:
-        args.epochs = defaults["epochs"]
-    if method is not None and builtin and (args.model_size == "tiny" or not method.uses_encoder_presets):
-        args.config_overrides = {**method.builtin_defaults, **args.config_overrides}
+        args.epochs = recipe.epochs or (PAPER_EPOCHS if args.recipe == "paper" else 1)
+    args.config_overrides = {**recipe.config, **args.config_overrides}
     return args
 
 
@@ -114,14 +146,16 @@ def validate(args: PretrainArguments) -> None:
 
     if args.method not in TRAINING_METHODS:
         bad("method", args.method, f"one of {sorted(TRAINING_METHODS)}")
-    if args.model_size not in ENCODER_PRESETS:
+    if args.model_size is not None and args.model_size not in ENCODER_PRESETS:
         bad("model_size", args.model_size, f"one of {sorted(ENCODER_PRESETS)}")
+    if args.recipe not in ("auto", *RECIPES):
+        bad("recipe", args.recipe, f"auto or one of {RECIPES}")
     if args.tokenizer is not None and args.method != "beit":
         bad("tokenizer", args.tokenizer, "only used with --method beit")
     for name in ("batch_size", "grad_accum", "logging_steps", "max_non_finite_steps"):
         if getattr(args, name) < 1:
             bad(name, getattr(args, name), "a positive int")
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         bad("num_workers", args.num_workers, "0 (load in the main process) or more")
     for name in ("max_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit"):
         value = getattr(args, name)
@@ -191,6 +225,17 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def fresh_accelerate_state() -> None:
+    """Forget the accelerate state an earlier run in this process left: accelerate keeps one per process and refuses
+    an `Accelerator` with another mixed precision ("AcceleratorState has already been initialized"), so a second
+    `pretrain` call in a notebook would fail. Launched processes (WORLD_SIZE > 1) run once and keep theirs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def needs_cpu_process_group() -> bool:
     """Whether to ask accelerate for a CPU (gloo) process group. accelerate forms one only when told the run is on
     CPU; launched by torchrun or `accelerate launch --multi_gpu` on a machine without GPUs, each process would
@@ -203,9 +248,10 @@ def pretrain(args: PretrainArguments) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedType, gather_object, set_seed
 
-    args = resolve_defaults(args)
-    validate(args)
+    args = replace(args, config_overrides=dict(args.config_overrides))  # resolved below; the caller's stays as given
+    validate(args)  # before anything is loaded; again once the defaults are resolved
     method = TRAINING_METHODS[args.method]()
+    fresh_accelerate_state()
     accelerator = Accelerator(
         cpu=needs_cpu_process_group(),
         gradient_accumulation_steps=args.grad_accum,
@@ -221,6 +267,8 @@ def pretrain(args: PretrainArguments) -> dict:
     raw, description = load_pretraining_dataset(args.dataset, args.dataset_config, args.split)
     image_column = find_image_column(raw, args.image_column)
     check_size(raw, accelerator.num_processes, description)
+    args = resolve_defaults(args, len(raw))
+    validate(args)
     config = build_config(args, method)
     augment = MAETransform(
         config.image_size, config.image_mean, config.image_std, config.num_channels, scale=method.crop_scale
@@ -307,6 +355,8 @@ def pretrain(args: PretrainArguments) -> dict:
 
     summary = {
         "method": args.method,
+        "recipe": args.recipe,
+        "model_size": args.model_size if method.uses_encoder_presets else None,
         "dataset": description,
         "dataset_id": hub_dataset_id(args.dataset),
         "num_samples": len(raw),
@@ -454,11 +504,14 @@ def pretrain(args: PretrainArguments) -> dict:
     )
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        # the records and pictures first: save_pretrained builds the model card from what the folder holds
-        Path(args.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
         # FSDP / ZeRO-3 shard the parameters: a forward on the main process alone would wait for the other ranks
         sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        _save_pictures(unwrapped, raw, image_column, config, summary, args.output_dir, draw_model=not sharded)
+        pictured = _held_out_images(args) or (raw, image_column, args.split)
+        summary["reconstruction"] = _save_pictures(
+            unwrapped, *pictured, config, summary, args.output_dir, draw_model=not sharded
+        )
+        # the records and pictures first: save_pretrained builds the model card from what the folder holds
+        Path(args.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
         unwrapped.save_pretrained(args.output_dir, state_dict=state_dict)
         method.save_outputs(unwrapped, args.output_dir)
     # end_training destroys the process group. Without this barrier the other ranks did so while the main process
@@ -488,11 +541,20 @@ def pretrain(args: PretrainArguments) -> dict:
     return summary
 
 
-def _save_pictures(model, raw, image_column, config, summary, output_dir, draw_model: bool = True) -> None:
-    """loss_curve.png from the loss history, and the method's picture (reconstructions, ADIOS masks) of the first
-    images of the dataset, resized and normalised without augmentation. A picture that fails is logged, not
+def _held_out_images(args: PretrainArguments):
+    """(dataset, image column, split) of images the run did not train on, for its pictures and reconstruction error:
+    the built-in digits' test split; None for other data, whose held-out images hf_mim cannot know."""
+    if args.dataset in (None, BUILTIN_DATASET) and args.split == "train":
+        return builtin_digits("test"), "image", "test"
+    return None
+
+
+def _save_pictures(model, raw, image_column, split, config, summary, output_dir, draw_model=True) -> dict | None:
+    """loss_curve.png from the loss history, and the method's picture (reconstructions, ADIOS masks, tokens) of the
+    first images of `raw`, resized and normalised without augmentation. For a pixel-target method, also returns the
+    reconstruction error (`reconstruction_error`) on up to 512 of those images. A picture that fails is logged, not
     fatal: the trained weights matter more than their illustration."""
-    from ..model_cards.pictures import save_loss_curve, save_method_picture
+    from ..model_cards.pictures import PIXEL_TARGET_TYPES, reconstruction_error, save_loss_curve, save_method_picture
     from .transforms import MAETransform, open_image
 
     try:
@@ -500,22 +562,30 @@ def _save_pictures(model, raw, image_column, config, summary, output_dir, draw_m
             save_loss_curve(summary["loss_history"], Path(output_dir, "loss_curve.png"), summary["method"])
         if not draw_model:
             logger.info("parameters are sharded: no reconstruction or mask picture (draw it from the saved model)")
-            return
+            return None
         transform = MAETransform(
             config.image_size, config.image_mean, config.image_std, config.num_channels, train=False
         )
+        pixel_target = config.model_type in PIXEL_TARGET_TYPES
+        wanted = 512 if pixel_target else 8
         images = []
-        for index in range(min(len(raw), 32)):
+        for index in range(min(len(raw), 4 * wanted)):
             try:
                 images.append(transform(open_image(raw[index][image_column]), None))
             except Exception:  # noqa: BLE001  (bad files are skipped in training too)
                 continue
-            if len(images) == 8:
+            if len(images) == wanted:
                 break
-        if images:
-            save_method_picture(model, torch.stack(images), output_dir)
+        if not images:
+            return None
+        images = torch.stack(images)
+        save_method_picture(model, images[:8], output_dir)
+        if pixel_target:
+            error = reconstruction_error(model, images)
+            return {"split": split, **{k: round(v, 6) if isinstance(v, float) else v for k, v in error.items()}}
     except Exception as err:  # noqa: BLE001
         logger.warning("could not draw the model-card pictures: %s", err)
+    return None
 
 
 def _second_step(accelerator, model, method, optimizer2, step_batches) -> dict[str, torch.Tensor]:
