@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .loading import from_safetensors, load_checked
 from .modeling.mae import MAEConfig, MAEForPreTraining
 from .modeling.simmim import SimMIMConfig, SimMIMForPreTraining
 
@@ -39,9 +40,29 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = N
     """Convert `src` into the matching hf_mim model (saved to `dst` when given): a transformers ViT folder gives
     `SimMIMForPreTraining`, a ViTMAE folder or an official MAE file gives `MAEForPreTraining`."""
     src = Path(src)
+    if dst is not None:
+        check_destination(src, dst)
     if src.is_dir() and _folder_model_type(src) == "vit":
         return convert_simmim_checkpoint(src, dst, **config_overrides)
     return convert_mae_checkpoint(src, dst, **config_overrides)
+
+
+# What saving a converted model writes into `dst` (beside the modeling files, named *.py).
+_WRITTEN = ("config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json", "README.md")
+
+
+def check_destination(src: Path, dst: str | os.PathLike) -> None:
+    """Refuse a `dst` whose files would overwrite the source: the same folder, or a folder holding the source file
+    under a name the save writes. Raises ConversionError before anything is read or written."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if src.is_dir():
+        clash = dst == src
+    else:
+        clash = src.parent == dst and (src.name in _WRITTEN or src.suffix == ".py")
+    if clash:
+        raise ConversionError(
+            f"dst={str(dst)!r} would overwrite the source {str(src)!r}; allowed: a folder other than the source's"
+        )
 
 
 def convert_simmim_checkpoint(
@@ -54,7 +75,7 @@ def convert_simmim_checkpoint(
 
     src = Path(src)
     _require_model_type(src, "vit")
-    source, info = ViTForMaskedImageModeling.from_pretrained(src, output_loading_info=True)
+    source, info = from_safetensors(ViTForMaskedImageModeling, src)
     fresh = sorted(info["missing_keys"])
     cfg = source.config
     fields = _transformers_encoder_fields(cfg)
@@ -126,7 +147,7 @@ def convert_mae_checkpoint(
 def _from_transformers(src: Path, overrides: dict) -> MAEForPreTraining:
     from transformers import ViTMAEForPreTraining
 
-    source = ViTMAEForPreTraining.from_pretrained(src)
+    source = load_checked(ViTMAEForPreTraining, src)
     cfg = source.config
     fields = dict(
         **_transformers_encoder_fields(cfg),
@@ -245,12 +266,28 @@ def _transformers_to_hf_mim(state: dict[str, torch.Tensor], config) -> dict[str,
 def load_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of an official checkpoint. Never unpickles arbitrary objects: `weights_only=True`, with only
     `argparse.Namespace` (the `args` entry MAE's training script saves) allowed beside tensors."""
+    import pickle
+
+    from safetensors import SafetensorError
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise ConversionError(f"{path}: the safetensors weights cannot be read ({err})") from None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refused an object that is not a tensor: what a checkpoint carrying code looks like
+        first = str(err).strip().splitlines()[0]
+        raise ConversionError(f"{path} holds more than tensors; refusing to unpickle it ({first})") from None
+    except (RuntimeError, EOFError) as err:
+        raise ConversionError(
+            f"{path} is not a readable torch checkpoint ({str(err).strip().splitlines()[0]})"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -364,6 +401,7 @@ def _load(model_class, config, state: dict[str, torch.Tensor], fresh_prefixes: t
 
 
 __all__ = [
+    "check_destination",
     "convert_checkpoint",
     "convert_mae_checkpoint",
     "convert_simmim_checkpoint",

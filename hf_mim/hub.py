@@ -9,6 +9,7 @@ sent. Nothing here ever sets `trust_remote_code=True`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -104,15 +105,69 @@ def files_to_upload(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
         )
     uploaded, left_out = [], []
     for name in names:
-        # is_file() follows symlinks: the Hub cache keeps weights as links into its blob store, and a folder
-        # pushed from there must not go up without them. Modeling code is not taken from the folder (a training
-        # script beside the weights is no business of the repo): push_folder exports it fresh.
+        # Modeling code is not taken from the folder (a training script beside the weights is no business of the
+        # repo): push_folder exports it fresh.
         keep = (folder / name).is_file() and not name.endswith(PICKLE_SUFFIXES)
         keep = keep and (name in UPLOAD_FILES or bool(_SHARD.match(name)) or name.endswith(".png"))
         (uploaded if keep else left_out).append(name)
     for name in uploaded:
         check_path_in_repo(name)
+        check_link_target(folder, name)
+        check_file_type(folder / name)
     return uploaded, left_out
+
+
+def check_link_target(folder: Path, name: str) -> None:
+    """A symlink in a folder to upload may point inside the folder, or into the Hub cache's blob store (a snapshot
+    folder of the cache is links into `models--*/blobs/`); anything else (`/etc/passwd` named `loss_curve.png`, a
+    key file named `model.safetensors`) is refused with a ValueError before any request is made."""
+    path = folder / name
+    if not path.is_symlink() and path.resolve().parent == folder.resolve():
+        return
+    target = path.resolve()
+    if target.is_relative_to(folder.resolve()):
+        return
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE).resolve()
+    if target.is_relative_to(cache) and target.parent.name == "blobs":
+        return
+    raise ValueError(
+        f"{path} links to {target}, outside {folder} and the Hub cache's blob store; refusing to upload it "
+        "(copy the file into the folder if it is meant to go up)"
+    )
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_file_type(path: Path) -> None:
+    """An uploaded file must be what its name says: a PNG starts with the PNG signature, a safetensors file with a
+    JSON header of the length its first 8 bytes give, a JSON file parses. Raises ValueError naming the file."""
+    name = path.name
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if name.endswith(".png"):
+            ok = head == _PNG_SIGNATURE
+        elif name.endswith(".safetensors"):
+            size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            ok = 1 < size <= path.stat().st_size - 8
+            if ok:
+                try:
+                    ok = isinstance(json.loads(f.read(size)), dict)
+                except ValueError:
+                    ok = False
+        elif name.endswith(".json"):
+            try:
+                json.loads((head + f.read()).decode("utf-8"))
+                ok = True
+            except ValueError:
+                ok = False
+        else:
+            ok = True
+    if not ok:
+        kind = "PNG image" if name.endswith(".png") else "safetensors file" if ".safetensors" in name else "JSON file"
+        raise ValueError(f"{path} is not a {kind}, as its name says; refusing to upload it")
 
 
 def push_folder(
@@ -236,6 +291,8 @@ _base.HUB_HOOKS["save"] = _write_card_on_save
 _base.HUB_HOOKS["push"] = push_model
 
 __all__ = [
+    "check_file_type",
+    "check_link_target",
     "check_path_in_repo",
     "check_repo_id",
     "files_to_upload",

@@ -65,6 +65,13 @@ def test_defaults_are_the_papers():
     assert config.masking_spec().num_masked(config.grid_size) == 79  # BEiT: 75 of 196
 
 
+def test_blocks_larger_than_what_is_masked_are_refused_at_config_time():
+    """Issue 17: BEiT's 16-patch minimum block on a 4x4 grid (40% masks 7 patches) failed only at the first forward."""
+    with pytest.raises(ValueError, match=r"^mask_min_num_patches=16 is invalid: at most the 7 patches"):
+        BEiTConfig(image_size=32, patch_size=8)
+    assert BEiTConfig(image_size=32, patch_size=8, mask_min_num_patches=4).mask_min_num_patches == 4
+
+
 def test_loss_is_cross_entropy_on_masked_positions_only():
     model = BEiTForPreTraining(tiny_config()).eval()
     pixels = torch.randn(2, 3, 32, 32)

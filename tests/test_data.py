@@ -44,6 +44,41 @@ def test_transparency_is_composited_on_white_and_16_bit_is_stretched():
     assert grey.mode == "L" and grey.getpixel((0, 0)) == 0 and grey.getpixel((1, 1)) == 255
 
 
+def _paletted(transparent: bool) -> Image.Image:
+    image = Image.new("P", (2, 1))
+    image.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    image.putpixel((0, 0), 0)
+    image.putpixel((1, 0), 1)
+    if transparent:
+        image.info["transparency"] = 1  # palette entry 1 is see-through
+    return image
+
+
+def _grey_alpha() -> Image.Image:
+    image = Image.new("LA", (2, 1))
+    image.putpixel((0, 0), (40, 255))  # opaque dark grey
+    image.putpixel((1, 0), (40, 0))  # the same grey, fully transparent
+    return image
+
+
+@pytest.mark.parametrize(
+    ("image", "channels", "expected"),
+    [
+        # pixel values, not only shapes (issue 17): a transparent pixel is white, never black
+        (_grey_alpha(), 1, [40, 255]),
+        (_grey_alpha(), 3, [(40, 40, 40), (255, 255, 255)]),
+        (_paletted(False), 3, [(10, 20, 30), (200, 100, 50)]),
+        (_paletted(True), 3, [(10, 20, 30), (255, 255, 255)]),
+        # PIL's CMYK to RGB: R = 255 - C - K (clipped), and so on; pure cyan is (0, 255, 255)
+        (Image.new("CMYK", (2, 1), (255, 0, 0, 0)), 3, [(0, 255, 255), (0, 255, 255)]),
+        (Image.new("CMYK", (2, 1), (0, 0, 0, 255)), 1, [0, 0]),
+    ],
+)
+def test_image_modes_convert_to_the_right_pixel_values(image, channels, expected):
+    converted = to_channels(image, channels)
+    assert [converted.getpixel((x, 0)) for x in range(2)] == expected
+
+
 @pytest.mark.parametrize("size", [(2, 2), (3, 500), (500, 3), (1, 1)])
 def test_crop_box_stays_inside_tiny_and_thin_images(size):
     width, height = size

@@ -4,10 +4,11 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import AutoModel, ViTMAEConfig, ViTMAEForPreTraining
 
 from hf_mim import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, patchify
-from hf_mim.convert import ConversionError, convert_mae_checkpoint
+from hf_mim.convert import ConversionError, convert_checkpoint, convert_mae_checkpoint
 
 from .model_tester import TINY_VIT, ModelTesterMixin, PixelsOnly, trainer_args
 
@@ -77,6 +78,19 @@ class TestMAE(ModelTesterMixin):
 )
 def test_config_rejects_invalid_values_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=rf"^{field}="):
+        tiny_config(**overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        # divisible by 4, so the sin-cos table's own check passes: only the heads check can reject these (issue 17)
+        (dict(hidden_size=36, num_attention_heads=8), "hidden_size"),
+        (dict(decoder_hidden_size=36, decoder_num_attention_heads=8), "decoder_hidden_size"),
+    ],
+)
+def test_width_must_divide_into_heads(overrides, field):
+    with pytest.raises(ValueError, match=rf"^{field}=36 is invalid: must be divisible by .*num_attention_heads=8"):
         tiny_config(**overrides)
 
 
@@ -338,13 +352,48 @@ class _Exploit:
 
 
 def test_official_loader_refuses_arbitrary_pickles(tmp_path):
-    import pickle
 
     marker = tmp_path / "pwned"
     torch.save({"model": {"cls_token": torch.zeros(1)}, "payload": _Exploit(marker)}, tmp_path / "evil.pth")
-    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+    with pytest.raises(ConversionError, match="holds more than tensors; refusing to unpickle it"):
         convert_mae_checkpoint(tmp_path / "evil.pth")
     assert not marker.exists(), "the checkpoint's code ran"
+
+
+def test_conversion_never_overwrites_its_source(tmp_path):
+    """Issue 17: `hf-mim convert SRC SRC` used to overwrite its own source."""
+    transformers_mae().save_pretrained(tmp_path / "tf")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tf").iterdir()}
+    for dst in (tmp_path / "tf", tmp_path / "tf" / "."):
+        with pytest.raises(ConversionError, match="would overwrite the source"):
+            convert_checkpoint(tmp_path / "tf", dst)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tf").iterdir()} == before
+    official = tmp_path / "official"
+    official.mkdir()
+    save_file({"cls_token": torch.zeros(1, 1, 8)}, official / "model.safetensors")
+    with pytest.raises(ConversionError, match="would overwrite the source"):
+        convert_checkpoint(official / "model.safetensors", official)
+    run = subprocess.run(
+        [sys.executable, "-m", "hf_mim", "convert", str(tmp_path / "tf"), str(tmp_path / "tf")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2 and "would overwrite the source" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_pickle_only_or_corrupt_transformers_folder_is_refused_in_one_line(tmp_path):
+    model = transformers_mae()
+    model.save_pretrained(tmp_path / "tf")
+    (tmp_path / "tf" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "tf" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="has only pickle weights"):
+        convert_checkpoint(tmp_path / "tf", tmp_path / "out")
+    model.save_pretrained(tmp_path / "bad")
+    with open(tmp_path / "bad" / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ValueError, match="safetensors weights cannot be read"):
+        convert_checkpoint(tmp_path / "bad", tmp_path / "out")
 
 
 def test_cli_convert_and_help(tmp_path):

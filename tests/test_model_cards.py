@@ -15,7 +15,13 @@ import hf_mim
 from hf_mim.hub import check_path_in_repo, check_repo_id, files_to_upload
 from hf_mim.model_cards import GENERATED_MARKER, build_model_card, model_card_for_folder, validate_model_card
 from hf_mim.model_cards.methods import METHOD_CARDS
-from hf_mim.model_cards.pictures import reconstruct, reconstruction_grid, save_loss_curve, save_method_picture
+from hf_mim.model_cards.pictures import (
+    reconstruct,
+    reconstruction_error,
+    reconstruction_grid,
+    save_loss_curve,
+    save_method_picture,
+)
 from hf_mim.modeling.auto import AUTO_CLASSES
 from hf_mim.modeling.base import export_remote_code
 from hf_mim.modeling.losses import normalize_patches
@@ -160,8 +166,9 @@ def test_repo_id_check_accepts_hub_ids(good):
 
 def test_only_safetensors_config_records_and_pictures_are_taken_from_the_folder(tmp_path):
     hf_mim.MAEModel(hf_mim.MAEConfig(**TINY)).save_pretrained(tmp_path)
-    for name in ("optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "train.py", "loss_curve.png"):
+    for name in ("optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "train.py"):
         (tmp_path / name).write_bytes(b"x")
+    Image.new("RGB", (2, 2)).save(tmp_path / "loss_curve.png")
     (tmp_path / "checkpoints" / "step-1").mkdir(parents=True)
     uploaded, left_out = files_to_upload(tmp_path)
     assert set(uploaded) == {
@@ -186,13 +193,51 @@ def test_only_safetensors_config_records_and_pictures_are_taken_from_the_folder(
         files_to_upload(tmp_path)
 
 
-def test_symlinked_weights_as_in_the_hub_cache_are_uploaded(tmp_path):
-    folder, blobs = tmp_path / "snapshot", tmp_path / "blobs"
+def test_symlinked_weights_as_in_the_hub_cache_are_uploaded(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    folder, blobs = cache / "models--me--mae" / "snapshots" / "0123abc", cache / "models--me--mae" / "blobs"
     hf_mim.MAEModel(hf_mim.MAEConfig(**TINY)).save_pretrained(folder)
     blobs.mkdir()
     (folder / "model.safetensors").rename(blobs / "abc123")
     (folder / "model.safetensors").symlink_to(blobs / "abc123")
-    assert "model.safetensors" in files_to_upload(folder)[0]
+    Image.new("RGB", (2, 2)).save(folder / "real.png")
+    (folder / "copy.png").symlink_to(folder / "real.png")  # a link inside the folder is fine too
+    uploaded = files_to_upload(folder)[0]
+    assert "model.safetensors" in uploaded and "copy.png" in uploaded
+
+
+@pytest.mark.parametrize("name", ["loss_curve.png", "model.safetensors", "training_summary.json"])
+def test_a_link_out_of_the_folder_is_refused_before_any_request(tmp_path, monkeypatch, name):
+    """Issue 17: an allow-listed name linking to /etc/passwd used to go up as that file's content."""
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder = tmp_path / "model"
+    hf_mim.MAEModel(hf_mim.MAEConfig(**TINY)).save_pretrained(folder)
+    secret = tmp_path / "elsewhere" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (folder / name).unlink(missing_ok=True)
+    (folder / name).symlink_to(secret)
+    requests = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: requests.append(a))
+    with pytest.raises(ValueError, match=rf"{name} links to .*passwd, outside"):
+        hf_mim.hub.push_folder(folder, "me/model")
+    assert not requests
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("loss_curve.png", b"root:x:0:0\n"), ("model.safetensors", b"\xff" * 8 + b"{}"), ("eval_results.json", b"{oops")],
+)
+def test_an_uploaded_file_must_be_what_its_name_says(tmp_path, name, content):
+    hf_mim.MAEModel(hf_mim.MAEConfig(**TINY)).save_pretrained(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{name} is not a"):
+        files_to_upload(tmp_path)
 
 
 def test_base_model_is_the_hub_id_a_classifier_was_loaded_from():
@@ -222,11 +267,63 @@ def test_exported_code_is_self_contained_and_its_auto_map_names_real_classes(tmp
     assert "beit.py" not in names or model_type == "hf_mim_beit"  # only what the method needs
 
 
+def _sets_trust_remote_code(source: str) -> list[int]:
+    """Lines of `source` that could turn trust_remote_code on: a keyword argument, a parameter default, a dict entry
+    (for **kwargs), a subscript assignment or a setdefault, with anything but a literal False."""
+
+    def on(value) -> bool:
+        return not (isinstance(value, ast.Constant) and value.value in (False, None))
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.keyword) and node.arg == "trust_remote_code" and on(node.value):
+            lines.append(node.value.lineno)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            positional = args.posonlyargs + args.args
+            pairs = list(zip(positional[len(positional) - len(args.defaults) :], args.defaults))
+            pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+            lines += [d.lineno for a, d in pairs if a.arg == "trust_remote_code" and on(d)]
+        elif isinstance(node, ast.Dict):
+            lines += [
+                v.lineno
+                for k, v in zip(node.keys, node.values)
+                if isinstance(k, ast.Constant) and k.value == "trust_remote_code" and on(v)
+            ]
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                key = getattr(target, "slice", None)
+                if isinstance(key, ast.Constant) and key.value == "trust_remote_code" and on(node.value):
+                    lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "setdefault" and len(node.args) == 2:
+            key, value = node.args
+            if isinstance(key, ast.Constant) and key.value == "trust_remote_code" and on(value):
+                lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "AutoModel.from_pretrained(x, trust_remote_code=True)",
+        "def load(x, trust_remote_code=True):\n    pass",
+        "def load(x, *, trust_remote_code=True):\n    pass",
+        "AutoModel.from_pretrained(x, **{'trust_remote_code': True})",
+        "kwargs = dict(a=1)\nkwargs['trust_remote_code'] = True",
+        "kwargs.setdefault('trust_remote_code', True)",
+        "AutoModel.from_pretrained(x, trust_remote_code=flag)",
+    ],
+)
+def test_the_trust_remote_code_check_finds_every_way_of_turning_it_on(source):
+    assert _sets_trust_remote_code(source)
+    assert not _sets_trust_remote_code(
+        "AutoModel.from_pretrained(x, trust_remote_code=False)\ndef f(trust_remote_code=None): 0"
+    )
+
+
 def test_hf_mim_never_passes_trust_remote_code_true():
     for path in Path(hf_mim.__file__).parent.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
-                assert not (isinstance(node.value, ast.Constant) and node.value.value is True), path
+        assert not _sets_trust_remote_code(path.read_text()), path
 
 
 def test_reconstruction_grid_shows_image_masked_input_reconstruction_and_pasted_back():
@@ -270,6 +367,54 @@ def test_norm_pix_reconstructions_are_denormalised_with_the_visible_patches_stat
     torch.testing.assert_close(reconstruction, images, atol=1e-5, rtol=0)
     config.norm_pix_loss = False
     assert not torch.allclose(reconstruct(_Oracle(config, mask), images)[0], images, atol=0.1)
+
+
+def test_norm_pix_denormalisation_uses_only_what_the_model_saw():
+    """Patches with different statistics (issue 17): a masked patch is put back with the average mean and variance
+    of the visible patches, never with its own, which the model could not know."""
+    from hf_mim.modeling.losses import NORM_PIX_EPS
+
+    config = hf_mim.MAEConfig(**TINY, norm_pix_loss=True)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(1, 3, 32, 32, generator=generator)
+    images = images * torch.linspace(0.5, 3.0, 32).view(1, 1, 32, 1) + torch.linspace(-2, 2, 32).view(1, 1, 1, 32)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, [0, 5, 15]] = True
+    reconstruction, _ = reconstruct(_Oracle(config, mask), images)
+    patches = hf_mim.patchify(images, 8)  # (1, 16, 192)
+    visible = ~mask[0]
+    mean = patches[0, visible].mean(dim=-1).mean()
+    var = patches[0, visible].var(dim=-1).mean()
+    expected = normalize_patches(patches) * (var + NORM_PIX_EPS).sqrt() + mean
+    got = hf_mim.patchify(reconstruction, 8)
+    torch.testing.assert_close(got[0, mask[0]], expected[0, mask[0]], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got[0, mask[0]], patches[0, mask[0]], atol=0.1)  # its own statistics were not used
+
+
+class _Zeros(_Oracle):
+    """Predicts 0 for every pixel, with a fixed mask."""
+
+    def forward(self, pixel_values):
+        from types import SimpleNamespace
+
+        patches = hf_mim.patchify(pixel_values, self.config.patch_size)
+        return SimpleNamespace(logits=torch.zeros_like(patches), mask=self.mask.float())
+
+
+def test_reconstruction_error_is_masked_pixel_mse_over_pixel_variance():
+    config = hf_mim.MAEConfig(**{**TINY, "image_size": 8, "patch_size": 4}, norm_pix_loss=False)
+    images = torch.zeros(1, 3, 8, 8)
+    images[..., :4, :4] = 1.0  # patch 0
+    images[..., 4:, 4:] = 3.0  # patch 3
+    mask = torch.tensor([[True, False, False, True]])  # patches 0 and 3 hidden, predicted as 0
+    error = reconstruction_error(_Zeros(config, mask), images)
+    # masked pixels: 48 of 1 and 48 of 3, so MSE (1 + 9) / 2 = 5; pixels: mean 1, unbiased variance 288 / 191
+    assert error["masked_mse"] == pytest.approx(5.0)
+    assert error["pixel_variance"] == pytest.approx(288 / 191)
+    assert error["ratio"] == pytest.approx(5.0 * 191 / 288) and error["images"] == 1
+    # the visible patches do not count: predicting them wrongly changes nothing
+    images[..., :4, 4:] = 7.0
+    assert reconstruction_error(_Zeros(config, mask), images)["masked_mse"] == pytest.approx(5.0)
 
 
 def test_each_method_writes_its_picture_or_none(tmp_path):

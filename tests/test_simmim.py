@@ -41,7 +41,8 @@ class TestSimMIM(ModelTesterMixin):
         (dict(encoder_stride=16), "encoder_stride"),  # transformers #23832: a shape error there, a config error here
         (dict(mask_patch_size=12), "mask_patch_size"),  # not a multiple of the patch size
         (dict(mask_patch_size=24), "mask_patch_size"),  # does not tile 32 px
-        (dict(mask_patch_size=32), "mask_ratio"),  # one mask square for the whole image: nothing stays visible
+        # one mask square for the whole image: nothing stays visible; the squares are what must change (issue 17)
+        (dict(mask_patch_size=32), "mask_patch_size"),
         (dict(mask_strategy="grid"), "mask_strategy"),
         (dict(mask_ratio=1.0), "mask_ratio"),
     ],
@@ -49,6 +50,16 @@ class TestSimMIM(ModelTesterMixin):
 def test_config_rejects_invalid_values_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=rf"^{field}="):
         tiny_config(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "patch_size", "squares"), [(224, 16, 32), (192, 16, 32), (32, 4, 8), (16, 4, 4)]
+)
+def test_default_mask_squares_fit_the_image(image_size, patch_size, squares):
+    """Issue 17: SimMIMConfig(image_size=32, patch_size=4) kept 32 px squares, one for the whole image, and failed."""
+    config = SimMIMConfig(image_size=image_size, patch_size=patch_size)
+    assert config.mask_patch_size == squares
+    assert 0 < config.masking_spec().num_masked(config.grid_size) < config.num_patches
 
 
 def test_defaults_are_the_papers():

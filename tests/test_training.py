@@ -274,7 +274,8 @@ def test_folder_of_bad_images_trains_to_the_end_and_reports_them(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
-def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, caplog, precision):
     original = MAEMethod.loss
     calls = {"n": 0}
 
@@ -293,15 +294,23 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
     with caplog.at_level(logging.WARNING):
-        summary = pretrain(tiny_args(tmp_path, max_steps=4))
-    assert summary["non_finite_steps"] == [2] and summary["steps"] == 4
+        summary = pretrain(tiny_args(tmp_path, max_steps=4, mixed_precision=precision))
+    assert summary["non_finite_steps"] == [2] and summary["steps"] == 4 and summary["mixed_precision"] == precision
     assert updates["n"] == 3  # every step but the skipped one updated the weights
     assert "step 2: non-finite loss" in caplog.text
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
 
     monkeypatch.setattr(MAEMethod, "loss", lambda self, model, batch: original(self, model, batch) * float("inf"))
     with pytest.raises(TrainingError, match="3 consecutive steps with a non-finite loss"):
-        pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "bad"), max_steps=10, max_non_finite_steps=3))
+        pretrain(
+            tiny_args(
+                tmp_path,
+                output_dir=str(tmp_path / "bad"),
+                max_steps=10,
+                max_non_finite_steps=3,
+                mixed_precision=precision,
+            )
+        )
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):

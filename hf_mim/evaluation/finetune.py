@@ -150,7 +150,12 @@ def finetune(
         config = AutoConfig.from_pretrained(model_name_or_path, **overrides)
         model = AutoModelForImageClassification.from_config(config)
     else:
-        model = AutoModelForImageClassification.from_pretrained(model_name_or_path, **overrides)
+        from ..loading import load_checked
+
+        # the encoder must come from the checkpoint; only the new head starts fresh
+        model = load_checked(
+            AutoModelForImageClassification, model_name_or_path, new_prefixes=("classifier.",), **overrides
+        )
     config = model.config
     train = splits.train
     if labels_per_class is not None:

@@ -53,7 +53,9 @@ def load_encoder(name_or_path: str | os.PathLike, random_init: bool = False, see
         torch.manual_seed(seed)
         model = AutoModel.from_config(config)
     else:
-        model = AutoModel.from_pretrained(name_or_path)
+        from ..loading import load_checked
+
+        model = load_checked(AutoModel, name_or_path)
     return model.eval()
 
 

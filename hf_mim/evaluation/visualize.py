@@ -36,8 +36,10 @@ def load_pretraining_model(name_or_path: str | os.PathLike, **config_overrides):
             f"--model {name_or_path} has model_type {config.model_type!r}; pictures exist for {PICTURE_METHODS} "
             "(C-MAE's targets are features, not pixels, so it has none)"
         )
+    from ..loading import load_checked
+
     auto = AutoModel if config.model_type == "hf_mim_visual_tokenizer" else AutoModelForPreTraining
-    return auto.from_pretrained(name_or_path, config=config).eval()
+    return load_checked(auto, name_or_path, config=config).eval()
 
 
 def image_files(paths: list[str]) -> list[Path]:

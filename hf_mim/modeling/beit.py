@@ -143,7 +143,8 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         source = tokenizer
         if source is None and config.tokenizer_config is None:
             if config.tokenizer_name_or_path:
-                source = VisualTokenizer.from_pretrained(config.tokenizer_name_or_path)
+                # safetensors only: a tokenizer folder someone handed over must not be unpickled
+                source = VisualTokenizer.from_pretrained(config.tokenizer_name_or_path, use_safetensors=True)
             else:
                 logger.warning(
                     "BEiTConfig has no tokenizer: building a random frozen one. Its tokens carry no information; "

@@ -398,6 +398,19 @@ class MaskedMIMConfig(MIMConfig):
         if not isinstance(self.mask_min_aspect, (int, float)) or not 0.0 < self.mask_min_aspect <= 1.0:
             raise config_error("mask_min_aspect", self.mask_min_aspect, "a float in (0, 1]")
         masked = self.masking_spec().num_masked(self.grid_size)
+        if self.mask_strategy == "mask_patch" and masked == self.num_patches and self.mask_patch_size:
+            raise config_error(
+                "mask_patch_size",
+                self.mask_patch_size,
+                f"its squares are too large for image_size={self.image_size}: masking ratio {self.mask_ratio} of them "
+                "covers the whole image; take smaller squares (a multiple of patch_size)",
+            )
+        if self.mask_strategy == "block" and self.mask_min_num_patches > masked:
+            raise config_error(
+                "mask_min_num_patches",
+                self.mask_min_num_patches,
+                f"at most the {masked} patches mask_ratio={self.mask_ratio} masks on the {self.grid_size} grid",
+            )
         if not 0 < masked < self.num_patches:
             raise config_error(
                 "mask_ratio",

@@ -34,9 +34,11 @@ class SimMIMConfig(MaskedMIMConfig):
             SimMIM's random mask patches; any strategy of [`MaskedMIMConfig`] works.
         mask_ratio (`float`, *optional*, defaults to 0.6):
             SimMIM's ratio for ViTs.
-        mask_patch_size (`int`, *optional*, defaults to 32):
-            Side of SimMIM's mask squares in pixels (the paper's best, Table 1); a multiple of `patch_size` that
-            divides the image sides. Small images need a smaller value (the built-in digits recipe uses 8).
+        mask_patch_size (`int`, *optional*):
+            Side of SimMIM's mask squares in pixels; a multiple of `patch_size` that divides the image sides. By
+            default the paper's best, 32 (Table 1), where 32 px squares cut both sides of the image into at least
+            4; otherwise the largest multiple of `patch_size` that does (8 px on a 32 px image with 4 px patches),
+            or `patch_size` itself.
 
     Example:
 
@@ -53,9 +55,11 @@ class SimMIMConfig(MaskedMIMConfig):
         encoder_stride: int | None = None,
         mask_strategy: str = "mask_patch",
         mask_ratio: float = 0.6,
-        mask_patch_size: int | None = 32,
+        mask_patch_size: int | None = None,
         **kwargs,
     ):
+        if mask_patch_size is None:
+            mask_patch_size = default_mask_patch_size(kwargs.get("image_size", 224), kwargs.get("patch_size", 16))
         super().__init__(mask_strategy=mask_strategy, mask_ratio=mask_ratio, mask_patch_size=mask_patch_size, **kwargs)
         self.encoder_stride = self.patch_size if encoder_stride is None else encoder_stride
         if self.encoder_stride != self.patch_size:
@@ -64,6 +68,18 @@ class SimMIMConfig(MaskedMIMConfig):
                 self.encoder_stride,
                 f"must equal patch_size={self.patch_size}, or the reconstruction would not have the input's size",
             )
+
+
+def default_mask_patch_size(image_size, patch_size: int) -> int:
+    """SimMIM's 32 px mask squares where they cut both sides of the image into at least 4, else the largest multiple
+    of the patch size that does, else the patch size (plain random patches)."""
+    sides = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size, image_size]
+    if not isinstance(patch_size, int) or patch_size < 1 or not all(isinstance(s, int) for s in sides):
+        return 32  # invalid geometry: the config's own checks report it
+    for size in [32, *range(32 - 32 % patch_size, patch_size - 1, -patch_size)]:
+        if size % patch_size == 0 and all(side % size == 0 and side // size >= 4 for side in sides):
+            return size
+    return patch_size
 
 
 class SimMIMPreTrainedModel(MIMPreTrainedModel):
