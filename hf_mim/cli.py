@@ -99,7 +99,13 @@ def _add_pretrain_parser(sub) -> None:
     add(
         "--output-dir",
         default="outputs/pretrain",
-        help="where checkpoints and the final model go (default: %(default)s)",
+        help="where checkpoints and the final model go: a new or empty folder, or one an hf-mim run wrote "
+        "(default: %(default)s)",
+    )
+    add(
+        "--overwrite-output-dir",
+        action="store_true",
+        help="write into an --output-dir that holds files no hf-mim run wrote (they may be overwritten)",
     )
     add("--max-steps", type=int, help="optimizer steps to train; overrides --epochs")
     add(
@@ -279,52 +285,82 @@ def _add_visualize_parser(sub) -> None:
     add("--output-dir", default="outputs/visualize", help="where the PNG goes (default: outputs/visualize)")
 
 
-def _run_evaluate(args) -> int:
+def _run_evaluate(args) -> None:
     from .evaluation.runner import EvaluateArguments, evaluate_models
-    from .training.data import DatasetError
 
-    fields = {k: v for k, v in vars(args).items() if k in EvaluateArguments.__dataclass_fields__}
-    try:
-        evaluate_models(EvaluateArguments(**fields))
-    except (DatasetError, ValueError, FileNotFoundError, OSError) as err:
-        print(f"hf-mim evaluate: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    evaluate_models(
+        EvaluateArguments(**{k: v for k, v in vars(args).items() if k in EvaluateArguments.__dataclass_fields__})
+    )
 
 
-def _run_visualize(args) -> int:
+def _run_visualize(args) -> None:
     from .evaluation.visualize import visualize
-    from .training.data import DatasetError
 
-    try:
-        path = visualize(
-            args.model,
-            args.output_dir,
-            images=args.images,
-            dataset=args.dataset,
-            num_images=args.num_images,
-            mask_ratio=args.mask_ratio,
-            seed=args.seed,
-            scale=args.scale,
-        )
-    except (DatasetError, ValueError, FileNotFoundError, OSError) as err:
-        print(f"hf-mim visualize: error: {err}", file=sys.stderr)
-        return 2
+    path = visualize(
+        args.model,
+        args.output_dir,
+        images=args.images,
+        dataset=args.dataset,
+        num_images=args.num_images,
+        mask_ratio=args.mask_ratio,
+        seed=args.seed,
+        scale=args.scale,
+    )
     print(f"wrote {path}")
-    return 0
 
 
-def _run_pretrain(args) -> int:
-    from .training.data import DatasetError
-    from .training.trainer import PretrainArguments, TrainingError, pretrain
+def _run_pretrain(args) -> None:
+    from .training.trainer import PretrainArguments, pretrain
 
-    fields = {k: v for k, v in vars(args).items() if k in PretrainArguments.__dataclass_fields__}
-    try:
-        pretrain(PretrainArguments(**fields))
-    except (DatasetError, TrainingError, ValueError, FileNotFoundError) as err:
-        print(f"hf-mim pretrain: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    pretrain(PretrainArguments(**{k: v for k, v in vars(args).items() if k in PretrainArguments.__dataclass_fields__}))
+
+
+def _run_push(args) -> None:
+    from .hub import push_folder
+
+    commit = push_folder(
+        args.output_dir,
+        args.repo_id,
+        token=args.token,
+        private=args.private or None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        license=args.license,
+        base_model=args.base_model,
+    )
+    print(f"pushed {args.output_dir} to {commit.commit_url}")
+
+
+def _run_convert(args) -> None:
+    from .convert import convert_checkpoint
+
+    overrides = {
+        field: value
+        for field, value in (
+            ("num_attention_heads", args.num_attention_heads),
+            ("decoder_num_attention_heads", args.decoder_num_attention_heads),
+            ("norm_pix_loss", args.norm_pix_loss),
+            ("mask_ratio", args.mask_ratio),
+            ("mask_patch_size", args.mask_patch_size),
+        )
+        if value is not None
+    }
+    model = convert_checkpoint(args.src, args.dst, **overrides)
+    print(f"converted {args.src} -> {args.dst} ({model.num_parameters():,} parameters)")
+
+
+COMMANDS = {
+    "pretrain": _run_pretrain,
+    "evaluate": _run_evaluate,
+    "visualize": _run_visualize,
+    "push": _run_push,
+    "convert": _run_convert,
+}
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def _version() -> str:
@@ -341,53 +377,17 @@ def main(argv: list[str] | None = None) -> int:
         # Not possible where stderr is no file (a notebook, a redirected stream): the command runs without it.
         with contextlib.suppress(io.UnsupportedOperation, ValueError, AttributeError):
             faulthandler.register(signal.SIGUSR1, all_threads=True)
-    if args.command == "push":
-        from .hub import push_folder
+    from .training.trainer import TrainingError
 
-        try:
-            commit = push_folder(
-                args.output_dir,
-                args.repo_id,
-                token=args.token,
-                private=args.private or None,
-                revision=args.revision,
-                commit_message=args.commit_message,
-                license=args.license,
-                base_model=args.base_model,
-            )
-        except ValueError as err:
-            print(f"hf-mim push: error: {err}", file=sys.stderr)
-            return 2
-        print(f"pushed {args.output_dir} to {commit.commit_url}")
-        return 0
-    if args.command == "convert":
-        from .convert import ConversionError, convert_checkpoint
-
-        overrides = {
-            field: value
-            for field, value in (
-                ("num_attention_heads", args.num_attention_heads),
-                ("decoder_num_attention_heads", args.decoder_num_attention_heads),
-                ("norm_pix_loss", args.norm_pix_loss),
-                ("mask_ratio", args.mask_ratio),
-                ("mask_patch_size", args.mask_patch_size),
-            )
-            if value is not None
-        }
-        try:
-            model = convert_checkpoint(args.src, args.dst, **overrides)
-        except (ConversionError, FileNotFoundError, ValueError) as err:
-            print(f"hf-mim convert: error: {err}", file=sys.stderr)
-            return 2
-        print(f"converted {args.src} -> {args.dst} ({model.num_parameters():,} parameters)")
-        return 0
-    if args.command == "pretrain":
-        return _run_pretrain(args)
-    if args.command == "evaluate":
-        return _run_evaluate(args)
-    if args.command == "visualize":
-        return _run_visualize(args)
-    return 2
+    # One rule for every command: what a user can fix (a bad value, file, folder or dataset, a full disk, a run that
+    # cannot go on) is one line on stderr and exit status 2. ValueError covers DatasetError, ConversionError,
+    # CheckpointError and RunFolderError; OSError covers missing files, read-only folders and full disks.
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, OSError, TrainingError) as err:
+        print(f"hf-mim {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -281,13 +281,13 @@ def _sets_trust_remote_code(source: str) -> list[int]:
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             args = node.args
             positional = args.posonlyargs + args.args
-            pairs = list(zip(positional[len(positional) - len(args.defaults) :], args.defaults))
-            pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+            pairs = list(zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True))
+            pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None]
             lines += [d.lineno for a, d in pairs if a.arg == "trust_remote_code" and on(d)]
         elif isinstance(node, ast.Dict):
             lines += [
                 v.lineno
-                for k, v in zip(node.keys, node.values)
+                for k, v in zip(node.keys, node.values, strict=True)
                 if isinstance(k, ast.Constant) and k.value == "trust_remote_code" and on(v)
             ]
         elif isinstance(node, ast.Assign):

@@ -17,6 +17,10 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("sincos", "learned")
+# Upper bounds on what a config may describe: 10x ViT-22B's parameters, and 16x the patches of a 1,024 px image in
+# 4 px patches. Nothing real comes near them; a typo or an edited config.json does.
+MAX_PARAMETERS = 2 * 10**11
+MAX_TOKENS = 2**20
 POOLING_TYPES = ("cls", "mean")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,8 +52,12 @@ class ImageFieldsMixin:
         self.image_std = [float(v) for v in image_std]
 
     def _validate_image_fields(self) -> None:
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+        if not isinstance(self.patch_size, int) or isinstance(self.patch_size, bool) or self.patch_size < 1:
             raise config_error("patch_size", self.patch_size, "a positive int")
+        sides = self.image_size if isinstance(self.image_size, (list, tuple)) else [self.image_size]
+        if not all(isinstance(side, int) and not isinstance(side, bool) for side in sides):
+            # to_2tuple would turn 32.5 into 32 without a word
+            raise config_error("image_size", self.image_size, "an int or a pair (height, width) of ints")
         try:
             height, width = to_2tuple(self.image_size)
         except (TypeError, ValueError):
@@ -208,6 +216,23 @@ class MIMConfig(ImageFieldsMixin, PretrainedConfig):
             raise config_error("layer_scale_init_value", self.layer_scale_init_value, "0 (off) or a positive float")
         if not self.layer_norm_eps > 0:
             raise config_error("layer_norm_eps", self.layer_norm_eps, "a positive float")
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Refuse sizes no machine could build (a hand-edited config.json, a typo), before anything is allocated:
+        the encoder's parameters and position table, and the tokens of one image, have generous upper bounds."""
+        width, depth, mlp = self.hidden_size, self.num_hidden_layers, self.intermediate_size
+        parameters = depth * (4 * width * width + 2 * width * mlp) + (1 + self.num_patches) * width
+        if parameters > MAX_PARAMETERS:
+            raise config_error(
+                "hidden_size, num_hidden_layers, intermediate_size or image_size",
+                (width, depth, mlp, self.image_size),
+                f"an encoder of at most {MAX_PARAMETERS:.0e} parameters (these give {parameters:.1e})",
+            )
+        if self.num_patches > MAX_TOKENS:
+            raise config_error(
+                "image_size", self.image_size, f"at most {MAX_TOKENS:,} patches of patch_size={self.patch_size}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------

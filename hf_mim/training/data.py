@@ -99,7 +99,12 @@ def load_pretraining_dataset(
     path = os.path.expanduser(name)
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
-            loaded = datasets.load_from_disk(path)
+            try:
+                loaded = datasets.load_from_disk(path)
+            except (IndexError, ValueError, FileNotFoundError) as err:  # a saved dataset of 0 rows has no shard
+                raise DatasetError(
+                    f"could not read the saved dataset {name}: empty or damaged ({_first_line(err)})"
+                ) from None
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
                     raise DatasetError(f"{name} has splits {sorted(loaded)}, not {split!r}; pass --split")

@@ -15,13 +15,15 @@ import logging
 import math
 import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from .checkpoints import load_trainer_state, resolve_resume, save_checkpoint
+from .checkpoints import load_extra_state, load_trainer_state, resolve_resume, save_checkpoint, verify_loadable
 from .data import (
     BUILTIN_DATASET,
     Collator,
@@ -35,6 +37,17 @@ from .data import (
     prepare_dataset,
 )
 from .methods import ENCODER_PRESETS, RECIPES, SMALL_DATASET_IMAGES, SMALL_IMAGE_SIZE, TRAINING_METHODS
+from .run_folder import (
+    RunFolderError,
+    RunLock,
+    check_output_dir,
+    clear_previous_outputs,
+    is_no_space,
+    move_into_place,
+    new_run_id,
+    no_space_message,
+    previous_run_id,
+)
 from .transforms import MAETransform
 
 logger = logging.getLogger("hf_mim.pretrain")
@@ -58,6 +71,7 @@ class PretrainArguments:
     split: str = "train"
     image_column: str | None = None
     output_dir: str = "outputs/pretrain"
+    overwrite_output_dir: bool = False
     max_steps: int | None = None
     epochs: int | None = None
     batch_size: int = 64
@@ -170,10 +184,15 @@ def validate(args: PretrainArguments) -> None:
     if args.report_to not in ("none", "tensorboard", "wandb"):
         bad("report_to", args.report_to, "none, tensorboard or wandb")
     for name in ("lr", "base_lr"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            bad(name, getattr(args, name), "a positive float")
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            bad(name, value, "a positive, finite float")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        bad("weight_decay", args.weight_decay, "a finite float, 0 or more")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         bad("warmup_steps", args.warmup_steps, "a non-negative int")
+    if args.warmup_steps is not None and args.max_steps is not None and args.warmup_steps >= args.max_steps:
+        bad("warmup_steps", args.warmup_steps, f"fewer than --max-steps={args.max_steps}: the run would end in warm-up")
     tracker_package = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(args.report_to, ())
     if tracker_package and not any(importlib.util.find_spec(name) for name in tracker_package):
         # accelerate would only warn and log nothing
@@ -184,9 +203,14 @@ def build_config(args: PretrainArguments, method):
     overrides = dict(args.config_overrides)
     if args.config:
         try:
-            overrides.update(json.loads(Path(args.config).read_text()))
+            fields = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as err:
-            raise ValueError(f"--config {args.config}: not a readable JSON object ({err})") from None
+            raise ValueError(f"--config {args.config}: not a readable JSON object ({_one_line(err)})") from None
+        if not isinstance(fields, dict):
+            raise ValueError(
+                f"--config {args.config} holds a JSON {type(fields).__name__}; allowed: an object of config fields"
+            )
+        overrides.update(fields)
     if args.tokenizer is not None:
         overrides["tokenizer_name_or_path"] = args.tokenizer
     fields = {**ENCODER_PRESETS[args.model_size], "image_size": args.image_size, "patch_size": args.patch_size}
@@ -246,7 +270,7 @@ def needs_cpu_process_group() -> bool:
 def pretrain(args: PretrainArguments) -> dict:
     """Run pretraining; returns the summary also written to OUTPUT_DIR/training_summary.json."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedType, gather_object, set_seed
+    from accelerate.utils import DataLoaderConfiguration
 
     args = replace(args, config_overrides=dict(args.config_overrides))  # resolved below; the caller's stays as given
     validate(args)  # before anything is loaded; again once the defaults are resolved
@@ -261,6 +285,51 @@ def pretrain(args: PretrainArguments) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     _setup_logging(accelerator)
+    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate would train in float32 while the summary and card said fp16
+        raise ValueError("--mixed-precision='fp16' is invalid on a CPU: allowed there, bf16 or no")
+    run_id, lock = _claim_output_dir(accelerator, args)
+    try:
+        return _pretrain(args, method, accelerator, run_id)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _claim_output_dir(accelerator, args: PretrainArguments):
+    """(run id, lock): the main process checks that the output folder may be written and takes its lock; every
+    process learns the outcome, so a refusal stops all of them at once instead of leaving some waiting."""
+    from accelerate.utils import broadcast_object_list
+
+    folder = Path(args.output_dir)
+    outcome: list = [None, None]  # problem, run id
+    lock = None
+    if accelerator.is_main_process:
+        try:
+            check_output_dir(folder, args.overwrite_output_dir, bool(args.resume_from_checkpoint))
+            # resuming: the run this folder records, if any (None lets `latest` take the newest checkpoint there
+            # and adopt its run); else a new run
+            run_id = previous_run_id(folder) if args.resume_from_checkpoint else new_run_id()
+            lock = RunLock(folder, run_id or new_run_id())
+            lock.acquire()
+            outcome = [None, run_id]
+        except (RunFolderError, OSError) as err:
+            outcome = [_one_line(err), None]
+    if accelerator.num_processes > 1:
+        outcome = broadcast_object_list(outcome)
+    if outcome[0]:
+        raise RunFolderError(outcome[0])
+    return outcome[1], lock
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _pretrain(args: PretrainArguments, method, accelerator, run_id: str) -> dict:
+    from accelerate.utils import gather_object, set_seed
+
     set_seed(args.seed)
 
     # ---- data -------------------------------------------------------------------------------------------
@@ -317,10 +386,16 @@ def pretrain(args: PretrainArguments) -> dict:
     max_steps = args.max_steps or steps_per_epoch * args.epochs
     epochs = math.ceil(max_steps / steps_per_epoch)
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * max_steps)
+    if warmup >= max_steps and args.warmup_steps is not None:
+        raise ValueError(
+            f"--warmup-steps={warmup} is invalid: fewer than the run's {max_steps} steps; it would end in warm-up"
+        )
     scheduler = cosine_with_warmup(optimizer, warmup, max_steps)
     schedulers = [scheduler] + ([cosine_with_warmup(optimizer2, warmup, max_steps)] if optimizer2 else [])
     extra_state = method.checkpoint_objects()
-    accelerator.register_for_checkpointing(*schedulers, *extra_state)
+    # schedulers and the EMA teacher are checkpointed as JSON and safetensors by checkpoints.py, not registered with
+    # accelerate, which would pickle them and unpickle them on resume with weights_only=False
+    extra_objects = [*schedulers, *extra_state]
 
     # ---- resume -------------------------------------------------------------------------------------------
     state = {
@@ -332,26 +407,28 @@ def pretrain(args: PretrainArguments) -> dict:
         "skipped": {},
     }
     global_step = 0
-    resume_path = resolve_resume(args.output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    resume_path = (
+        resolve_resume(args.output_dir, args.resume_from_checkpoint, run_id) if args.resume_from_checkpoint else None
+    )
     if args.resume_from_checkpoint and resume_path is None:
-        logger.warning("no checkpoint to resume from in %s; starting from step 0", args.output_dir)
+        logger.warning("no checkpoint of this run to resume from in %s; starting from step 0", args.output_dir)
     layout = {"num_processes": world, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seed": args.seed}
+    # what the checkpoint must have been written by: the same method and model config
+    identity = {"method": args.method, "config": _config_fields(config)}
     if resume_path is not None:
         saved = load_trainer_state(resume_path)
-        saved_layout = saved.get("layout", {})
-        differs = {k: (saved_layout.get(k), v) for k, v in layout.items() if saved_layout.get(k) != v}
-        if differs:
-            raise ValueError(
-                f"cannot resume from {resume_path}: it was written with "
-                + ", ".join(f"{k}={old}" for k, (old, _) in differs.items())
-                + " but this run has "
-                + ", ".join(f"{k}={new}" for k, (_, new) in differs.items())
-                + "; the data position would not line up. Resume with the same settings"
-            )
-        accelerator.load_state(str(resume_path))
+        _check_resumable(resume_path, saved, layout, identity)
+        verify_loadable(resume_path)  # every pickle-format file, with weights_only=True, before accelerate reads it
+        try:
+            accelerator.load_state(str(resume_path))
+            load_extra_state(extra_objects, resume_path)
+        except (SafetensorError, RuntimeError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot resume from {resume_path}: {_one_line(err)}") from None
         state.update(saved)
         global_step = state["step"]
+        run_id = saved.get("run_id") or run_id
         logger.info("resumed from %s at step %d", resume_path, global_step)
+    run_id = run_id or new_run_id()
 
     summary = {
         "method": args.method,
@@ -371,8 +448,13 @@ def pretrain(args: PretrainArguments) -> dict:
         "hardware": _hardware(accelerator),
     }
     if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        Path(args.output_dir, "training_args.json").write_text(json.dumps(asdict(args), indent=2))
+        folder = Path(args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        if resume_path is None:
+            removed = clear_previous_outputs(folder)  # the folder is an hf-mim run's, or the user said to overwrite
+            if removed:
+                logger.info("removed the previous run's %s from %s", ", ".join(removed), folder)
+        _write_atomic(folder / "training_args.json", json.dumps({**asdict(args), "run_id": run_id}, indent=2))
     if args.report_to != "none":
         accelerator.init_trackers("hf-mim", config={k: v for k, v in asdict(args).items() if not isinstance(v, dict)})
 
@@ -391,6 +473,7 @@ def pretrain(args: PretrainArguments) -> dict:
     step_metrics: dict[str, torch.Tensor] = {}  # the method's metrics, accumulated like the loss
     log_metrics: dict[str, torch.Tensor] = {}
     images_seen, start = 0, time.perf_counter()
+    decoded_batches = zero.clone()
     consecutive_bad = 0
     done = global_step >= max_steps
     step_batches: list[tuple[dict, torch.Tensor]] = []  # this step's micro-batches, for a second optimizer
@@ -410,6 +493,7 @@ def pretrain(args: PretrainArguments) -> dict:
                     "[rank %d] skipped unreadable image %s: %s", accelerator.process_index, name, skips.skipped[name]
                 )
             weight = batch.pop("loss_weight")
+            decoded_batches = decoded_batches + weight  # 0 for a batch of which nothing decoded
             if optimizer2 is not None:
                 step_batches.append((batch, weight))
             with accelerator.accumulate(model):
@@ -472,13 +556,28 @@ def pretrain(args: PretrainArguments) -> dict:
                 accelerator.log(logs, step=global_step)
                 log_loss, log_steps, log_metrics = zero, 0, {}
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                state.update(epoch=epoch, batches_in_epoch=batches_in_epoch, skipped=skips.skipped, layout=layout)
-                save_checkpoint(accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit)
+                state.update(
+                    epoch=epoch,
+                    batches_in_epoch=batches_in_epoch,
+                    skipped=skips.skipped,
+                    layout=layout,
+                    run_id=run_id,
+                    **identity,
+                )
+                save_checkpoint(
+                    accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit, extra_objects
+                )
                 if os.environ.get(_EXIT_AFTER_CHECKPOINT) == str(global_step):
                     os._exit(1)
             if global_step >= max_steps:
                 done = True
                 break
+        # a dataset of which nothing decodes would "train" on zero losses and save an untrained model
+        if accelerator.reduce(decoded_batches, "sum").item() == 0:
+            raise TrainingError(
+                f"no image of {description} could be decoded in a whole epoch ({len(skips.skipped)} files skipped "
+                f"on this process, for example {next(iter(skips.skipped), 'none')}); nothing was trained"
+            )
     progress.close()
     wall = time.perf_counter() - start
 
@@ -502,21 +601,15 @@ def pretrain(args: PretrainArguments) -> dict:
         ranks_in_sync=in_sync,
         resumed_from=str(resume_path) if resume_path else None,
     )
+    save_problem = None
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        # FSDP / ZeRO-3 shard the parameters: a forward on the main process alone would wait for the other ranks
-        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        pictured = _held_out_images(args) or (raw, image_column, args.split)
-        summary["reconstruction"] = _save_pictures(
-            unwrapped, *pictured, config, summary, args.output_dir, draw_model=not sharded
+        save_problem = _save_final(
+            accelerator, model, method, args, run_id, summary, state_dict, config, raw, image_column
         )
-        # the records and pictures first: save_pretrained builds the model card from what the folder holds
-        Path(args.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
-        unwrapped.save_pretrained(args.output_dir, state_dict=state_dict)
-        method.save_outputs(unwrapped, args.output_dir)
     # end_training destroys the process group. Without this barrier the other ranks did so while the main process
-    # was still saving, and with 2 CPU processes the main one then blocked for good at teardown.
-    accelerator.wait_for_everyone()
+    # was still saving, and with 2 CPU processes the main one then blocked for good at teardown. The broadcast is
+    # that barrier, and tells every process whether the save failed, so that all of them stop alike.
+    save_problem = _broadcast(accelerator, save_problem)
     # DDP's reducer must not hold the last reference to the process group: torch frees it from there with the GIL
     # held, while a gloo worker thread, still releasing the barrier's work, waits for the GIL (pytorch#56297). Freed
     # here, the reducer lets go first; destroy_process_group then frees the group with the GIL released. Without this,
@@ -530,6 +623,8 @@ def pretrain(args: PretrainArguments) -> dict:
             f"done: {global_step} steps in {wall:.1f}s ({summary['images_per_second']} images/s), "
             f"final loss {summary['final_loss']}, skipped images {len(all_skipped)}; model in {args.output_dir}"
         )
+    if save_problem:
+        raise TrainingError(save_problem)
     if not in_sync:
         raise TrainingError("parameters differ across processes at the end of training")
     if args.push_to_hub and accelerator.is_main_process:
@@ -539,6 +634,96 @@ def pretrain(args: PretrainArguments) -> dict:
         commit = push_folder(args.output_dir, args.push_to_hub)
         print(f"pushed to {commit.commit_url}")
     return summary
+
+
+def _broadcast(accelerator, value):
+    """`value` of the main process, on every process (and a barrier: every process waits for the main one)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def _save_final(accelerator, model, method, args, run_id, summary, state_dict, config, raw, image_column) -> str | None:
+    """The final model, pictures and records (main process): written into a staging folder inside the output
+    folder, then moved in, the weights first and `training_summary.json` last. Returns None, or why nothing was
+    saved (non-finite weights, a full disk): the previous files of the folder are then untouched."""
+    from accelerate.utils import DistributedType
+
+    from .checkpoints import list_checkpoints
+
+    folder = Path(args.output_dir)
+    last = next(iter(reversed(list_checkpoints(folder, run_id))), None)
+    kept = f"the last checkpoint kept is {last}" if last else "no checkpoint was written"
+    bad = [name for name, tensor in state_dict.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        return (
+            f"the trained weights are not finite ({len(bad)} tensors, for example {bad[0]}): the model was not saved "
+            f"and {kept}. Lower the learning rate"
+        )
+    unwrapped = accelerator.unwrap_model(model)
+    # FSDP / ZeRO-3 shard the parameters: a forward on the main process alone would wait for the other ranks
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    staging = folder / f".tmp-final-{run_id}"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        shutil.copy2(folder / "training_args.json", staging / "training_args.json")  # the card reads it
+        pictured = _held_out_images(args) or (raw, image_column, args.split)
+        summary["reconstruction"] = _save_pictures(unwrapped, *pictured, config, summary, staging, not sharded)
+        # the records and pictures first: save_pretrained builds the model card from what the folder holds
+        (staging / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        unwrapped.save_pretrained(staging, state_dict=state_dict)
+        method.save_outputs(unwrapped, str(staging))
+        move_into_place(staging, folder)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_no_space(err):
+            needed = sum(t.numel() * t.element_size() for t in state_dict.values())
+            return no_space_message(folder, needed, last)
+        return f"could not save the model in {folder}: {_one_line(err)}; {kept}"
+    return None
+
+
+def _config_fields(config) -> dict:
+    """The config as JSON-able fields, without what transformers adds on saving (versions, names)."""
+    fields = config.to_diff_dict()
+    for key in ("transformers_version", "_name_or_path", "architectures", "auto_map"):
+        fields.pop(key, None)
+    return json.loads(json.dumps(fields, default=str))
+
+
+def _check_resumable(path: Path, saved: dict, layout: dict, identity: dict) -> None:
+    """A checkpoint resumes only the run that wrote it: the same method and model config, and the same processes,
+    batch, accumulation and seed (or the data position would not line up). One line names what differs."""
+    if "method" in saved and saved["method"] != identity["method"]:
+        raise ValueError(
+            f"--resume-from-checkpoint {path} was written by --method {saved['method']}, not {identity['method']}"
+        )
+    if "config" in saved and saved["config"] != identity["config"]:
+        keys = sorted(set(saved["config"]) | set(identity["config"]))
+        differ = [k for k in keys if saved["config"].get(k) != identity["config"].get(k)]
+        shown = ", ".join(
+            f"{k}={saved['config'].get(k)!r} there, {identity['config'].get(k)!r} here" for k in differ[:3]
+        )
+        raise ValueError(f"--resume-from-checkpoint {path} was written with another model config: {shown}")
+    saved_layout = saved.get("layout", {})
+    differs = {k: (saved_layout.get(k), v) for k, v in layout.items() if saved_layout.get(k) != v}
+    if differs:
+        raise ValueError(
+            f"cannot resume from {path}: it was written with "
+            + ", ".join(f"{k}={old}" for k, (old, _) in differs.items())
+            + " but this run has "
+            + ", ".join(f"{k}={new}" for k, (_, new) in differs.items())
+            + "; the data position would not line up. Resume with the same settings"
+        )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _held_out_images(args: PretrainArguments):
