@@ -55,21 +55,23 @@ class TestBEiT(ModelTesterMixin):
 
 def test_defaults_are_the_papers():
     config = BEiTConfig(tokenizer_config=VisualTokenizerConfig().to_fields())
-    assert (config.mask_strategy, config.mask_ratio, config.mask_min_num_patches, config.mask_min_aspect) == (
-        "block",
-        0.4,
-        16,
-        0.3,
-    )
+    spec = config.masking_spec()
+    assert (spec.strategy, spec.mask_ratio, spec.min_num_patches, spec.min_aspect) == ("block", 0.4, 16, 0.3)
     assert config.vocab_size == 8192 and config.layer_scale_init_value == 0.1
     assert config.masking_spec().num_masked(config.grid_size) == 79  # BEiT: 75 of 196
 
 
 def test_blocks_larger_than_what_is_masked_are_refused_at_config_time():
-    """Issue 17: BEiT's 16-patch minimum block on a 4x4 grid (40% masks 7 patches) failed only at the first forward."""
+    """Issue 17: BEiT's 16-patch minimum block on a 4x4 grid (40% masks 7 patches) degenerated silently into random
+    single patches. An explicit minimum that cannot fit is refused; the default shrinks to what is masked."""
     with pytest.raises(ValueError, match=r"^mask_min_num_patches=16 is invalid: at most the 7 patches"):
-        BEiTConfig(image_size=32, patch_size=8)
-    assert BEiTConfig(image_size=32, patch_size=8, mask_min_num_patches=4).mask_min_num_patches == 4
+        BEiTConfig(image_size=32, patch_size=8, mask_min_num_patches=16)
+    small = BEiTConfig(image_size=32, patch_size=8)
+    assert small.mask_min_num_patches is None and small.masking_spec().min_num_patches == 7
+    for seed in range(8):  # blocks of 6-7 patches (and a top-up), not 7 scattered patches: a small bounding box
+        mask = small.masking_spec().sample(small.grid_size, torch.Generator().manual_seed(seed)).view(4, 4)
+        assert int(mask.sum()) == 7 and int(mask.any(1).sum()) * int(mask.any(0).sum()) <= 9, mask
+    assert BEiTConfig(image_size=32, patch_size=8, mask_min_num_patches=4).masking_spec().min_num_patches == 4
 
 
 def test_loss_is_cross_entropy_on_masked_positions_only():

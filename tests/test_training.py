@@ -549,8 +549,11 @@ def test_cmae_teacher_on_two_processes_moves_and_stays_identical(tmp_path):
     assert summary["ranks_in_sync"] is True  # parameters, buffers and the teacher's tensors, on both ranks
     teacher, metadata = teacher_file(tmp_path / "two")
     assert metadata["num_updates"] == "3"
-    # the teacher after its first update, from the step-1 checkpoint (custom state 0 is the scheduler)
-    first = torch.load(tmp_path / "two" / "checkpoints" / "step-1" / "custom_checkpoint_1.pkl", weights_only=True)
+    # the teacher after its first update, from the step-1 checkpoint (extra state 0 is the scheduler)
+    states = json.loads((tmp_path / "two" / "checkpoints" / "step-1" / "hf_mim_state.json").read_text())
+    tensors = load_file(str(tmp_path / "two" / "checkpoints" / "step-1" / "hf_mim_state.safetensors"))
+    first = {"num_updates": states[1]["num_updates"]}
+    first["module"] = {k: tensors[ref["__tensor__"]] for k, ref in states[1]["module"].items()}
     assert first["num_updates"] == 1 and first["module"].keys() == teacher.keys()
     key = "vit.patch_embed.proj.weight"
     assert not torch.equal(first["module"][key], teacher[key])  # it kept moving with the student

@@ -279,7 +279,12 @@ class MaskingSpec:
             strategy=config.mask_strategy,
             mask_ratio=config.mask_ratio,
             scale=mask_patch_size // config.patch_size,
-            min_num_patches=config.mask_min_num_patches,
+            min_num_patches=(
+                config.mask_min_num_patches
+                if config.mask_min_num_patches is not None
+                # BEiT's 16, or everything mask_ratio masks where that is fewer
+                else min(16, num_masked_patches(math.prod(config.grid_size), config.mask_ratio))
+            ),
             max_num_patches=config.mask_max_num_patches,
             min_aspect=config.mask_min_aspect,
         )
@@ -338,8 +343,10 @@ class MaskedMIMConfig(MIMConfig):
         mask_patch_size (`int`, *optional*):
             `"mask_patch"` only: side in pixels of SimMIM's mask squares; a multiple of `patch_size` dividing both
             sides of `image_size`. Defaults to `patch_size` (plain random patches).
-        mask_min_num_patches (`int`, *optional*, defaults to 16):
-            `"block"` only: smallest block area in patches (BEiT: 16).
+        mask_min_num_patches (`int`, *optional*):
+            `"block"` only: smallest block area in patches. Defaults to BEiT's 16, or to the number of patches
+            `mask_ratio` masks where that is fewer (a 4x4 grid at 40% masks 7), so that the default fits every
+            grid; a value larger than that number is refused.
         mask_max_num_patches (`int`, *optional*):
             `"block"` only: largest block area in patches; by default only the number still to mask limits it.
         mask_min_aspect (`float`, *optional*, defaults to 0.3):
@@ -351,7 +358,7 @@ class MaskedMIMConfig(MIMConfig):
         mask_strategy: str = "random",
         mask_ratio: float = 0.75,
         mask_patch_size: int | None = None,
-        mask_min_num_patches: int = 16,
+        mask_min_num_patches: int | None = None,
         mask_max_num_patches: int | None = None,
         mask_min_aspect: float = 0.3,
         **kwargs,
@@ -386,9 +393,11 @@ class MaskedMIMConfig(MIMConfig):
                     f"a multiple of patch_size={self.patch_size} that divides both sides of image_size="
                     f"{self.image_size}",
                 )
-        self._require_positive_ints("mask_min_num_patches")
+        if self.mask_min_num_patches is not None:
+            self._require_positive_ints("mask_min_num_patches")
         if self.mask_max_num_patches is not None and (
-            not isinstance(self.mask_max_num_patches, int) or self.mask_max_num_patches < self.mask_min_num_patches
+            not isinstance(self.mask_max_num_patches, int)
+            or self.mask_max_num_patches < (self.mask_min_num_patches or 1)
         ):
             raise config_error(
                 "mask_max_num_patches",
@@ -405,7 +414,7 @@ class MaskedMIMConfig(MIMConfig):
                 f"its squares are too large for image_size={self.image_size}: masking ratio {self.mask_ratio} of them "
                 "covers the whole image; take smaller squares (a multiple of patch_size)",
             )
-        if self.mask_strategy == "block" and self.mask_min_num_patches > masked:
+        if self.mask_strategy == "block" and (self.mask_min_num_patches or 0) > masked:
             raise config_error(
                 "mask_min_num_patches",
                 self.mask_min_num_patches,
