@@ -119,7 +119,8 @@ def _add_pretrain_parser(sub) -> None:
         "--base-lr",
         type=float,
         help="learning rate per 256 images: lr = base_lr * effective batch / 256, as in MAE (default: the recipe's; "
-        "paper: 1.5e-4 MAE, R-MAE and C-MAE, 1e-4 SimMIM, 1.875e-4 BEiT, 1e-3 visual-tokenizer and ADIOS; small: 1e-2)",
+        "paper: 1.5e-4 MAE, R-MAE and C-MAE, 1e-4 SimMIM, 1.875e-4 BEiT, 1e-3 visual-tokenizer and ADIOS; small: 1e-2, "
+        "1e-3 C-MAE and ADIOS)",
     )
     add("--lr", type=float, help="absolute learning rate; overrides --base-lr")
     add("--weight-decay", type=float, default=0.05, help="AdamW weight decay on weight matrices (default: %(default)s)")
@@ -142,7 +143,7 @@ def _add_pretrain_parser(sub) -> None:
         default="auto",
         choices=["auto", *RECIPES],
         help="paper: each method's published ImageNet recipe (learning rate, decoder and heads); small: hf_mim's "
-        "small-data recipe (base lr 1e-2, the mini encoder, lighter decoders and heads, more epochs). auto "
+        "small-data recipe (the mini encoder, a higher base lr, lighter decoders and heads, more epochs). auto "
         f"(the default) takes small when the images are at most {SMALL_IMAGE_SIZE} px a side or the dataset has "
         f"fewer than {SMALL_DATASET_IMAGES:,} images, else paper; the data's source does not matter. Flags you give "
         "override the recipe",

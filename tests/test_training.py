@@ -23,6 +23,7 @@ from hf_mim.training.trainer import (
     choose_recipe,
     default_patch_size,
     pretrain,
+    resolve_defaults,
 )
 
 from .images import BAD, write_image_folder
@@ -100,9 +101,10 @@ def test_cli_default_run_on_the_builtin_dataset(tmp_path):
     assert "| Optimizer steps | 2 |" in card and "![Reconstructions](reconstruction.png)" in card
     model = AutoModelForPreTraining.from_pretrained(out)
     assert isinstance(model, MAEForPreTraining)
-    # the small-data recipe: the mini encoder at 32 px, 4 px patches, MAE's 2 x 128 decoder, pixel targets
+    # the small-data recipe: the mini encoder at 32 px, 4 px patches, MAE's 1 x 128 decoder, pixel targets
     assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.image_size) == (128, 6, 32)
     assert (model.config.patch_size, model.config.decoder_hidden_size, model.config.norm_pix_loss) == (4, 128, False)
+    assert model.config.decoder_num_hidden_layers == 1
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["dataset"].startswith("scikit-learn digits") and summary["num_samples"] == 1437  # train split
     assert summary["recipe"] == "small" and summary["reconstruction"]["split"] == "test"
@@ -131,6 +133,30 @@ def test_auto_recipe_is_small_for_small_images_or_small_datasets(image_size, ima
 @pytest.mark.parametrize(("image_size", "patch"), [(32, 4), (64, 8), (96, 12), (28, 2), (224, 16), ([48, 64], 4)])
 def test_default_patch_size_makes_a_grid_of_at_least_8_by_8_below_128_px(image_size, patch):
     assert default_patch_size(image_size) == patch
+
+
+@pytest.mark.parametrize(
+    ("method", "epochs", "base_lr", "fields"),
+    [
+        ("mae", 100, 1e-2, {"norm_pix_loss": False, "decoder_num_hidden_layers": 1}),
+        ("rmae", 50, 1e-2, {"norm_pix_loss": False, "decoder_num_hidden_layers": 1}),
+        ("cmae", 50, 1e-3, {"mask_ratio": 0.5}),
+        ("adios", 50, 1e-3, {"single_mask": True}),
+        ("visual-tokenizer", 20, 1e-2, {"vocab_size": 512}),
+    ],
+)
+def test_the_small_recipe_sets_epochs_rate_and_fields_that_explicit_flags_override(method, epochs, base_lr, fields):
+    """Issue 16: every method's small recipe runs for a stated number of epochs (it used to fall back to 1)."""
+    args = resolve_defaults(PretrainArguments(method=method), 1437)
+    assert (args.recipe, args.model_size, args.epochs) == ("small", "mini", epochs)
+    assert args.base_lr == base_lr
+    assert fields.items() <= args.config_overrides.items()
+    first = next(iter(fields))
+    mine = resolve_defaults(
+        PretrainArguments(method=method, epochs=3, base_lr=0.5, config_overrides={first: "mine"}), 1437
+    )
+    assert (mine.epochs, mine.base_lr, mine.config_overrides[first]) == (3, 0.5, "mine")
+    assert resolve_defaults(PretrainArguments(method=method, max_steps=7), 1437).epochs is None
 
 
 def test_a_folder_of_small_images_gets_the_small_recipe_whatever_its_source(tmp_path):
