@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -69,3 +70,41 @@ def test_attention_flops_are_counted_on_cpu():
 def test_input_pipeline_benchmark_runs():
     out = run("bench_input_pipeline.py", "--images", "16", "--num-workers", "0", "--epochs", "1", "--model-steps", "1")
     assert "| input pipeline alone |" in out and "loader / model:" in out
+
+
+def test_quality_benchmark_compares_methods_and_the_peer_with_random_init_on_held_out_digits(tmp_path):
+    readme, results = BENCHMARKS.parent / "README.md", BENCHMARKS / "RESULTS.md"
+    before = readme.read_text(), results.read_text()
+    work = tmp_path / "bq"
+    out = run(
+        "bench_quality.py",
+        *("--methods", "mae", "transformers-mae", "--epochs", "1", "--seeds", "0", "1"),
+        *("--finetune-epochs", "1", "--workdir", str(work)),
+    )
+    rows = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert {"mae", "transformers-mae", "random init"} <= set(rows)
+    for name in ("mae", "transformers-mae"):
+        cells = [c.strip() for c in rows[name]]
+        assert cells[1] == "1 (22)"  # one epoch of the 1,437 training digits at batch 64, for both
+        assert 0.0 < float(cells[4]) < 2.0  # reconstruction error on the test split, for the peer too
+        assert cells[7].count("±") == 1 and cells[8].count("±") == 1  # 2 seeds: mean ± std, paired difference
+    recorded = json.loads((work / "results.json").read_text())
+    assert len(recorded["scores"]["random init"]["finetune"]) == 2
+    # every pretraining run read the training split only
+    for name in ("mae", "transformers-mae"):
+        summary = json.loads((work / name / "training_summary.json").read_text())
+        assert summary["dataset"].endswith("'train' split") and summary["num_samples"] == 1437
+    assert (readme.read_text(), results.read_text()) == before  # nothing is recorded without --record
+
+
+def test_quality_benchmark_refuses_a_model_pretrained_on_other_data(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import pytest
+        from bench_quality import read_summary
+
+        (tmp_path / "training_summary.json").write_text(json.dumps({"dataset": "scikit-learn digits (all)"}))
+        with pytest.raises(SystemExit, match="not the digits' training split"):
+            read_summary(tmp_path)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
