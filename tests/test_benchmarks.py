@@ -108,3 +108,23 @@ def test_quality_benchmark_refuses_a_model_pretrained_on_other_data(tmp_path):
             read_summary(tmp_path)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def test_careless_inputs_classifies_outcomes_as_the_issue_17_tally_does():
+    import subprocess
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from careless_inputs import TINY, outcome
+
+        def done(code, stderr=""):
+            return subprocess.CompletedProcess([], code, "", stderr)
+
+        assert outcome(done(0)) == "accepted"
+        assert outcome(done(2, "hf-mim pretrain: error: --lr=inf is invalid: a finite number > 0")) == "clear error"
+        assert outcome(done(1, "Traceback (most recent call last):\n  ...\nValueError: x")) == "traceback"
+        assert outcome(done(2, "Traceback (most recent call last):\n  ...")) == "traceback"
+        assert outcome(done(1, "hf-mim pretrain: error: x")) == "traceback"  # not the user-error exit status
+        assert "CONFIG" in TINY  # the config travels as a file: --config takes a path
+    finally:
+        sys.path.remove(str(BENCHMARKS))
