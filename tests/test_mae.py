@@ -10,6 +10,7 @@ from transformers import AutoModel, ViTMAEConfig, ViTMAEForPreTraining
 from hf_mim import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, patchify
 from hf_mim.convert import ConversionError, convert_checkpoint, convert_mae_checkpoint
 
+from .launch import hf_mim_command
 from .model_tester import TINY_VIT, ModelTesterMixin, PixelsOnly, trainer_args
 
 TINY = dict(
@@ -373,12 +374,7 @@ def test_conversion_never_overwrites_its_source(tmp_path):
     save_file({"cls_token": torch.zeros(1, 1, 8)}, official / "model.safetensors")
     with pytest.raises(ConversionError, match="would overwrite the source"):
         convert_checkpoint(official / "model.safetensors", official)
-    run = subprocess.run(
-        [sys.executable, "-m", "hf_mim", "convert", str(tmp_path / "tf"), str(tmp_path / "tf")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = hf_mim_command("convert", [str(tmp_path / "tf"), str(tmp_path / "tf")])
     assert run.returncode == 2 and "would overwrite the source" in run.stderr and "Traceback" not in run.stderr
 
 
@@ -398,21 +394,11 @@ def test_a_pickle_only_or_corrupt_transformers_folder_is_refused_in_one_line(tmp
 
 def test_cli_convert_and_help(tmp_path):
     transformers_mae().save_pretrained(tmp_path / "tf")
-    run = subprocess.run(
-        [sys.executable, "-m", "hf_mim", "convert", str(tmp_path / "tf"), str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = hf_mim_command("convert", [str(tmp_path / "tf"), str(tmp_path / "out")])
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert type(AutoModel.from_pretrained(tmp_path / "out")) is MAEModel
-    bad = subprocess.run(
-        [sys.executable, "-m", "hf_mim", "convert", str(tmp_path / "nowhere"), str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = hf_mim_command("convert", [str(tmp_path / "nowhere"), str(tmp_path / "x")])
     assert bad.returncode == 2 and "no checkpoint at" in bad.stderr and "Traceback" not in bad.stderr
     helptext = subprocess.run([sys.executable, "-m", "hf_mim", "--help"], capture_output=True, text=True, timeout=300)
     assert helptext.returncode == 0 and "convert" in helptext.stdout
