@@ -55,15 +55,17 @@ def write_jpegs(folder: Path, count: int) -> None:
 
 
 def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, epochs: int) -> float:
+    from hf_mim.modeling.mae import MAEConfig, sample_mae_inputs
     from hf_mim.training.data import Collator, PretrainingTransform, load_pretraining_dataset, prepare_dataset
-    from hf_mim.training.methods import MAEMethod
-    from hf_mim.training.transforms import MAETransform
+    from hf_mim.training.transforms import ImageTransform
 
-    method = MAEMethod()
-    config = method.build_config(dict(image_size=224, patch_size=16), {})
+    config = MAEConfig(image_size=224, patch_size=16)
     raw, _ = load_pretraining_dataset(str(folder))
     transform = PretrainingTransform(
-        "image", MAETransform(224, config.image_mean, config.image_std), 0, method.sample_extras(config)
+        "image",
+        ImageTransform(224, config.image_mean, config.image_std),
+        0,
+        lambda generator: sample_mae_inputs(config, config.grid_size, generator),
     )
     dataset = prepare_dataset(raw, "image", transform)
     loader = torch.utils.data.DataLoader(
@@ -87,11 +89,10 @@ def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, ep
 
 
 def model_images_per_second(batch_size: int, steps: int) -> float:
-    from hf_mim.training.methods import ENCODER_PRESETS, MAEMethod
+    from hf_mim.modeling.mae import MAEConfig, MAEForPreTraining
+    from hf_mim.training.presets import ENCODER_PRESETS
 
-    method = MAEMethod()
-    config = method.build_config(dict(image_size=224, patch_size=16, **ENCODER_PRESETS["small"]), {})
-    model = method.build_model(config).train()
+    model = MAEForPreTraining(MAEConfig(image_size=224, patch_size=16, **ENCODER_PRESETS["small"])).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     pixels, noise = torch.randn(batch_size, 3, 224, 224), torch.rand(batch_size, 196)
     times = []

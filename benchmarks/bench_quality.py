@@ -39,9 +39,13 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-METHODS = ("mae", "simmim", "beit", "rmae", "cmae", "adios")
+from hf_mim.modeling.auto import METHOD_SPECS  # noqa: E402
+
+# every registered method whose product is an encoder (the visual tokenizer is BEiT's, trained inside BEiT's run)
+METHODS = tuple(name for name, spec in METHOD_SPECS.items() if spec.card.encoder)
 PEER = "transformers-mae"
 RANDOM = "random init"
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -101,9 +105,9 @@ def train_peer(out: Path, epochs: int) -> None:
 
     from hf_mim.convert import convert_checkpoint
     from hf_mim.model_cards.pictures import reconstruction_error
+    from hf_mim.modeling.auto import METHOD_SPECS
     from hf_mim.modeling.backbone import sincos_2d_position_embedding
     from hf_mim.training import trainer
-    from hf_mim.training.methods import TRAINING_METHODS, MAEMethod
 
     # Every ViTMAEConfig field that hf_mim's MAEConfig also has, from the config hf_mim's MAE would train.
     shared = [
@@ -113,31 +117,35 @@ def train_peer(out: Path, epochs: int) -> None:
         *("decoder_num_attention_heads", "decoder_intermediate_size", "mask_ratio", "norm_pix_loss"),
     ]
 
-    class TransformersMAE(MAEMethod):
-        name = PEER
-        config_class = ViTMAEConfig
-        model_class = ViTMAEForPreTraining
-
-        def build_config(self, encoder_fields, overrides):
-            ours = MAEMethod().build_config(encoder_fields, overrides)
-            # image_mean / image_std ride along as extra attributes: the data pipeline normalises with them
-            return ViTMAEConfig(
-                **{k: getattr(ours, k) for k in shared}, image_mean=ours.image_mean, image_std=ours.image_std
-            )
-
-        def build_model(self, config):
-            model = ViTMAEForPreTraining(config)
+    class PeerMAE(ViTMAEForPreTraining):
+        def __init__(self, config):
+            super().__init__(config)
             grid = (config.image_size // config.patch_size,) * 2
             with torch.no_grad():  # transformers 5 leaves a fresh model's sin-cos tables at zero
-                model.vit.embeddings.position_embeddings.copy_(sincos_2d_position_embedding(config.hidden_size, grid))
-                model.decoder.decoder_pos_embed.copy_(sincos_2d_position_embedding(config.decoder_hidden_size, grid))
-            return model
+                self.vit.embeddings.position_embeddings.copy_(sincos_2d_position_embedding(config.hidden_size, grid))
+                self.decoder.decoder_pos_embed.copy_(sincos_2d_position_embedding(config.decoder_hidden_size, grid))
 
-        def sample_extras(self, config):
-            num_patches = (config.image_size // config.patch_size) ** 2
-            return lambda generator: {"noise": torch.rand(num_patches, generator=generator)}
+    mae_build_config = trainer.build_config
 
-    TRAINING_METHODS[PEER] = TransformersMAE
+    def build_config(args, spec):
+        if spec.name != PEER:
+            return mae_build_config(args, spec)
+        ours = mae_build_config(args, METHOD_SPECS["mae"])
+        # image_mean / image_std ride along as extra attributes: the data pipeline normalises with them
+        return ViTMAEConfig(
+            **{k: getattr(ours, k) for k in shared}, image_mean=ours.image_mean, image_std=ours.image_std
+        )
+
+    # MAE's recipe, masks (transformers' noise) and loop; transformers' model. Not registered with the Auto classes:
+    # only `hf-mim pretrain --method PEER` in this process sees it.
+    METHOD_SPECS[PEER] = replace(
+        METHOD_SPECS["mae"],
+        name=PEER,
+        auto_classes={"AutoConfig": ViTMAEConfig, "AutoModelForPreTraining": PeerMAE},
+        sample_inputs=lambda config, grid, generator: {"noise": torch.rand(grid[0] * grid[1], generator=generator)},
+        picture=None,
+    )
+    trainer.build_config = build_config
     summary = trainer.pretrain(trainer.PretrainArguments(method=PEER, epochs=epochs, output_dir=str(out)))
     converted = convert_checkpoint(out, out / "converted")
     # hf-mim pretrain measures the reconstruction error of hf_mim's own models only; the converted copy computes
@@ -153,9 +161,9 @@ def test_images(config):
     import torch
 
     from hf_mim.training.data import builtin_digits
-    from hf_mim.training.transforms import MAETransform
+    from hf_mim.training.transforms import ImageTransform
 
-    transform = MAETransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    transform = ImageTransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
     return torch.stack([transform(image, None) for image in builtin_digits("test")["image"]])
 
 

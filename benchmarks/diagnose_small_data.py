@@ -98,9 +98,9 @@ class Experiments:
     def tensors(self, split: str, config):
         import torch
 
-        from hf_mim.training.transforms import MAETransform, open_image
+        from hf_mim.training.transforms import ImageTransform, open_image
 
-        transform = MAETransform(
+        transform = ImageTransform(
             config.image_size, config.image_mean, config.image_std, config.num_channels, train=False
         )
         data = getattr(self.splits, split)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +35,40 @@ _OFFICIAL_DECODER_HEADS = 16
 
 class ConversionError(ValueError):
     pass
+
+
+@dataclass
+class ConvertArguments:
+    """What `hf-mim convert` takes; the CLI is generated from these fields, their defaults and their help. The
+    optional fields are config values to record where the source cannot tell them."""
+
+    src: str = field(
+        metadata={"help": "transformers checkpoint folder, or official .pth / .safetensors file", "positional": True}
+    )
+    dst: str = field(
+        metadata={"help": "output folder (safetensors, config.json, preprocessor_config.json)", "positional": True}
+    )
+    num_attention_heads: int | None = field(
+        default=None, metadata={"help": "encoder heads, when the weights cannot tell (official files)"}
+    )
+    decoder_num_attention_heads: int | None = field(
+        default=None, metadata={"help": "decoder heads (official files; default 16)"}
+    )
+    norm_pix_loss: bool | None = field(
+        default=None, metadata={"help": "true/false: the target the checkpoint was trained with"}
+    )
+    mask_ratio: float | None = field(default=None, metadata={"help": "mask ratio to record in the config"})
+    mask_patch_size: int | None = field(default=None, metadata={"help": "SimMIM: mask patch size in pixels to record"})
+
+    def config_overrides(self) -> dict:
+        fields = (
+            "num_attention_heads",
+            "decoder_num_attention_heads",
+            "norm_pix_loss",
+            "mask_ratio",
+            "mask_patch_size",
+        )
+        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None, **config_overrides):

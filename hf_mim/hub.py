@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .model_cards.card import (
@@ -168,6 +169,24 @@ def check_file_type(path: Path) -> None:
     if not ok:
         kind = "PNG image" if name.endswith(".png") else "safetensors file" if ".safetensors" in name else "JSON file"
         raise ValueError(f"{path} is not a {kind}, as its name says; refusing to upload it")
+
+
+@dataclass
+class PushArguments:
+    """What `hf-mim push` takes; the CLI is generated from these fields, their defaults and their help."""
+
+    output_dir: str = field(metadata={"help": "the saved model folder", "positional": True, "metavar": "OUTPUT_DIR"})
+    repo_id: str = field(metadata={"help": "'name' or 'namespace/name'", "positional": True, "metavar": "REPO_ID"})
+    private: bool = field(default=False, metadata={"help": "create the repository as private"})
+    revision: str | None = field(default=None, metadata={"help": "branch to push to (default: main)"})
+    commit_message: str | None = field(
+        default=None, metadata={"help": "commit message (default: 'Upload <class> with hf_mim')"}
+    )
+    license: str | None = field(default=None, metadata={"help": "Hub license id for the card (default: apache-2.0)"})
+    base_model: str | None = field(
+        default=None, metadata={"help": "the Hub id these weights were fine-tuned from, for the card"}
+    )
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login)"})
 
 
 def push_folder(

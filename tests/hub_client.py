@@ -24,22 +24,12 @@ def build_models():
     import hf_mim
 
     torch.manual_seed(0)
+    # one pretraining model of every registered method, at its tiny config, and one classifier
     models = {
-        "mae": hf_mim.MAEForPreTraining(hf_mim.MAEConfig(**TINY, **DECODER, decoder_intermediate_size=64)),
-        "simmim": hf_mim.SimMIMForPreTraining(hf_mim.SimMIMConfig(**TINY, mask_patch_size=8)),
-        "cmae": hf_mim.CMAEForPreTraining(hf_mim.CMAEConfig(**TINY, projection_hidden_size=64, projection_size=16)),
-        "rmae": hf_mim.RMAEForPreTraining(hf_mim.RMAEConfig(**TINY, **DECODER, decoder_intermediate_size=64)),
-        "adios": hf_mim.ADIOSForPreTraining(
-            hf_mim.ADIOSConfig(
-                **TINY, projection_hidden_size=64, projection_size=16, num_masks=3, occlusion_base_channels=8
-            )
-        ),
-        "beit": hf_mim.BEiTForPreTraining(hf_mim.BEiTConfig(**TINY, vocab_size=32, mask_min_num_patches=2)),
-        "visual-tokenizer": hf_mim.VisualTokenizer(
-            hf_mim.VisualTokenizerConfig(image_size=32, patch_size=8, vocab_size=32, embedding_dim=8, hidden_channels=8)
-        ),
-        "mae-classifier": hf_mim.MAEForImageClassification(hf_mim.MAEConfig(**TINY, num_labels=NUM_LABELS)),
+        name: spec.pretraining_class(spec.config_class(**spec.tiny_config))
+        for name, spec in hf_mim.METHOD_SPECS.items()
     }
+    models["mae-classifier"] = hf_mim.MAEForImageClassification(hf_mim.MAEConfig(**TINY, num_labels=NUM_LABELS))
     for model in models.values():
         model.eval()
     return models
@@ -79,7 +69,7 @@ def push(out: Path) -> None:
         assert ours.keys() == theirs.keys(), (name, ours.keys() ^ theirs.keys())
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
         with torch.no_grad():
-            if name == "visual-tokenizer":
+            if not hasattr(model, "vit"):  # the visual tokenizer: token ids, not features
                 reference[name] = model.get_codebook_indices(pixels)
                 assert torch.equal(pulled.get_codebook_indices(pixels), reference[name])
             else:

@@ -71,6 +71,30 @@ def hf_mim_command(command: str, args, env=None, timeout=300) -> subprocess.Comp
     return run_group([sys.executable, "-m", "hf_mim", command, *args], env=env, timeout=timeout)
 
 
+# `hf-mim pretrain` that dies abruptly (no cleanup, like a kill) right after writing the checkpoint of step STEP: a
+# test-side patch of the trainer's checkpoint writer, so production code carries no test hook.
+_KILLED_AFTER_CHECKPOINT = """
+import os, sys
+from hf_mim.training import trainer
+write = trainer.save_checkpoint
+
+def save_then_die(accelerator, output_dir, step, *args, **kwargs):
+    write(accelerator, output_dir, step, *args, **kwargs)
+    if step == {step}:
+        os._exit(1)
+
+trainer.save_checkpoint = save_then_die
+from hf_mim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def killed_after_checkpoint(step: int, args, timeout=300) -> subprocess.CompletedProcess:
+    """`hf-mim pretrain ARGS`, killed right after its checkpoint of optimizer step `step` is written."""
+    code = _KILLED_AFTER_CHECKPOINT.format(step=int(step))
+    return run_group([sys.executable, "-c", code, "pretrain", *args], timeout=timeout)
+
+
 def two_processes(command: str, args, timeout=300) -> subprocess.CompletedProcess:
     """`hf-mim COMMAND` on 2 CPU processes. `accelerate launch --multi_gpu` is accelerate's torchrun launcher;
     on a machine without GPUs hf_mim asks it for a gloo group (`--cpu` would start one process in accelerate 1.x)."""

@@ -185,6 +185,28 @@ class ModelTesterMixin:
         )
         assert (graphs, reasons) == (1, [])
 
+    def test_attention_weights_and_eager_attention_match_sdpa(self, tmp_path):
+        """`output_attentions=True` returns each block's softmax weights, as transformers' ViTs do, and
+        `attn_implementation="eager"` (per call site or at loading) gives sdpa's outputs."""
+        config = self.get_config()
+        model = self.encoder_class(config).eval()
+        pixels = self.pixel_values(config)
+        with torch.no_grad():
+            sdpa = model(pixel_values=pixels).last_hidden_state
+            out = model(pixel_values=pixels, output_attentions=True)
+        tokens = 1 + config.num_patches
+        assert len(out.attentions) == config.num_hidden_layers
+        assert all(a.shape == (self.batch_size, config.num_attention_heads, tokens, tokens) for a in out.attentions)
+        torch.testing.assert_close(
+            out.attentions[0].sum(-1), torch.ones(self.batch_size, config.num_attention_heads, tokens)
+        )
+        torch.testing.assert_close(out.last_hidden_state, sdpa, rtol=0, atol=1e-5)
+        model.save_pretrained(tmp_path)
+        eager = self.encoder_class.from_pretrained(tmp_path, attn_implementation="eager").eval()
+        assert eager.config._attn_implementation == "eager"
+        with torch.no_grad():
+            torch.testing.assert_close(eager(pixel_values=pixels).last_hidden_state, sdpa, rtol=0, atol=1e-5)
+
     def test_save_load_is_bit_identical(self, tmp_path):
         config = self.get_config()
         model = self.pretraining_class(config).eval()

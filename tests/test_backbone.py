@@ -90,7 +90,12 @@ def test_attention_matches_hand_written_softmax_attention():
     q, k, v = heads(q), heads(k), heads(v)
     weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)  # sqrt(head_dim=4) = 2
     expected = attn.proj((weights @ v).transpose(1, 2).reshape(2, 5, 12))
-    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
+    out, none = attn(x)  # sdpa: no weights
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert none is None
+    eager, returned = attn(x, output_attentions=True)  # the explicit softmax, and its weights
+    torch.testing.assert_close(eager, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(returned, weights, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels, size", [(3, (32, 32)), (1, (16, 24)), (4, (8, 40))])
@@ -132,10 +137,10 @@ def test_encoder_on_a_visible_subset_equals_encoding_the_gathered_tokens():
     pixels = torch.randn(2, 3, 32, 32)
     ids_keep = torch.tensor([[0, 5, 9], [15, 2, 7]])
     with torch.no_grad():
-        out, _ = encoder(pixels, ids_keep=ids_keep)
+        out = encoder(pixels, ids_keep=ids_keep).last_hidden_state
         tokens, cls = encoder.embed(pixels)
         gathered = torch.stack([tokens[b, ids_keep[b]] for b in range(2)])
-        expected, _ = encoder.forward_tokens(torch.cat([cls, gathered], 1))
+        expected = encoder.forward_tokens(torch.cat([cls, gathered], 1)).last_hidden_state
     assert out.shape == (2, 4, 32) and torch.equal(out, expected)
 
 
@@ -170,7 +175,7 @@ def test_drop_path_is_identity_in_eval_and_rescales_in_training():
 def test_bf16_autocast_forward_backward():
     encoder = ViTEncoder(config())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = encoder(torch.randn(2, 3, 32, 32))
+        out = encoder(torch.randn(2, 3, 32, 32)).last_hidden_state
     out.float().pow(2).mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
 
@@ -178,7 +183,7 @@ def test_bf16_autocast_forward_backward():
 def test_attention_without_dropout_has_no_randomness_in_training_mode():
     attn = Attention(dim=8, num_heads=2)
     x = torch.randn(1, 3, 8)
-    torch.testing.assert_close(attn.train()(x), attn.eval()(x))
+    torch.testing.assert_close(attn.train()(x)[0], attn.eval()(x)[0])
     with_dropout = Attention(dim=8, num_heads=2, attn_drop=0.5).train()
     with_dropout.load_state_dict(attn.state_dict())
-    assert not torch.equal(with_dropout(x), attn.eval()(x))  # and attn_drop does reach SDPA
+    assert not torch.equal(with_dropout(x)[0], attn.eval()(x)[0])  # and attn_drop does reach SDPA

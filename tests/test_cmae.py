@@ -84,7 +84,7 @@ def test_loss_pairs_each_views_predictions_with_the_other_views_targets():
         for v in range(2):
             hidden, *_ = model.encode_with_mask_tokens(views[v], batch["bool_masked_pos"][:, v])
             preds.append(model.predictor(model.projector(hidden[:, 1:])))
-            t_hidden, _ = model.teacher.module.vit(
+            t_hidden, *_ = model.teacher.module.vit(
                 views[v], bool_masked_pos=batch["bool_masked_pos"][:, v], mask_token=model.teacher.module.mask_token
             )
             targets.append(model.teacher.module.projector(t_hidden[:, 1:]))

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
+from hf_mim.modeling.auto import METHOD_SPECS
 from tests.hub_server import HubServer
 
 CLIENT = Path(__file__).with_name("hub_client.py")
 ROOT = CLIENT.parent.parent
-CLASSES = ["mae", "simmim", "cmae", "rmae", "adios", "beit", "visual-tokenizer", "mae-classifier"]
+CLASSES = [*METHOD_SPECS, "mae-classifier"]
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -64,16 +65,9 @@ def shared(tmp_path_factory):
 def test_every_model_class_is_pushed_in_one_commit_and_pulls_back_bit_identically(shared):
     # hub_client.push asserts state-dict equality and equal outputs after the pull; here: every class went through
     pushed = {name: entry["class"] for name, entry in shared["push"].items() if name != "remote_yaml_rejects"}
-    assert pushed == {
-        "mae": "MAEForPreTraining",
-        "simmim": "SimMIMForPreTraining",
-        "cmae": "CMAEForPreTraining",
-        "rmae": "RMAEForPreTraining",
-        "adios": "ADIOSForPreTraining",
-        "beit": "BEiTForPreTraining",
-        "visual-tokenizer": "VisualTokenizer",
-        "mae-classifier": "MAEForImageClassification",
-    }
+    expected = {name: spec.pretraining_class.__name__ for name, spec in METHOD_SPECS.items()}
+    assert pushed == {**expected, "mae-classifier": "MAEForImageClassification"}
+    assert {"mae", "simmim", "cmae", "rmae", "adios", "beit", "visual-tokenizer"} <= set(pushed)
     assert all(count == 2 for count in shared["commits"].values()), shared["commits"]  # repo creation + one upload
 
 
@@ -100,10 +94,9 @@ def test_repos_hold_safetensors_config_with_auto_map_processor_code_and_card_onl
             module, cls = reference.split(".")
             assert f"{module}.py" in files, (name, auto_name)
             assert f"class {cls}(" in files[f"{module}.py"].decode(), (name, reference)
-        expected = {"AutoConfig", "AutoModel"} | (
-            set() if name == "visual-tokenizer" else {"AutoModelForPreTraining", "AutoModelForImageClassification"}
-        )
-        assert set(config["auto_map"]) == expected, name
+        spec = METHOD_SPECS.get(name.removesuffix("-classifier"), METHOD_SPECS["mae"])
+        assert set(config["auto_map"]) == set(spec.auto_classes), name  # every Auto class the method registers
+    assert "AutoModelForMaskedImageModeling" in json.loads(shared["files"]["simmim"]["config.json"])["auto_map"]
     run = shared["files"]["pretrained"]
     assert {"loss_curve.png", "reconstruction.png", "training_summary.json", "training_args.json"} <= set(run)
     assert not [f for f in run if f.startswith("checkpoints")]
@@ -132,17 +125,7 @@ def test_uploaded_modeling_code_imports_only_torch_transformers_and_the_standard
 
 
 def test_cards_on_the_hub_carry_metadata_and_every_section(shared):
-    tags = {
-        "mae": "mae",
-        "simmim": "simmim",
-        "cmae": "cmae",
-        "rmae": "rmae",
-        "adios": "adios",
-        "beit": "beit",
-        "visual-tokenizer": "visual-tokenizer",
-        "mae-classifier": "mae",
-        "pretrained": "mae",
-    }
+    tags = {**{name: name for name in METHOD_SPECS}, "mae-classifier": "mae", "pretrained": "mae"}
     for name, files in shared["files"].items():
         card = ModelCard(files["README.md"].decode(), ignore_metadata_errors=False)
         data = card.data.to_dict()

@@ -14,7 +14,6 @@ from PIL import Image
 import hf_mim
 from hf_mim.hub import check_path_in_repo, check_repo_id, files_to_upload
 from hf_mim.model_cards import GENERATED_MARKER, build_model_card, model_card_for_folder, validate_model_card
-from hf_mim.model_cards.methods import METHOD_CARDS
 from hf_mim.model_cards.pictures import (
     reconstruct,
     reconstruction_error,
@@ -22,7 +21,7 @@ from hf_mim.model_cards.pictures import (
     save_loss_curve,
     save_method_picture,
 )
-from hf_mim.modeling.auto import AUTO_CLASSES
+from hf_mim.modeling.auto import SPECS_BY_MODEL_TYPE
 from hf_mim.modeling.base import export_remote_code
 from hf_mim.modeling.losses import normalize_patches
 
@@ -33,20 +32,19 @@ SECTIONS = ("## Method", "## Architecture", "## Training", "## Evaluation", "## 
 
 
 def _config(model_type):
-    config_class = AUTO_CLASSES[model_type]["AutoConfig"]
-    if model_type == "hf_mim_visual_tokenizer":
-        return config_class(image_size=32, patch_size=8, vocab_size=32, embedding_dim=8, hidden_channels=8)
-    return config_class(**TINY, **({"mask_patch_size": 8} if model_type == "hf_mim_simmim" else {}))
+    spec = SPECS_BY_MODEL_TYPE[model_type]
+    return spec.config_class(**spec.tiny_config)
 
 
-@pytest.mark.parametrize("model_type", sorted(AUTO_CLASSES))
+@pytest.mark.parametrize("model_type", sorted(SPECS_BY_MODEL_TYPE))
 def test_a_bare_card_is_valid_complete_and_says_what_is_unknown(model_type):
     config = _config(model_type)
-    config.architectures = [AUTO_CLASSES[model_type]["AutoModel"].__name__]
+    spec = SPECS_BY_MODEL_TYPE[model_type]
+    config.architectures = [spec.auto_classes["AutoModel"].__name__]
     card = build_model_card(config, total_parameters=1234)
     data = ModelCard(str(card), ignore_metadata_errors=False).data.to_dict()
-    method = METHOD_CARDS[model_type]
-    assert data["tags"][:2] == ["hf-mim", method.tag]
+    method = spec.card
+    assert data["tags"][:2] == ["hf-mim", spec.name]
     assert data["pipeline_tag"] == "image-feature-extraction" and data["license"] == "apache-2.0"
     assert "datasets" not in data and "base_model" not in data and "model-index" not in data
     for section in SECTIONS:
@@ -179,11 +177,10 @@ def test_only_safetensors_config_records_and_pictures_are_taken_from_the_folder(
         "loss_curve.png",
     }
     # modeling code is exported fresh by push_folder, never read from the folder (a script there stays local)
-    code = {"backbone.py", "base.py", "classification.py", "heads.py", "losses.py", "mae.py", "masking.py"}
+    code = {"backbone.py", "base.py", "classification.py", "heads.py", "losses.py", "mae.py", "masking.py", "spec.py"}
     assert (
         set(left_out)
-        == {"optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "train.py", "checkpoints", "outputs.py"}
-        | code
+        == {"optimizer.bin", "pytorch_model.bin", "weights.pt", "notes.txt", "train.py", "checkpoints"} | code
     )
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(
@@ -252,14 +249,15 @@ def test_base_model_is_the_hub_id_a_classifier_was_loaded_from():
     assert base_model_of(config) is None  # a pretraining model has no base model
 
 
-@pytest.mark.parametrize("model_type", sorted(AUTO_CLASSES))
+@pytest.mark.parametrize("model_type", sorted(SPECS_BY_MODEL_TYPE))
 def test_exported_code_is_self_contained_and_its_auto_map_names_real_classes(tmp_path, model_type):
     config = _config(model_type)
     names = export_remote_code(config, tmp_path)
-    assert set(config.auto_map) == set(AUTO_CLASSES[model_type])
+    auto_classes = SPECS_BY_MODEL_TYPE[model_type].auto_classes
+    assert set(config.auto_map) == set(auto_classes)
     for auto_name, reference in config.auto_map.items():
         module, cls = reference.split(".")
-        assert f"{module}.py" in names and cls == AUTO_CLASSES[model_type][auto_name].__name__
+        assert f"{module}.py" in names and cls == auto_classes[auto_name].__name__
     for name in names:
         for node in ast.walk(ast.parse((tmp_path / name).read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
@@ -431,9 +429,54 @@ def test_each_method_writes_its_picture_or_none(tmp_path):
     with pytest.raises(ValueError, match="loss_history is empty"):
         save_loss_curve([], tmp_path / "empty.png")
     card = model_card_for_folder(_saved(mae, tmp_path))
-    assert "![Reconstructions](reconstruction.png)" in card.text and "![Occlusion masks](masks.png)" in card.text
+    # the card shows the picture of its own method only, though ADIOS's lies in the same folder
+    assert "![Reconstructions](reconstruction.png)" in card.text and "masks.png" not in card.text
 
 
 def _saved(model, folder):
     model.save_pretrained(folder)
     return folder
+
+
+class RenamedMAEConfig(hf_mim.MAEConfig):
+    # no __init__ of its own: transformers 5 would give it a generated dataclass one that never calls MAEConfig's
+    model_type = "renamed_mae"
+
+
+class RenamedMAE(hf_mim.MAEForPreTraining):
+    config_class = RenamedMAEConfig
+
+
+def test_a_config_subclass_without_init_keeps_its_parents_fields(tmp_path):
+    config = RenamedMAEConfig(**TINY, decoder_hidden_size=16, decoder_num_attention_heads=2, mask_ratio=0.5)
+    assert (config.hidden_size, config.decoder_hidden_size, config.mask_ratio, config.norm_pix_loss) == (
+        32,
+        16,
+        0.5,
+        True,
+    )
+    config.save_pretrained(tmp_path)
+    assert RenamedMAEConfig.from_pretrained(tmp_path).to_diff_dict() == config.to_diff_dict()
+
+
+def test_a_model_of_an_unregistered_method_saves_with_a_generic_card(tmp_path):
+    model = RenamedMAE(RenamedMAEConfig(**TINY, decoder_hidden_size=16, decoder_num_attention_heads=2))
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "RenamedMAE encoder" in card and "`renamed_mae`, which no hf_mim method describes" in card
+    validate_model_card(card)
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_every_registered_method_has_a_complete_spec():
+    from hf_mim.modeling.auto import METHOD_SPECS
+
+    assert {"mae", "simmim", "beit", "visual-tokenizer", "cmae", "rmae", "adios"} <= set(METHOD_SPECS)
+    for name, spec in METHOD_SPECS.items():
+        config = spec.config_class(**spec.tiny_config)
+        assert spec.card.target(config) and spec.card.bibtex.startswith("@"), name
+        if spec.sample_inputs is not None:  # the per-sample inputs are seeded: one generator, one draw
+            grid = (config.image_size // config.patch_size,) * 2
+            first = spec.sample_inputs(config, grid, torch.Generator().manual_seed(3))
+            again = spec.sample_inputs(config, grid, torch.Generator().manual_seed(3))
+            assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first), name

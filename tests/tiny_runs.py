@@ -1,5 +1,6 @@
 """Tiny `hf-mim pretrain` runs for tests: models of a few thousand parameters at 16 px, a few steps each."""
 
+from hf_mim.modeling.auto import METHOD_SPECS
 from hf_mim.training.trainer import PretrainArguments
 
 TINY_MODEL = dict(
@@ -30,13 +31,8 @@ def tiny_args(tmp_path, **kw) -> PretrainArguments:
     return PretrainArguments(**fields)
 
 
-TINY_ENCODER = {k: v for k, v in TINY_MODEL.items() if not k.startswith("decoder_")}
+# every registered method's tiny model, at the runs' own image and patch size
 METHOD_MODELS = {
-    "mae": TINY_MODEL,
-    "rmae": TINY_MODEL,
-    "cmae": dict(TINY_ENCODER, projection_hidden_size=64, projection_size=16),
-    "simmim": dict(TINY_ENCODER, mask_patch_size=8),
-    "beit": dict(TINY_ENCODER, vocab_size=32, mask_min_num_patches=2),
-    "visual-tokenizer": dict(vocab_size=32, embedding_dim=8, hidden_channels=8),
-    "adios": dict(TINY_ENCODER, projection_hidden_size=64, projection_size=16, num_masks=3, occlusion_base_channels=8),
+    name: {k: v for k, v in spec.tiny_config.items() if k not in ("image_size", "patch_size")}
+    for name, spec in METHOD_SPECS.items()
 }

@@ -84,21 +84,20 @@ def occlusion_features(
     vit = model.vit
     grid = vit.input_grid(pixel_values)
     num_patches = grid[0] * grid[1]
-    _, full_states = vit(pixel_values, output_hidden_states=True)
+    full_states = vit(pixel_values, output_hidden_states=True).hidden_states
     full_states = full_states[1:]  # the outputs of the blocks, not the embeddings
     full, occluded = [], []
     for r, ratio in enumerate(mask_ratios):
         ids_keep, mask = occlusion_masks(indices, num_patches, r, ratio, seed)
         ids_keep = ids_keep.to(pixel_values.device)
         if occlusion == "drop":
-            _, states = vit(pixel_values, ids_keep=ids_keep, output_hidden_states=True)
+            states = vit(pixel_values, ids_keep=ids_keep, output_hidden_states=True).hidden_states
             keep_in_occluded = None  # only the visible patches are there
         else:
             patch = vit.patch_size
             pixel_mask = mask.view(-1, 1, *grid).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
-            _, states = vit(
-                pixel_values.masked_fill(pixel_mask.to(pixel_values.device), 0.0), output_hidden_states=True
-            )
+            occluded_pixels = pixel_values.masked_fill(pixel_mask.to(pixel_values.device), 0.0)
+            states = vit(occluded_pixels, output_hidden_states=True).hidden_states
             keep_in_occluded = ids_keep
         full.append(torch.stack([_pooled(h, vit.norm, pooling, ids_keep) for h in full_states]))
         occluded.append(torch.stack([_pooled(h, vit.norm, pooling, keep_in_occluded) for h in states[1:]]))

@@ -1,6 +1,6 @@
 """Labelled data for evaluation: a train and a test split, the label column, the low-label subset, and batches.
 
-The image decoding and resizing are the pretraining pipeline's (`MAETransform`, `open_image`); an image that
+The image decoding and resizing are the pretraining pipeline's (`ImageTransform`, `open_image`); an image that
 cannot be decoded is skipped, named in the log and counted, never fatal, and never leaves a rank waiting: its batch
 keeps its shape (a good image of the batch takes its place) and a `valid` flag drops it after the gather.
 """
@@ -23,7 +23,7 @@ from ..training.data import (
     load_pretraining_dataset,
     sample_generator,
 )
-from ..training.transforms import MAETransform, open_image
+from ..training.transforms import ImageTransform, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +156,8 @@ class LabelledTransform:
 
     image_column: str
     label_column: str
-    transform: MAETransform
+    transform: ImageTransform
     seed: int | None = 0
-    epoch: int = 0
 
     def __call__(self, batch: dict) -> dict:
         out: dict[str, list] = {"pixel_values": [], "labels": [], "index": [], "error": [], "name": []}
@@ -166,7 +165,8 @@ class LabelledTransform:
             batch[self.image_column], batch[self.label_column], batch[INDEX_COLUMN], strict=True
         ):
             try:
-                generator = None if self.seed is None else sample_generator(self.seed, self.epoch, int(index))
+                # one pass (features) or the global RNG (fine-tuning): no epoch in the seed
+                generator = None if self.seed is None else sample_generator(self.seed, 0, int(index))
                 pixels, error = self.transform(open_image(value), generator), None
             except Exception as err:  # any undecodable input is skipped, whatever the decoder raised
                 pixels, error = None, f"{type(err).__name__}: {_first_line(err)}"

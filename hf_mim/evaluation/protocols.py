@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..modeling.backbone import MIMConfig, pool
+from ..training.optim import cosine_with_warmup
 
 METRIC_MODULES = Path(__file__).with_name("metric_modules")
 POOLINGS = ("cls", "mean")
@@ -75,9 +76,9 @@ def encoder_features(model, pixel_values: torch.Tensor, block: int | None = None
         raise ValueError(f"pooling={pooling!r} is invalid: allowed {POOLINGS}")
     check_block(model.config, block)
     if block is None or block == model.config.num_hidden_layers:
-        hidden, _ = model.vit(pixel_values)
+        hidden = model.vit(pixel_values).last_hidden_state
     else:
-        _, hidden_states = model.vit(pixel_values, output_hidden_states=True)
+        hidden_states = model.vit(pixel_values, output_hidden_states=True).hidden_states
         hidden = model.vit.norm(hidden_states[block])
     return pool(hidden, pooling)
 
@@ -159,13 +160,7 @@ def linear_probe(
     optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train_features) / batch_size)
     total, warmup = epochs * steps_per_epoch, min(warmup_epochs, epochs - 1) * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = cosine_with_warmup(optimizer, warmup, total)  # pretraining's schedule, stepped per batch
     probe.train()
     for _ in range(epochs):
         order = torch.randperm(len(train_features), generator=generator)

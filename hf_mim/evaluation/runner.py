@@ -28,45 +28,95 @@ PROTOCOLS = ("knn", "linear", "finetune", "cka")
 RANDOM_INIT = "random-init"
 
 
+def _help(text: str, **metadata) -> dict:
+    return {"help": text, **metadata}
+
+
 @dataclass
 class EvaluateArguments:
-    """What `hf-mim evaluate` takes; see `hf-mim evaluate --help` for each field."""
+    """What `hf-mim evaluate` takes; the CLI is generated from these fields, their defaults and their help."""
 
-    model: list[str]
-    protocol: list[str] = field(default_factory=lambda: ["knn"])
-    random_init: bool = False
-    dataset: str | None = None
-    dataset_config: str | None = None
-    train_split: str = "train"
-    test_split: str | None = None
-    test_size: float = 0.2
-    image_column: str | None = None
-    label_column: str | None = None
-    labels_per_class: int | None = None
-    batch_size: int = 128
-    num_workers: int = 0
-    mixed_precision: str = "no"
-    pooling: str | None = None
-    block: int | None = None
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    linear_epochs: int = 100
-    linear_batch_size: int = 256
-    linear_lr: float = 0.1
-    finetune_epochs: float = 50
-    finetune_batch_size: int = 64
-    finetune_lr: float = 1e-3
-    weight_decay: float = 0.05
-    layer_decay: float = 1.0
-    drop_path: float | None = None
-    label_smoothing: float = 0.1
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    mask_ratios: list[float] = field(default_factory=lambda: list(DEFAULT_RATIOS))
-    occlusion: str = "drop"
-    cka_samples: int = 1024
-    output_dir: str = "outputs/evaluate"
-    save_to_model: bool = True
-    seed: int = 0
+    model: list[str] = field(metadata=_help("checkpoint folders or Hub ids", metavar="PATH_OR_REPO"))
+    protocol: list[str] = field(
+        default_factory=lambda: ["knn"], metadata=_help("protocols to run (default: knn)", choices=PROTOCOLS)
+    )
+    random_init: bool = field(
+        default=False, metadata=_help("also evaluate the first model's architecture freshly initialised (the baseline)")
+    )
+    dataset: str | None = field(
+        default=None, metadata=_help("Hub dataset id, image folder, saved dataset, or 'digits' (built in, the default)")
+    )
+    dataset_config: str | None = field(default=None, metadata=_help("dataset configuration name (Hub datasets)"))
+    train_split: str = field(
+        default="train", metadata=_help("split the k-NN bank, probe and fine-tuning learn from (default: train)")
+    )
+    test_split: str | None = field(
+        default=None,
+        metadata=_help("split to report on (default: test or validation, else a held-out part of the train split)"),
+    )
+    test_size: float = field(
+        default=0.2, metadata=_help("held-out fraction when there is no test split (default: %(default)s)")
+    )
+    image_column: str | None = field(default=None, metadata=_help("column holding the images (default: detected)"))
+    label_column: str | None = field(
+        default=None, metadata=_help("column holding the labels (default: the first ClassLabel, else 'label' ...)")
+    )
+    labels_per_class: int | None = field(
+        default=None, metadata=_help("low-label setting: train on N images of each class (seeded)")
+    )
+    batch_size: int = field(
+        default=128, metadata=_help("images per process for feature extraction (default: %(default)s)")
+    )
+    num_workers: int = field(default=0, metadata=_help("DataLoader workers per process (default: %(default)s)"))
+    mixed_precision: str = field(
+        default="no", metadata=_help("autocast precision (default: %(default)s)", choices=["no", "fp16", "bf16"])
+    )
+    pooling: str | None = field(
+        default=None,
+        metadata=_help("feature pooling: CLS token or mean of patches (default: config's)", choices=["cls", "mean"]),
+    )
+    block: int | None = field(
+        default=None, metadata=_help("k-NN / linear: features of this block, 1-based (default: the last)")
+    )
+    knn_k: int = field(default=20, metadata=_help("neighbours (default: %(default)s)"))
+    knn_temperature: float = field(default=0.07, metadata=_help("vote temperature (default: %(default)s)"))
+    linear_epochs: int = field(default=100, metadata=_help("linear probe epochs (default: %(default)s)"))
+    linear_batch_size: int = field(default=256, metadata=_help("linear probe batch size (default: %(default)s)"))
+    linear_lr: float = field(default=0.1, metadata=_help("linear probe base lr per 256 (SGD; default: %(default)s)"))
+    finetune_epochs: float = field(default=50, metadata=_help("fine-tuning epochs (default: %(default)s)"))
+    finetune_batch_size: int = field(
+        default=64, metadata=_help("fine-tuning batch size per process (default: %(default)s)")
+    )
+    finetune_lr: float = field(
+        default=1e-3, metadata=_help("fine-tuning base lr per 256 (AdamW; default: %(default)s)")
+    )
+    weight_decay: float = field(default=0.05, metadata=_help("fine-tuning weight decay (default: %(default)s)"))
+    layer_decay: float = field(
+        default=1.0, metadata=_help("layer-wise lr decay, e.g. 0.75 as MAE (default: %(default)s, off)")
+    )
+    drop_path: float | None = field(
+        default=None, metadata=_help("fine-tuning stochastic depth rate (default: the config's)")
+    )
+    label_smoothing: float = field(default=0.1, metadata=_help("fine-tuning label smoothing (default: %(default)s)"))
+    crop_scale: list[float] = field(
+        default_factory=lambda: [0.08, 1.0],
+        metadata=_help("fine-tuning random resized crop area range, MIN MAX (default: 0.08 1, as MAE)"),
+    )
+    mask_ratios: list[float] = field(
+        default_factory=lambda: list(DEFAULT_RATIOS), metadata=_help("cka: mask ratios (default: 0.1 ... 0.9)")
+    )
+    occlusion: str = field(
+        default="drop", metadata=_help("cka: drop masked patches (MAE) or zero them", choices=OCCLUSIONS)
+    )
+    cka_samples: int = field(default=1024, metadata=_help("cka: test images used (default: %(default)s)"))
+    output_dir: str = field(
+        default="outputs/evaluate", metadata=_help("tables, plots, fine-tuning runs (default: %(default)s)")
+    )
+    save_to_model: bool = field(
+        default=True,
+        metadata=_help("merge results into the local model folders' eval_results.json (--no-save-to-model: do not)"),
+    )
+    seed: int = field(default=0, metadata=_help("seed for splits, subsets, masks, probes (default: %(default)s)"))
 
 
 def validate(args: EvaluateArguments) -> None:
@@ -136,10 +186,10 @@ def _accelerator(args: EvaluateArguments):
 def _loader(dataset, splits, config, args, accelerator):
     from torch.utils.data import DataLoader
 
-    from ..training.transforms import MAETransform
+    from ..training.transforms import ImageTransform
     from .data import KeepShapeCollator, LabelledTransform, prepare_labelled
 
-    transform = MAETransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    transform = ImageTransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
     prepared = prepare_labelled(dataset, LabelledTransform(splits.image_column, splits.label_column, transform))
     size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
     loader = DataLoader(

@@ -1,27 +1,40 @@
 """`hf-mim visualize`: pictures of what a pretrained model does with images it is given.
 
-MAE, R-MAE and SimMIM: reconstruction.png (image, masked input, reconstruction, reconstruction with the visible
-patches pasted back; normalised-pixel targets de-normalised with the visible patches' statistics). ADIOS: masks.png
-(the occlusion model's masks, colour-coded). BEiT: tokens.png (the tokenizer's token map, the predicted tokens and
-both decoded); a visual tokenizer: tokens.png (token map and decoding). The model card shows the same files.
+Each method's picture is the one its `MethodSpec.picture` declares. MAE, R-MAE and SimMIM: reconstruction.png
+(image, masked input, reconstruction, reconstruction with the visible patches pasted back; normalised-pixel targets
+de-normalised with the visible patches' statistics). ADIOS: masks.png (the occlusion model's masks, colour-coded).
+BEiT: tokens.png (the tokenizer's token map, the predicted tokens and both decoded); a visual tokenizer: tokens.png
+(token map and decoding). The model card shows the same files.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-PICTURE_METHODS = (
-    "hf_mim_mae",
-    "hf_mim_rmae",
-    "hf_mim_simmim",
-    "hf_mim_adios",
-    "hf_mim_beit",
-    "hf_mim_visual_tokenizer",
-)
+
+
+@dataclass
+class VisualizeArguments:
+    """What `hf-mim visualize` takes; the CLI is generated from these fields, their defaults and their help."""
+
+    model: str = field(metadata={"help": "an hf_mim pretraining checkpoint", "metavar": "PATH_OR_REPO"})
+    images: list[str] | None = field(
+        default=None,
+        metadata={"help": "image files or folders (default: the first images of --dataset)", "metavar": "PATH"},
+    )
+    dataset: str | None = field(
+        default=None, metadata={"help": "dataset to take images from when --images is not given (default: digits)"}
+    )
+    num_images: int = field(default=8, metadata={"help": "images, one row each (default: %(default)s)"})
+    mask_ratio: float | None = field(default=None, metadata={"help": "override the checkpoint's mask ratio"})
+    seed: int = field(default=0, metadata={"help": "seed of the masks (default: %(default)s)"})
+    scale: int = field(default=4, metadata={"help": "enlarge small images this many times (default: %(default)s)"})
+    output_dir: str = field(default="outputs/visualize", metadata={"help": "where the PNG goes (default: %(default)s)"})
 
 
 def load_pretraining_model(name_or_path: str | os.PathLike, **config_overrides):
@@ -30,15 +43,19 @@ def load_pretraining_model(name_or_path: str | os.PathLike, **config_overrides):
 
     import hf_mim  # noqa: F401  (registers hf_mim's classes)
 
+    from ..modeling.auto import SPECS_BY_MODEL_TYPE
+
     config = AutoConfig.from_pretrained(name_or_path, **config_overrides)
-    if config.model_type not in PICTURE_METHODS:
+    spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
+    if spec is None or spec.picture is None:
+        pictured = sorted(s.name for s in SPECS_BY_MODEL_TYPE.values() if s.picture is not None)
         raise ValueError(
-            f"--model {name_or_path} has model_type {config.model_type!r}; pictures exist for {PICTURE_METHODS} "
-            "(C-MAE's targets are features, not pixels, so it has none)"
+            f"--model {name_or_path} has model_type {config.model_type!r}; pictures exist for the methods "
+            f"{pictured} (C-MAE's targets are features, not pixels, so it has none)"
         )
     from ..loading import load_checked
 
-    auto = AutoModel if config.model_type == "hf_mim_visual_tokenizer" else AutoModelForPreTraining
+    auto = AutoModelForPreTraining if "AutoModelForPreTraining" in spec.auto_classes else AutoModel
     return load_checked(auto, name_or_path, config=config).eval()
 
 
@@ -64,9 +81,9 @@ def load_images(
     digits by default) resized to the model's size and normalised with its mean and std: (B, C, H, W).
     Undecodable files are skipped; none at all is an error."""
     from ..training.data import find_image_column, load_pretraining_dataset
-    from ..training.transforms import MAETransform, open_image
+    from ..training.transforms import ImageTransform, open_image
 
-    transform = MAETransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    transform = ImageTransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
     if images:
         sources = image_files(images)
     else:
@@ -109,4 +126,4 @@ def visualize(
     return os.path.join(output_dir, name)
 
 
-__all__ = ["image_files", "load_images", "load_pretraining_model", "visualize"]
+__all__ = ["VisualizeArguments", "image_files", "load_images", "load_pretraining_model", "visualize"]

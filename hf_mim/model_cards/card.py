@@ -15,7 +15,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .methods import GENERAL_LIMITATIONS, method_card, target_description
+from ..modeling.auto import SPECS_BY_MODEL_TYPE
+from ..modeling.spec import MethodCard
 
 logger = logging.getLogger(__name__)
 
@@ -27,32 +28,47 @@ LIBRARY_NAME = "transformers"
 TRAINING_SUMMARY = "training_summary.json"
 TRAINING_ARGS = "training_args.json"
 EVAL_RESULTS = "eval_results.json"
-#: Pictures a run may leave beside the model, with their alt text and caption, in the order the card shows them.
-PICTURES = {
-    "loss_curve.png": ("Training loss", "Training loss per optimizer step."),
-    "reconstruction.png": (
-        "Reconstructions",
-        "Per row: the image, the masked input, the reconstruction, and the reconstruction with the visible patches "
-        "pasted back. Normalised-pixel targets are shown de-normalised with the visible patches' statistics.",
-    ),
-    "masks.png": (
-        "Occlusion masks",
-        "Per row: the image, its partition into the occlusion model's masks (one colour per mask), then each mask "
-        "over the image.",
-    ),
-    "tokens.png": (
-        "Visual tokens",
-        "Per row: the image, then (BEiT) the masked input, the tokenizer's token map (one colour per token id), the "
-        "predicted map (masked patches in the colour of the predicted token, darkened where it is wrong), and the "
-        "tokenizer's decoding of the true tokens and of the tokens with the masked ones predicted; (tokenizer) the "
-        "token map and its decoding.",
-    ),
-    "occlusion_cka.png": (
-        "Occlusion invariance",
-        "Linear CKA between each block's features of full images and of the same images with random patches "
-        "occluded (`hf-mim evaluate --protocol cka`), against the mask ratio and against the block.",
-    ),
-}
+#: Pictures of any run, with their alt text and caption; the method's own picture (its `MethodSpec.picture`) goes
+#: between them on the card.
+LOSS_CURVE = ("loss_curve.png", "Training loss", "Training loss per optimizer step.")
+OCCLUSION_CKA = (
+    "occlusion_cka.png",
+    "Occlusion invariance",
+    "Linear CKA between each block's features of full images and of the same images with random patches "
+    "occluded (`hf-mim evaluate --protocol cka`), against the mask ratio and against the block.",
+)
+GENERAL_LIMITATIONS = (
+    "Pretrained without labels: the features need a probe or fine-tuning for any downstream task, and they reflect "
+    "the pretraining images only (domain, resolution, biases).",
+)
+
+
+def card_pictures(config) -> list[tuple[str, str, str]]:
+    """(file, alt, caption) of every picture a card for this config may show, in the order it shows them."""
+    spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
+    own = [(spec.picture.file, spec.picture.alt, spec.picture.caption)] if spec and spec.picture else []
+    return [LOSS_CURVE, *own, OCCLUSION_CKA]
+
+
+def method_card(config) -> MethodCard:
+    """The method's card text; for a model whose method hf_mim does not know, a generic one from its config."""
+    spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
+    if spec is not None:
+        return spec.card
+    name = type(config).__name__.removesuffix("Config") or "Model"
+    return MethodCard(
+        display_name=name,
+        paper_title="unknown",
+        paper_url="",
+        paragraph=f"A model of type `{config.model_type}`, which no hf_mim method describes.",
+        bibtex="",
+        target=lambda config: "unknown",
+    )
+
+
+def target_description(config) -> str:
+    return method_card(config).target(config)
+
 
 # The Hub's license identifiers (https://huggingface.co/docs/hub/repositories-licenses).
 HUB_LICENSES = frozenset(
@@ -95,7 +111,7 @@ def _architecture(config, total: int | None, encoder: int | None) -> list[tuple[
         ("Image size", f"{_size(config.image_size)} px, {config.num_channels} channel(s)"),
         ("Patch size", _size(config.patch_size)),
     ]
-    if config.model_type == "hf_mim_visual_tokenizer":
+    if not method_card(config).encoder:  # a visual tokenizer: a convolutional autoencoder
         rows += [
             ("Quantizer", config.quantizer),
             ("Vocabulary", str(config.vocab_size)),
@@ -119,7 +135,7 @@ def _architecture(config, total: int | None, encoder: int | None) -> list[tuple[
             )
         if hasattr(config, "mask_ratio"):
             rows.append(("Masking", f"{config.mask_strategy}, ratio {config.mask_ratio}"))
-        if config.model_type == "hf_mim_adios":
+        if hasattr(config, "occlusion_base_channels"):  # an occlusion model's learned masks (ADIOS)
             masks = "one mask per image (ADIOS-s)" if config.single_mask else "all masks"
             rows.append(("Masking", f"learned: {config.num_masks} masks from an occlusion U-Net, {masks}"))
         rows.append(("Pooling", config.pooling))
@@ -195,21 +211,26 @@ def build_model_card(
         run_args: `training_args.json` of that run.
         eval_results: results as `hf-mim evaluate` writes them: dicts with protocol, dataset, metric, value and
             optionally split and dataset_name; they become the card's `model-index`.
-        pictures: file names, beside README.md, of pictures to show (see `PICTURES`).
+        pictures: file names, beside README.md, of pictures to show (see `card_pictures`).
         repo_id: the repository, for the usage snippets.
         base_model: the model these weights were fine-tuned from (a Hub id), for classification models.
         license: a Hub license id; default "apache-2.0".
     """
-    method = method_card(config.model_type)
+    method = method_card(config)
     run, run_args = run or {}, run_args or {}
     architecture_name = (config.architectures or [""])[0]
     classification = architecture_name.endswith("ForImageClassification")
-    tokenizer = config.model_type == "hf_mim_visual_tokenizer"
-    title_kind = "fine-tuned classifier" if classification else "visual tokenizer" if tokenizer else "encoder"
-    article = "An" if method.name in ("MAE", "R-MAE", "ADIOS") else "A"
-    title = f"{method.name} {title_kind}" + (f": {repo_id}" if repo_id else "")
+    tokenizer = not method.encoder
+    title_kind = "fine-tuned classifier" if classification else "" if tokenizer else "encoder"
+    article = method.article
+    noun = " ".join(filter(None, (method.display_name, title_kind)))  # "MAE encoder", "Visual tokenizer"
+    title = noun + (f": {repo_id}" if repo_id else "")
+    if not method.encoder:  # a common noun, not a method's name: lower case inside a sentence
+        noun = noun[:1].lower() + noun[1:]
+    spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
+    tag = spec.name if spec else config.model_type
 
-    tags = ["hf-mim", method.tag, "vision", "custom_code"]
+    tags = ["hf-mim", tag, "vision", "custom_code"]
     tags += ["image-classification"] if classification else [] if tokenizer else ["masked-image-modeling"]
     if not classification and not tokenizer:
         tags.append("self-supervised-learning")
@@ -240,16 +261,16 @@ def build_model_card(
 
     if run:
         summary = (
-            f"{article} {method.name} {title_kind} pretrained with hf_mim "
-            f"(`hf-mim pretrain --method {method.tag}`) on {run.get('dataset', 'unknown data')}."
+            f"{article} {noun} pretrained with hf_mim "
+            f"(`hf-mim pretrain --method {tag}`) on {run.get('dataset', 'unknown data')}."
         )
     elif classification:
-        summary = f"A Vision Transformer classifier with a {method.name}-pretrained encoder" + (
+        summary = f"A Vision Transformer classifier with a {method.display_name}-pretrained encoder" + (
             f", fine-tuned from [{base_model}](https://huggingface.co/{base_model})." if base_model else "."
         )
     else:
         summary = (
-            f"{article} {method.name} {title_kind} in hf_mim's format. No training "
+            f"{article} {noun} in hf_mim's format. No training "
             "run is recorded with it, so what it was trained on is unknown."
         )
     if tokenizer:
@@ -284,8 +305,8 @@ def build_model_card(
             "wall time are not recorded here."
         ),
         pictures=[
-            {"file": name, "alt": PICTURES[name][0], "caption": PICTURES[name][1]}
-            for name in PICTURES
+            {"file": name, "alt": alt, "caption": caption}
+            for name, alt, caption in card_pictures(config)
             if name in pictures
         ],
         results=results,
@@ -355,7 +376,7 @@ def model_card_for_folder(
         run=_read_json(folder / TRAINING_SUMMARY),
         run_args=_read_json(folder / TRAINING_ARGS),
         eval_results=(eval_file or {}).get("results"),
-        pictures=[name for name in PICTURES if (folder / name).exists()],
+        pictures=[name for name, _, _ in card_pictures(config) if (folder / name).exists()],
         repo_id=repo_id,
         base_model=base_model,
         license=license,
@@ -420,5 +441,6 @@ __all__ = [
     "write_model_card",
     "GENERATED_MARKER",
     "HUB_LICENSES",
-    "PICTURES",
+    "card_pictures",
+    "method_card",
 ]

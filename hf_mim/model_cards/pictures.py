@@ -123,7 +123,7 @@ def save_token_picture(
     was_training = model.training
     model.eval()
     try:
-        if model.config.model_type == "hf_mim_visual_tokenizer":
+        if not hasattr(model, "tokenizer_inputs"):  # a visual tokenizer itself, not BEiT
             tokenizer, inputs = model, pixel_values
             token_ids = tokenizer.get_codebook_indices(inputs)
             masked = predicted = None
@@ -353,32 +353,53 @@ def save_reconstructions(
     return str(path)
 
 
-#: Model types whose targets are pixels: they get a reconstruction picture and a reconstruction error.
-PIXEL_TARGET_TYPES = ("hf_mim_mae", "hf_mim_rmae", "hf_mim_simmim")
+def save_model_panels(model, pixel_values: torch.Tensor, path: str | os.PathLike, seed: int = 0, scale: int = 4):
+    """A method's own picture: the columns `model.picture_panels(pixel_values, seed)` returns, each (B, C, H, W) in
+    [0, 1] (one channel is shown grey). Written as a PNG; returns the path."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            panels = model.picture_panels(pixel_values.to(device))
+    finally:
+        model.train(was_training)
+    columns = []
+    for panel in panels:
+        panel = panel.detach().float().cpu().clamp(0, 1)
+        panel = panel.expand(-1, 3, -1, -1) if panel.shape[1] == 1 else panel[:, :3]
+        columns.append((panel * 255).permute(0, 2, 3, 1))
+    panels_picture(columns, scale).save(path)
+    return str(path)
+
+
+#: `Picture.kind` -> how it is drawn: draw(model, pixel_values, path, seed, scale).
+PICTURE_KINDS = {
+    "reconstruction": lambda model, x, path, seed, scale: save_reconstructions(model, x, path, scale=scale, seed=seed),
+    "masks": lambda model, x, path, seed, scale: save_adios_masks(model, x, path, scale=scale),
+    "tokens": lambda model, x, path, seed, scale: save_token_picture(model, x, path, seed=seed, scale=scale),
+    "panels": save_model_panels,
+}
 
 
 def save_method_picture(
     model, pixel_values: torch.Tensor, folder: str | os.PathLike, seed: int = 0, scale: int = 4
 ) -> str | None:
-    """The picture a method has, written into `folder`: reconstructions for pixel-target methods (MAE, R-MAE,
-    SimMIM), masks for ADIOS, visual tokens for BEiT and the tokenizer; None for C-MAE, whose targets are features,
-    not pixels. Returns the file name."""
-    model_type = model.config.model_type
-    if model_type == "hf_mim_adios":
-        save_adios_masks(model, pixel_values, os.path.join(folder, "masks.png"), scale=scale)
-        return "masks.png"
-    if model_type in PIXEL_TARGET_TYPES:
-        save_reconstructions(model, pixel_values, os.path.join(folder, "reconstruction.png"), scale=scale, seed=seed)
-        return "reconstruction.png"
-    if model_type in ("hf_mim_beit", "hf_mim_visual_tokenizer"):
-        save_token_picture(model, pixel_values, os.path.join(folder, "tokens.png"), seed=seed, scale=scale)
-        return "tokens.png"
-    return None
+    """The picture the model's method declares (`MethodSpec.picture`), written into `folder`; None for a method
+    without one (C-MAE, whose targets are features, not pixels). Returns the file name."""
+    from ..modeling.auto import SPECS_BY_MODEL_TYPE
+
+    spec = SPECS_BY_MODEL_TYPE.get(model.config.model_type)
+    if spec is None or spec.picture is None:
+        return None
+    PICTURE_KINDS[spec.picture.kind](model, pixel_values, os.path.join(folder, spec.picture.file), seed, scale)
+    return spec.picture.file
 
 
 __all__ = [
     "PALETTE",
-    "PIXEL_TARGET_TYPES",
+    "PICTURE_KINDS",
     "mask_grid",
     "panels_picture",
     "save_token_picture",
@@ -390,5 +411,6 @@ __all__ = [
     "save_adios_masks",
     "save_loss_curve",
     "save_method_picture",
+    "save_model_panels",
     "save_reconstructions",
 ]

@@ -15,22 +15,58 @@ forward with the updated encoder).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
+from transformers.utils import ModelOutput
 
-from .augment import TwoViewsMixin, validate_color_jitter_fields
+from .augment import ColorJitterFields, TwoViewsMixin, sample_view_jitter, validate_color_jitter_fields
 from .backbone import MIMConfig, ViTEncoder, config_error, pool, to_2tuple
 from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
-from .ema import EMATeacher, build_teacher, validate_ema_fields
+from .ema import EMATeacher, EMATeacherFields, build_teacher, validate_ema_fields
 from .heads import MLPHead
 from .losses import byol_loss, gather_across_ranks, nt_xent, simsiam_loss, sparsity_penalty
-from .outputs import ADIOSForPreTrainingOutput
+from .spec import TINY_VIT, Adversary, MethodCard, MethodSpec, Picture, Recipe, draw_inputs
+
+
+@dataclass
+class ADIOSForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            What the phase asked for minimises: `phase="encoder"`, the similarity loss (masks detached);
+            `phase="occlusion"`, `mask_penalty - similarity_loss` (the occlusion model's side of the min-max);
+            `phase=None`, `similarity_loss + mask_penalty` with the masks behind a gradient reversal (one optimizer).
+        similarity_loss (`torch.FloatTensor` of shape `()`):
+            The objective (SimCLR, BYOL or SimSiam) between the first view and the masked second view, summed over
+            the masks (or taken for each image's chosen mask, ADIOS-s).
+        mask_penalty (`torch.FloatTensor` of shape `()`):
+            `sparsity_weight * sum_k mean_b 1 / (sin(pi * area_bk) + sparsity_eps)`, in float32.
+        masks (`torch.FloatTensor` of shape `(batch_size, num_masks, height, width)`):
+            The occlusion model's masks of the second view; they sum to 1 at every pixel.
+        color_jitter (`torch.FloatTensor` of shape `(batch_size, 2, 4)`):
+            Each view's colour-jitter factors.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The encoder's hidden states for the first (unmasked) view.
+    """
+
+    loss: torch.FloatTensor | None = None
+    similarity_loss: torch.FloatTensor | None = None
+    mask_penalty: torch.FloatTensor | None = None
+    masks: torch.FloatTensor | None = None
+    color_jitter: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+logger = logging.getLogger(__name__)
 
 ADIOS_OBJECTIVES = ("simclr", "byol", "simsiam")
 OCCLUSION_NORMS = ("group", "instance", "none")
@@ -38,7 +74,7 @@ ADIOS_PHASES = ("encoder", "occlusion")
 _GROUPS = 8  # GroupNorm groups of the occlusion U-Net's blocks
 
 
-class ADIOSConfig(MIMConfig):
+class ADIOSConfig(EMATeacherFields, ColorJitterFields, MIMConfig):
     r"""
     Configuration of an ADIOS model: the encoder fields of [`MIMConfig`] (defaults: ViT-B/16 at 224 px; the
     representation is the pooled encoder output, `pooling`), and:
@@ -76,16 +112,9 @@ class ADIOSConfig(MIMConfig):
             Hidden width of the predictor (BYOL and SimSiam only).
         contrastive_temperature (`float`, *optional*, defaults to 0.1):
             SimCLR's temperature (not `temperature`, which transformers reserves for generation).
-        ema_momentum (`float`, *optional*, defaults to 0.99):
-            BYOL's target momentum, in [0, 1].
-        ema_momentum_schedule (`str`, *optional*, defaults to `"cosine"`):
-            `"constant"`, or `"cosine"`: raised from `ema_momentum` to `ema_momentum_end` over training (BYOL).
-        ema_momentum_end (`float`, *optional*, defaults to 1.0):
-            Final momentum of the cosine schedule.
-        color_jitter_strength (`list[float]`, *optional*, defaults to `[0.4, 0.4, 0.2, 0.1]`):
-            Brightness, contrast, saturation and hue ranges of each view's colour jitter (SimCLR's values).
-        color_jitter_prob (`float`, *optional*, defaults to 0.8):
-            Probability that a view is jittered at all.
+
+    The EMA teacher's fields ([`EMATeacherFields`], BYOL only): momentum 0.99 by default, raised to 1 on a cosine.
+    The colour jitter's ([`ColorJitterFields`]): SimCLR's strengths 0.4, 0.4, 0.2 and 0.1, probability 0.8.
     """
 
     model_type = "hf_mim_adios"
@@ -127,11 +156,8 @@ class ADIOSConfig(MIMConfig):
         self.projection_size = projection_size
         self.prediction_hidden_size = prediction_hidden_size
         self.contrastive_temperature = contrastive_temperature
-        self.ema_momentum = ema_momentum
-        self.ema_momentum_schedule = ema_momentum_schedule
-        self.ema_momentum_end = ema_momentum_end
-        self.color_jitter_strength = [float(v) for v in color_jitter_strength]
-        self.color_jitter_prob = color_jitter_prob
+        self.set_ema_fields(ema_momentum, ema_momentum_schedule, ema_momentum_end)
+        self.set_color_jitter_fields(color_jitter_strength, color_jitter_prob)
         super().__init__(**kwargs)
         self._require_positive_ints(
             "num_masks",
@@ -307,7 +333,7 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
         return list(self.occlusion.parameters())
 
     def _embed(self, pixel_values, interpolate_pos_encoding, output_hidden_states=False):
-        hidden, hidden_states = self.vit(
+        hidden, hidden_states, _ = self.vit(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
         )
         return self.projector(pool(hidden, self.config.pooling)), hidden_states
@@ -317,7 +343,7 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
         if teacher.device != pixel_values.device:
             teacher.to(pixel_values.device)
         with torch.no_grad():
-            hidden, _ = teacher.module.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+            hidden = teacher.module.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)[0]
             return teacher.module.projector(pool(hidden.float(), self.config.pooling))
 
     def _similarity(self, z_a, z_m, view_a, masked, interpolate_pos_encoding) -> torch.Tensor:
@@ -337,13 +363,6 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
             return per_mask * masks  # the mean over K * B rows, times K: a sum over masks of batch means
         t_a, t_m = self._target(view_a, interpolate_pos_encoding), self._target(masked, interpolate_pos_encoding)
         return (byol_loss(p_a.repeat(masks, 1), t_m) + byol_loss(p_m, t_a.repeat(masks, 1))) * masks
-
-    def draw_inputs(self, batch: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 2, 4) jitter factors and, for ADIOS-s, (B,) mask choices, from the global RNG (the data pipeline passes
-        its own)."""
-        jitter = self.draw_view_jitter(batch, device)
-        choice = torch.randint(self.config.num_masks, (batch,)) if self.config.single_mask else None
-        return jitter, None if choice is None else choice.to(device)
 
     def forward(
         self,
@@ -377,12 +396,12 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
         if phase is not None and phase not in ADIOS_PHASES:
             raise ValueError(f"phase={phase!r} is invalid: None or one of {ADIOS_PHASES}")
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        self.vit.input_grid(pixel_values, interpolate_pos_encoding)
+        grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
         batch = pixel_values.shape[0]
-        if color_jitter is None or (self.config.single_mask and mask_choice is None):
-            jitter, choice = self.draw_inputs(batch, pixel_values.device)
-            color_jitter = jitter if color_jitter is None else color_jitter
-            mask_choice = choice if mask_choice is None else mask_choice
+        if color_jitter is None or (self.config.single_mask and mask_choice is None):  # drawn as the pipeline does
+            drawn = draw_inputs(sample_adios_inputs, self.config, grid, batch, pixel_values.device)
+            color_jitter = drawn["color_jitter"] if color_jitter is None else color_jitter
+            mask_choice = drawn.get("mask_choice") if mask_choice is None else mask_choice
         if tuple(color_jitter.shape) != (batch, 2, 4):
             raise ValueError(
                 f"color_jitter must have shape (batch, 2 views, 4) = {(batch, 2, 4)}, got {tuple(color_jitter.shape)}"
@@ -421,9 +440,7 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
             loss = penalty - similarity
         else:
             loss = similarity + penalty
-        if not return_dict:
-            return tuple(v for v in (loss, similarity, penalty, masks, color_jitter, hidden_states) if v is not None)
-        return ADIOSForPreTrainingOutput(
+        output = ADIOSForPreTrainingOutput(
             loss=loss,
             similarity_loss=similarity.detach(),
             mask_penalty=penalty.detach(),
@@ -431,23 +448,118 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
             color_jitter=color_jitter,
             hidden_states=hidden_states,
         )
+        return output if return_dict else output.to_tuple()
 
 
-#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
-#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
-AUTO_CLASSES = {
-    "AutoConfig": ADIOSConfig,
-    "AutoModel": ADIOSModel,
-    "AutoModelForPreTraining": ADIOSForPreTraining,
-    "AutoModelForImageClassification": ADIOSForImageClassification,
-}
+def sample_adios_inputs(config: ADIOSConfig, grid: tuple[int, int], generator: torch.Generator | None) -> dict:
+    """One image's inputs: the two views' colour jitter, (2, 4), and for ADIOS-s the mask it is trained on, ()."""
+    inputs = {"color_jitter": sample_view_jitter(generator, config)}
+    if config.single_mask:
+        inputs["mask_choice"] = torch.randint(config.num_masks, (), generator=generator)
+    return inputs
+
+
+def occlusion_step(accelerator, model, optimizer, micro_batches) -> dict[str, torch.Tensor]:
+    """ADIOS's max step: the occlusion model's own optimizer steps on `phase="occlusion"` over the micro-batches
+    ((batch, weight) pairs) the encoder side just stepped on, so it faces the updated encoder, as in the reference.
+
+    DDP synchronises gradients on the last micro-batch only; the loss is scaled like the main one (accelerate
+    divides by the accumulation steps). Every parameter takes part in these backward passes, the encoder side's too:
+    their gradients are dropped afterwards rather than excluded with requires_grad, which DDP does not allow to
+    change after wrapping. A non-finite loss on any rank skips the step on every rank."""
+    optimizer.zero_grad(set_to_none=True)
+    total, metrics = None, {}
+    for i, (batch, weight) in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            out = model(**batch, phase="occlusion")
+            accelerator.backward(out.loss * weight)
+        areas = out.masks.detach().float().mean(dim=(-2, -1))  # (B, N)
+        batch_metrics = {
+            "occlusion_loss": out.loss.detach(),
+            "mask_area_min": areas.min(dim=1).values.mean(),
+            "mask_area_max": areas.max(dim=1).values.mean(),
+        }
+        total = out.loss.detach().float() if total is None else total + out.loss.detach().float()
+        for name, value in batch_metrics.items():
+            metrics[name] = metrics.get(name, 0) + value.detach().float() / len(micro_batches)
+    if accelerator.reduce((~torch.isfinite(total)).float(), "sum").item() > 0:
+        logger.warning("non-finite loss of the occlusion model; its update skipped")
+        metrics = {}
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.unwrap_model(model).zero_grad(set_to_none=True)  # the encoder side's gradients from these passes
+    return metrics
+
+
+METHOD = MethodSpec(
+    name="adios",
+    auto_classes={
+        "AutoConfig": ADIOSConfig,
+        "AutoModel": ADIOSModel,
+        "AutoModelForPreTraining": ADIOSForPreTraining,
+        "AutoModelForImageClassification": ADIOSForImageClassification,
+    },
+    card=MethodCard(
+        display_name="ADIOS",
+        paper_title="Adversarial Masking for Self-Supervised Learning (Shi et al., ICML 2022)",
+        paper_url="https://arxiv.org/abs/2201.13100",
+        paragraph=(
+            "ADIOS trains an occlusion model (a U-Net) adversarially against the image encoder: the occlusion "
+            "model splits each image into soft masks, the encoder minimises a SimCLR, BYOL or SimSiam objective "
+            "between an image and its masked versions, and the occlusion model maximises it under a sparsity "
+            "penalty that keeps every mask from being empty or full."
+        ),
+        bibtex="""@inproceedings{shi2022adversarial,
+  title     = {Adversarial Masking for Self-Supervised Learning},
+  author    = {Shi, Yuge and Siddharth, N. and Torr, Philip H. S. and Kosiorek, Adam R.},
+  booktitle = {ICML},
+  year      = {2022}
+}""",
+        target=lambda config: f"{config.objective} similarity between an image and its adversarially occluded view",
+        limitations=(
+            "The checkpoint's encoder is what transfers; the occlusion model is kept in the weights for "
+            "continued training and for mask pictures.",
+        ),
+    ),
+    paper=Recipe(base_lr=1e-3),
+    # Small data: ADIOS-s (one mask of the N per image and step, the paper's cheaper variant): 5x less work per step
+    # than all six masks. Base lr 1e-3, as for C-MAE: in 150 steps the contrastive loss falls from 2.79 to 0.64, and
+    # at 1e-2 only from 4.14 to 1.80 (RESULTS.md, issue 16).
+    small=Recipe(
+        base_lr=1e-3,
+        config=dict(projection_hidden_size=512, projection_size=128, prediction_hidden_size=256, single_mask=True),
+        epochs=50,
+    ),
+    betas=(0.9, 0.999),
+    crop_scale=(0.08, 1.0),  # SimCLR's crop
+    sample_inputs=sample_adios_inputs,
+    picture=Picture(
+        kind="masks",
+        file="masks.png",
+        alt="Occlusion masks",
+        caption="Per row: the image, its partition into the occlusion model's masks (one colour per mask), then each "
+        "mask over the image.",
+    ),
+    tiny_config=dict(**TINY_VIT, projection_hidden_size=64, projection_size=16, num_masks=3, occlusion_base_channels=8),
+    adversary=Adversary(
+        parameters=lambda model: model.occlusion_parameters(),
+        learning_rate=lambda config: config.occlusion_learning_rate,
+        step=occlusion_step,
+        main_inputs={"phase": "encoder"},
+    ),
+)
 
 __all__ = [
-    "AUTO_CLASSES",
+    "METHOD",
+    "ADIOSForPreTrainingOutput",
     "ADIOSConfig",
     "ADIOSPreTrainedModel",
     "ADIOSModel",
     "ADIOSForPreTraining",
     "ADIOSForImageClassification",
     "OcclusionModel",
+    "occlusion_step",
+    "sample_adios_inputs",
 ]

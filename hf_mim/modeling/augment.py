@@ -80,6 +80,24 @@ def sample_color_jitter(
     return torch.tensor([1 + b * u[0], 1 + c * u[1], 1 + s * u[2], h * u[3]], dtype=torch.float32)
 
 
+class ColorJitterFields:
+    r"""
+    The colour-jitter config fields of models that make two jittered views of each image themselves, declared here
+    once; each config gives its own defaults in its signature and passes the values to `set_color_jitter_fields`.
+
+    Args:
+        color_jitter_strength (`list[float]`, *optional*):
+            Brightness, contrast, saturation and hue ranges of each view's colour jitter (factors uniform in
+            [1 - s, 1 + s], hue shift in [-h, h]).
+        color_jitter_prob (`float`, *optional*, defaults to 0.8):
+            Probability that a view is jittered at all.
+    """
+
+    def set_color_jitter_fields(self, color_jitter_strength: Sequence[float], color_jitter_prob: float) -> None:
+        self.color_jitter_strength = [float(v) for v in color_jitter_strength]
+        self.color_jitter_prob = color_jitter_prob
+
+
 def validate_color_jitter_fields(config) -> None:
     """`color_jitter_strength` (four non-negative floats) and `color_jitter_prob` (in [0, 1]) of a two-view config."""
     from .backbone import config_error
@@ -117,6 +135,7 @@ class TwoViewsMixin:
 
 
 __all__ = [
+    "ColorJitterFields",
     "color_jitter",
     "sample_color_jitter",
     "sample_view_jitter",

@@ -9,6 +9,7 @@ Shape conventions: B batch, C channels, L patches on the grid, K visible patches
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,15 @@ def config_error(field: str, value, allowed: str) -> ValueError:
 class ImageFieldsMixin:
     """`image_size`, `patch_size`, `num_channels`, `image_mean` and `image_std` handling shared by the configs of
     models that cut images into patches (the ViT configs and the visual tokenizer's)."""
+
+    def __init_subclass__(cls, **kwargs):
+        own_init = "__init__" in cls.__dict__
+        super().__init_subclass__(**kwargs)
+        if not own_init:
+            # transformers 5 turns a config subclass without an `__init__` into a dataclass with a generated one,
+            # which never calls its parent's: every field the parent sets in `__init__` would be missing. A
+            # subclass that only renames (`model_type = "my_mae"`) keeps its parent's `__init__`.
+            cls.__init__ = next(base.__dict__["__init__"] for base in cls.__mro__[1:] if "__init__" in base.__dict__)
 
     def _set_normalization(self, image_mean: Sequence[float] | None, image_std: Sequence[float] | None) -> None:
         if image_mean is None:
@@ -330,9 +340,18 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection and `scaled_dot_product_attention`."""
+    """Multi-head self-attention with one fused qkv projection, through `scaled_dot_product_attention` or, with
+    `attn_implementation="eager"` or when the weights are asked for, as an explicit softmax."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        config: PretrainedConfig | None = None,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -340,14 +359,25 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # read at call time, as transformers' attention modules do: `model.set_attn_implementation("eager")` then
+        # switches every block at once
+        self.config = config
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, dim = x.shape  # (B, N, D)
+        # (B, N, 3 * D) -> (B, N, 3, heads, head_dim) -> (3, B, heads, N, head_dim)
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(batch, length, dim)
-        return self.proj_drop(self.proj(x))
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        dropout = self.attn_drop if self.training else 0.0
+        implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
+        if implementation == "sdpa" and not output_attentions:
+            x, weights = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout), None
+        else:
+            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, heads, N, N)
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # float32 softmax, as transformers'
+            x = F.dropout(weights, p=dropout, training=self.training) @ v  # (B, heads, N, head_dim)
+        x = x.transpose(1, 2).reshape(batch, length, dim)  # (B, N, heads * head_dim)
+        return self.proj_drop(self.proj(x)), weights
 
 
 class MLP(nn.Module):
@@ -408,10 +438,11 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         layer_scale_init_value: float = 0.0,
+        config: PretrainedConfig | None = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, config=config)
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = MLP(dim, mlp_dim, act=act, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -419,9 +450,10 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, layer_scale_init_value) if scaled else nn.Identity()
         self.ls2 = LayerScale(dim, layer_scale_init_value) if scaled else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.norm1(x), output_attentions)
+        x = x + self.drop_path(self.ls1(attended))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x)))), weights
 
 
 class BlockStack(nn.ModuleList):
@@ -435,14 +467,22 @@ class BlockStack(nn.ModuleList):
         super().__init__(blocks)
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor, output_hidden_states: bool = False):
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False):
+        """(B, N, D) -> (B, N, D), the input and each block's output when `output_hidden_states`, and each block's
+        attention weights (B, heads, N, N) when `output_attentions`."""
         hidden_states = (x,) if output_hidden_states else None
+        attentions = () if output_attentions else None
         checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self:
-            x = self._gradient_checkpointing_func(block.__call__, x) if checkpoint else block(x)
+            if checkpoint:
+                x, weights = self._gradient_checkpointing_func(block.__call__, x, output_attentions)
+            else:
+                x, weights = block(x, output_attentions)
             if output_hidden_states:
                 hidden_states = hidden_states + (x,)
-        return x, hidden_states
+            if output_attentions:
+                attentions = attentions + (weights,)
+        return x, hidden_states, attentions
 
 
 def build_blocks(
@@ -468,6 +508,7 @@ def build_blocks(
                 attn_drop=config.attention_probs_dropout_prob,
                 drop_path=rate,
                 layer_scale_init_value=layer_scale_init_value,
+                config=config,
             )
             for rate in rates
         ]
@@ -477,6 +518,15 @@ def build_blocks(
 # --------------------------------------------------------------------------------------------------------------
 # The encoder
 # --------------------------------------------------------------------------------------------------------------
+
+
+class EncoderOutput(NamedTuple):
+    """What the encoder returns: `last_hidden_state` (B, N, D) after the final norm; `hidden_states`, the input
+    then each block's output, when asked for; `attentions`, each block's (B, heads, N, N) weights, when asked for."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class ViTEncoder(nn.Module):
@@ -568,10 +618,12 @@ class ViTEncoder(nn.Module):
         cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1)
         return tokens, cls
 
-    def forward_tokens(self, x: torch.Tensor, output_hidden_states: bool = False):
-        """Blocks then final norm on a (B, N, D) sequence; returns (normed output, hidden states or None)."""
-        x, hidden_states = self.blocks(x, output_hidden_states=output_hidden_states)
-        return self.norm(x), hidden_states
+    def forward_tokens(
+        self, x: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> EncoderOutput:
+        """Blocks then final norm on a (B, N, D) sequence."""
+        x, hidden_states, attentions = self.blocks(x, output_hidden_states, output_attentions)
+        return EncoderOutput(self.norm(x), hidden_states, attentions)
 
     def forward(
         self,
@@ -581,13 +633,14 @@ class ViTEncoder(nn.Module):
         output_hidden_states: bool = False,
         bool_masked_pos: torch.Tensor | None = None,
         mask_token: torch.Tensor | None = None,
-    ):
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
         """Encode all patches, or only `ids_keep` (B, K), masked ones replaced by `mask_token` where
-        `bool_masked_pos`. Returns ((B, 1 + K, D) normed, hidden states)."""
-        tokens, cls = self.embed(pixel_values, interpolate_pos_encoding, bool_masked_pos, mask_token)
-        if ids_keep is not None:
+        `bool_masked_pos`. `last_hidden_state` is (B, 1 + K, D), after the final norm."""
+        tokens, cls = self.embed(pixel_values, interpolate_pos_encoding, bool_masked_pos, mask_token)  # (B, L, D)
+        if ids_keep is not None:  # (B, L, D) -> (B, K, D): the kept patches, in ids_keep's order
             tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return self.forward_tokens(torch.cat([cls, tokens], dim=1), output_hidden_states)
+        return self.forward_tokens(torch.cat([cls, tokens], dim=1), output_hidden_states, output_attentions)
 
 
 def init_vit_weights(module: nn.Module, config: MIMConfig, init) -> None:
@@ -621,10 +674,6 @@ def init_vit_weights(module: nn.Module, config: MIMConfig, init) -> None:
             init.copy_(module.pos_embed, sincos_2d_position_embedding(config.hidden_size, config.grid_size)[None])
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
 def pool(last_hidden_state: torch.Tensor, pooling: str) -> torch.Tensor:
     """(B, 1 + L, D) -> (B, D): the CLS token or the mean of the patch tokens."""
     if pooling == "cls":
@@ -650,6 +699,5 @@ __all__ = [
     "unpatchify",
     "pool",
     "init_vit_weights",
-    "count_parameters",
     "to_2tuple",
 ]

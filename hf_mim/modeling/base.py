@@ -15,6 +15,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .backbone import MIMConfig, ViTEncoder, init_vit_weights, pool, to_2tuple
 from .heads import init_head_weights
+from .masking import sample_mask
+from .spec import draw_inputs
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -29,18 +31,19 @@ HUB_HOOKS: dict = {}
 def export_remote_code(config, save_directory: str | os.PathLike) -> list[str]:
     """Copy the modeling files a config's method needs into `save_directory`, flat, and set `config.auto_map`.
 
-    The files are the method file (whose `AUTO_CLASSES` names the Auto class of each model class) and every file it
-    imports relatively, recursively; they import only torch, transformers and the standard library, and their
+    The files are the method file (whose `METHOD.auto_classes` names the Auto class of each model class) and every
+    file it imports relatively, recursively; they import only torch, transformers and the standard library; their
     `from .x import y` imports resolve in the flat upload as they do in the package. Works from the installed
     package and from a remote-code copy alike, so a model loaded without hf_mim saves and re-shares the same way.
-    Returns the copied file names (empty, with a warning, for a config class without `AUTO_CLASSES`).
+    Returns the copied file names (empty, with a warning, for a config class whose module declares no `METHOD`).
     """
     from transformers.dynamic_module_utils import get_relative_import_files
 
-    auto_classes = getattr(sys.modules[type(config).__module__], "AUTO_CLASSES", None)
+    method = getattr(sys.modules[type(config).__module__], "METHOD", None)
+    auto_classes = getattr(method, "auto_classes", None)
     if not auto_classes:
         logger.warning(
-            "%s has no AUTO_CLASSES in its module: saved without remote code, so loading it needs hf_mim",
+            "%s has no METHOD in its module: saved without remote code, so loading it needs hf_mim",
             type(config).__name__,
         )
         return []
@@ -101,6 +104,16 @@ class MIMPreTrainedModel(PreTrainedModel):
             output_hidden_states = self.config.output_hidden_states
         return bool(output_hidden_states), self.config.return_dict if return_dict is None else return_dict
 
+    def _attention_flag(self, output_attentions: bool | None) -> bool:
+        return bool(self.config.output_attentions if output_attentions is None else output_attentions)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """What the model does after optimizer step `step` of `total_steps` (`hf-mim pretrain` calls it; under
+        `Trainer`, `EMATeacherCallback` does): an EMA teacher, where the model has one, takes its step."""
+        if hasattr(self, "teacher"):
+            self.teacher.total_steps = total_steps
+            self.update_teacher()
+
     def get_input_embeddings(self):
         return self.vit.patch_embed
 
@@ -139,10 +152,10 @@ class MIMPreTrainedModel(PreTrainedModel):
         `bool_masked_pos`, masks are drawn from the config's strategy. Returns (last_hidden_state (B, 1 + L, D),
         hidden states or None, bool_masked_pos (B, L), grid (rows, cols))."""
         grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
-        if bool_masked_pos is None:
-            spec = self.config.masking_spec()
-            bool_masked_pos = spec.sample_batch(pixel_values.shape[0], grid, device=pixel_values.device)
-        hidden, hidden_states = self.vit(
+        if bool_masked_pos is None:  # drawn per image, as the data pipeline draws it
+            drawn = draw_inputs(sample_mask, self.config, grid, pixel_values.shape[0], pixel_values.device)
+            bool_masked_pos = drawn["bool_masked_pos"]
+        hidden, hidden_states, _ = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
@@ -183,17 +196,23 @@ class MIMModel(MIMPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        last_hidden_state, hidden_states = self.vit(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
+        last_hidden_state, hidden_states, attentions = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=self._attention_flag(output_attentions),
         )
         pooled = pool(last_hidden_state, self.config.pooling)
-        if not return_dict:
-            return tuple(v for v in (last_hidden_state, pooled, hidden_states) if v is not None)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=hidden_states,
+            attentions=attentions,
         )
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

@@ -12,17 +12,46 @@ position embeddings rather than BEiT's shared relative position bias; LayerScale
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from .backbone import ViTEncoder, channel_column, config_error
 from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
 from .losses import masked_cross_entropy
-from .masking import MaskedMIMConfig
-from .outputs import BEiTForPreTrainingOutput
+from .masking import MaskedMIMConfig, sample_mask
+from .spec import TINY_VIT, MethodCard, MethodSpec, Picture, Recipe
 from .tokenizer import VisualTokenizer, VisualTokenizerConfig
+
+
+@dataclass
+class BEiTForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            Cross-entropy of the predicted visual tokens at the masked positions.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_patches, vocab_size)`):
+            Token scores at every patch position (only masked ones enter the loss).
+        labels (`torch.LongTensor` of shape `(batch_size, num_patches)`):
+            The visual-token ids of every patch: given, or computed by the frozen tokenizer.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`):
+            The mask used, True for masked patches.
+        accuracy (`torch.FloatTensor` of shape `()`):
+            Fraction of masked positions whose most likely token is the label.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Encoder input then each block's output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    labels: torch.LongTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+    accuracy: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
 
 logger = logging.getLogger(__name__)
 
@@ -253,9 +282,7 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         mask = bool_masked_pos.bool()
         hits = (logits.detach().argmax(-1) == labels) & mask
         accuracy = hits.sum() / mask.sum()  # NaN with nothing masked, as the mean of an empty selection was
-        if not return_dict:
-            return tuple(v for v in (loss, logits, labels, bool_masked_pos, accuracy, hidden_states) if v is not None)
-        return BEiTForPreTrainingOutput(
+        output = BEiTForPreTrainingOutput(
             loss=loss,
             logits=logits,
             labels=labels,
@@ -263,19 +290,74 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
             accuracy=accuracy,
             hidden_states=hidden_states,
         )
+        return output if return_dict else output.to_tuple()
 
 
-#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
-#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
-AUTO_CLASSES = {
-    "AutoConfig": BEiTConfig,
-    "AutoModel": BEiTModel,
-    "AutoModelForPreTraining": BEiTForPreTraining,
-    "AutoModelForImageClassification": BEiTForImageClassification,
-}
+def _with_tokenizer_vocabulary(fields: dict) -> dict:
+    """The head predicts the tokenizer's vocabulary: a run naming a tokenizer takes its `vocab_size`."""
+    path = fields.get("tokenizer_name_or_path")
+    if path and "vocab_size" not in fields:
+        return {**fields, "vocab_size": VisualTokenizerConfig.from_pretrained(path).vocab_size}
+    return fields
+
+
+BEIT_BIBTEX = """@inproceedings{bao2022beit,
+  title     = {{BEiT}: {BERT} Pre-Training of Image Transformers},
+  author    = {Bao, Hangbo and Dong, Li and Piao, Songhao and Wei, Furu},
+  booktitle = {ICLR},
+  year      = {2022}
+}"""
+
+TOKENS_PICTURE = Picture(
+    kind="tokens",
+    file="tokens.png",
+    alt="Visual tokens",
+    caption="Per row: the image, the masked input, the tokenizer's token map (one colour per token id), the "
+    "predicted map (masked patches in the colour of the predicted token, darkened where it is wrong), and the "
+    "tokenizer's decoding of the true tokens and of the tokens with the masked ones predicted.",
+)
+
+METHOD = MethodSpec(
+    name="beit",
+    auto_classes={
+        "AutoConfig": BEiTConfig,
+        "AutoModel": BEiTModel,
+        "AutoModelForPreTraining": BEiTForPreTraining,
+        "AutoModelForImageClassification": BEiTForImageClassification,
+    },
+    card=MethodCard(
+        display_name="BEiT",
+        paper_title="BEiT: BERT Pre-Training of Image Transformers (Bao et al., 2021)",
+        paper_url="https://arxiv.org/abs/2106.08254",
+        paragraph=(
+            "BEiT maps every patch to a discrete visual token with a separately trained tokenizer, masks blocks "
+            "of patches, and trains the Vision Transformer to predict the token ids of the masked patches with "
+            "a cross-entropy loss, as BERT does for words."
+        ),
+        bibtex=BEIT_BIBTEX,
+        target=lambda config: (
+            f"discrete visual-token ids of masked patches (vocabulary {config.vocab_size}), cross-entropy"
+        ),
+        limitations=(
+            "The targets are only as good as the visual tokenizer they come from; hf_mim's BEiT has no relative "
+            "position bias.",
+        ),
+    ),
+    # BEiT's ViT-B recipe: lr 1.5e-3 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.08-1
+    paper=Recipe(base_lr=1.875e-4),
+    # an 8x8 grid: BEiT's 16-patch minimum block would be a quarter of the image
+    small=Recipe(base_lr=1e-2, config=dict(mask_min_num_patches=4), epochs=50),
+    betas=(0.9, 0.999),
+    crop_scale=(0.08, 1.0),
+    sample_inputs=sample_mask,
+    picture=TOKENS_PICTURE,
+    tiny_config=dict(**TINY_VIT, vocab_size=32, mask_min_num_patches=2),
+    prepare_config=_with_tokenizer_vocabulary,
+)
 
 __all__ = [
-    "AUTO_CLASSES",
+    "METHOD",
+    "BEiTForPreTrainingOutput",
     "BEiTConfig",
     "BEiTPreTrainedModel",
     "BEiTModel",

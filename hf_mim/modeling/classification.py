@@ -44,17 +44,19 @@ class MIMForImageClassification(MIMPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> ImageClassifierOutput | tuple:
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        last_hidden_state, hidden_states = self.vit(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
+        last_hidden_state, hidden_states, attentions = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=self._attention_flag(output_attentions),
         )
         logits = self.classifier(pool(last_hidden_state, self.config.pooling))
         loss = None if labels is None else self._loss(logits, labels)
-        if not return_dict:
-            out = tuple(v for v in (logits, hidden_states) if v is not None)
-            return (loss,) + out if loss is not None else out
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        return output if return_dict else output.to_tuple()
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.to(logits.device)

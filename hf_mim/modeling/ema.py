@@ -90,6 +90,26 @@ class EMATeacher:
         self.total_steps = state.get("total_steps")
 
 
+class EMATeacherFields:
+    r"""
+    The EMA teacher's config fields, declared here once for every config whose model has a teacher; each config
+    gives its own defaults in its signature and passes the values to `set_ema_fields`.
+
+    Args:
+        ema_momentum (`float`, *optional*):
+            Momentum of the target branch, in [0, 1].
+        ema_momentum_schedule (`str`, *optional*):
+            `"constant"`, or `"cosine"`: raised from `ema_momentum` to `ema_momentum_end` over training (BYOL).
+        ema_momentum_end (`float`, *optional*, defaults to 1.0):
+            Final momentum of the cosine schedule.
+    """
+
+    def set_ema_fields(self, ema_momentum: float, ema_momentum_schedule: str, ema_momentum_end: float) -> None:
+        self.ema_momentum = ema_momentum
+        self.ema_momentum_schedule = ema_momentum_schedule
+        self.ema_momentum_end = ema_momentum_end
+
+
 def validate_ema_fields(config) -> None:
     """`ema_momentum` and `ema_momentum_end` (in [0, 1]) and `ema_momentum_schedule` of a config with a teacher."""
     from .backbone import config_error
@@ -113,4 +133,4 @@ def build_teacher(model: nn.Module, names: Sequence[str]) -> EMATeacher:
     )
 
 
-__all__ = ["EMATeacher", "MOMENTUM_SCHEDULES", "build_teacher", "validate_ema_fields"]
+__all__ = ["EMATeacherFields", "EMATeacher", "MOMENTUM_SCHEDULES", "build_teacher", "validate_ema_fields"]

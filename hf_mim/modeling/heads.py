@@ -38,15 +38,17 @@ class MAEDecoder(nn.Module):
         self, latent: torch.Tensor, ids_restore: torch.Tensor, grid_size: tuple[int, int] | None = None
     ) -> torch.Tensor:
         """latent (B, 1 + K, D) with CLS first; ids_restore (B, L) -> pixel predictions (B, L, patch**2 * C)."""
-        x = self.embed(latent)
+        x = self.embed(latent)  # (B, 1 + K, D_dec)
         batch, num_tokens, dim = x.shape
-        num_masked = ids_restore.shape[1] - (num_tokens - 1)
+        num_masked = ids_restore.shape[1] - (num_tokens - 1)  # L - K
+        # (B, K, D_dec) visible + (B, L - K, D_dec) mask tokens, in keep-then-mask order
         patches = torch.cat([x[:, 1:], self.mask_token.expand(batch, num_masked, dim).to(x.dtype)], dim=1)
+        # back to grid order: patches[b, i] = shuffled[b, ids_restore[b, i]], (B, L, D_dec)
         patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
-        pos = resize_position_embedding(self.pos_embed, self.grid_size, grid_size or self.grid_size)
-        x = torch.cat([x[:, :1], patches], dim=1) + pos
-        x, _ = self.blocks(x)
-        return self.pred(self.norm(x[:, 1:]))  # the CLS token's prediction would be thrown away
+        pos = resize_position_embedding(self.pos_embed, self.grid_size, grid_size or self.grid_size)  # (1, 1 + L, D)
+        x = torch.cat([x[:, :1], patches], dim=1) + pos  # (B, 1 + L, D_dec)
+        x, _, _ = self.blocks(x)
+        return self.pred(self.norm(x[:, 1:]))  # (B, L, P * P * C); the CLS token's prediction would be thrown away
 
 
 class PixelShuffleHead(nn.Module):

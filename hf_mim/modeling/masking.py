@@ -30,14 +30,13 @@ import torch
 
 from .backbone import MIMConfig, config_error
 
-MASK_STRATEGIES = ("random", "mask_patch", "block", "central", "rectangles")
 # BEiT gives up on placing a block after this many tries (MaskingGenerator._mask)
 _BLOCK_ATTEMPTS = 10
 
 
 @dataclass
-class RandomMasking:
-    """Index form of a mask, as MAE uses it.
+class MaskIndices:
+    """Index form of any mask, as MAE uses it.
 
     ids_keep: (B, K) indices of the visible patches, in the order the encoder sees them.
     ids_restore: (B, L) permutation that puts [visible..., masked...] back into grid order.
@@ -72,7 +71,7 @@ def random_masking(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-) -> RandomMasking:
+) -> MaskIndices:
     """MAE's per-sample uniform masking: the `L - int(L * (1 - mask_ratio))` patches with the highest noise are masked.
 
     `noise` (B, L) has the meaning of transformers' ViTMAE `noise` argument: patches are sorted by ascending noise
@@ -90,10 +89,10 @@ def random_masking(
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     # A patch is masked exactly when its rank in the shuffle falls beyond the kept prefix.
     mask = (ids_restore >= len_keep).to(torch.float32)
-    return RandomMasking(ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore, mask=mask)
+    return MaskIndices(ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore, mask=mask)
 
 
-def bool_mask_to_indices(bool_masked_pos: torch.Tensor) -> RandomMasking:
+def bool_mask_to_indices(bool_masked_pos: torch.Tensor) -> MaskIndices:
     """Index form of a (B, L) boolean mask with the same number of masked patches in every row: visible patches in
     grid order, then masked ones in grid order. Raises if the rows differ, since the visible sets could not be
     stacked."""
@@ -114,7 +113,7 @@ def bool_mask_to_indices(bool_masked_pos: torch.Tensor) -> RandomMasking:
     # A stable sort on the mask puts visible patches first, each group in grid order.
     ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
-    return RandomMasking(ids_keep=ids_shuffle[:, : length - masked], ids_restore=ids_restore, mask=mask.float())
+    return MaskIndices(ids_keep=ids_shuffle[:, : length - masked], ids_restore=ids_restore, mask=mask.float())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,19 +290,9 @@ class MaskingSpec:
 
     def sample(self, grid_size: tuple[int, int], generator: torch.Generator | None = None) -> torch.Tensor:
         """(rows * cols,) boolean mask for one image."""
-        if self.strategy == "random":
-            return random_patch_mask(grid_size, self.mask_ratio, generator)
-        if self.strategy == "mask_patch":
-            return mask_patch_mask(grid_size, self.mask_ratio, self.scale, generator)
-        if self.strategy == "block":
-            return block_mask(
-                grid_size, self.mask_ratio, self.min_num_patches, self.max_num_patches, self.min_aspect, None, generator
-            )
-        if self.strategy == "rectangles":
-            return rectangles_mask(grid_size, self.mask_ratio, generator)
-        if self.strategy == "central":
-            return central_mask(grid_size, self.mask_ratio)
-        raise ValueError(f"mask_strategy={self.strategy!r} is invalid: one of {MASK_STRATEGIES}")
+        if self.strategy not in MASK_STRATEGIES:
+            raise ValueError(f"mask_strategy={self.strategy!r} is invalid: one of {tuple(MASK_STRATEGIES)}")
+        return MASK_STRATEGIES[self.strategy](self, grid_size, generator)
 
     def sample_batch(
         self,
@@ -325,6 +314,23 @@ class MaskingSpec:
         if self.strategy == "central":
             return int(central_mask(grid_size, self.mask_ratio).sum())
         return num_masked_patches(rows * cols, self.mask_ratio)
+
+
+#: mask_strategy -> how a `MaskingSpec` draws one image's mask over a grid, with a generator.
+MASK_STRATEGIES = {
+    "random": lambda spec, grid, generator: random_patch_mask(grid, spec.mask_ratio, generator),
+    "mask_patch": lambda spec, grid, generator: mask_patch_mask(grid, spec.mask_ratio, spec.scale, generator),
+    "block": lambda spec, grid, generator: block_mask(
+        grid, spec.mask_ratio, spec.min_num_patches, spec.max_num_patches, spec.min_aspect, None, generator
+    ),
+    "central": lambda spec, grid, generator: central_mask(grid, spec.mask_ratio),
+    "rectangles": lambda spec, grid, generator: rectangles_mask(grid, spec.mask_ratio, generator),
+}
+
+
+def sample_mask(config, grid: tuple[int, int], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """One image's `bool_masked_pos` from the config's strategy: the per-sample inputs of SimMIM and BEiT."""
+    return {"bool_masked_pos": config.masking_spec().sample(grid, generator)}
 
 
 class MaskedMIMConfig(MIMConfig):
@@ -374,7 +380,7 @@ class MaskedMIMConfig(MIMConfig):
 
     def _validate_masking(self) -> None:
         if self.mask_strategy not in MASK_STRATEGIES:
-            raise config_error("mask_strategy", self.mask_strategy, f"one of {MASK_STRATEGIES}")
+            raise config_error("mask_strategy", self.mask_strategy, f"one of {tuple(MASK_STRATEGIES)}")
         if not isinstance(self.mask_ratio, (int, float)) or not 0.0 < self.mask_ratio < 1.0:
             raise config_error("mask_ratio", self.mask_ratio, "a float strictly between 0 and 1")
         if self.mask_patch_size is not None:
@@ -436,7 +442,7 @@ __all__ = [
     "MASK_STRATEGIES",
     "MaskedMIMConfig",
     "MaskingSpec",
-    "RandomMasking",
+    "MaskIndices",
     "block_mask",
     "bool_mask_to_indices",
     "central_mask",
@@ -446,4 +452,5 @@ __all__ = [
     "random_masking",
     "random_patch_mask",
     "rectangles_mask",
+    "sample_mask",
 ]

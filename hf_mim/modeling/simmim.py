@@ -8,16 +8,40 @@ masked pixels only. Same computation, same parameter layout once converted, as t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from .backbone import ViTEncoder, config_error
 from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
 from .heads import PixelShuffleHead
 from .losses import masked_pixel_l1_loss
-from .masking import MaskedMIMConfig
-from .outputs import SimMIMForPreTrainingOutput
+from .masking import MaskedMIMConfig, sample_mask
+from .spec import RECONSTRUCTION_PICTURE, TINY_VIT, MethodCard, MethodSpec, Recipe
+
+
+@dataclass
+class SimMIMForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            L1 loss over the pixels of the masked patches.
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Predicted pixels of the whole image (in the normalised space of `pixel_values`), transformers'
+            `MaskedImageModelingOutput.reconstruction`.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`):
+            The mask used, True for masked patches (drawn by the model when not given).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            Encoder input then each block's output, each `(batch_size, 1 + num_patches, hidden_size)`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class SimMIMConfig(MaskedMIMConfig):
@@ -136,24 +160,54 @@ class SimMIMForPreTraining(SimMIMPreTrainedModel):
         )
         reconstruction = self.decoder(hidden, grid)
         loss = masked_pixel_l1_loss(reconstruction, pixel_values, bool_masked_pos, self.config.patch_size)
-        if not return_dict:
-            return tuple(v for v in (loss, reconstruction, bool_masked_pos, hidden_states) if v is not None)
-        return SimMIMForPreTrainingOutput(
+        output = SimMIMForPreTrainingOutput(
             loss=loss, reconstruction=reconstruction, bool_masked_pos=bool_masked_pos, hidden_states=hidden_states
         )
+        return output if return_dict else output.to_tuple()
 
 
-#: The Auto class each class of this method loads with. auto.py registers them; `save_pretrained` writes them into
-#: config.json's `auto_map`, so the uploaded copy of this file loads with `trust_remote_code=True`.
-AUTO_CLASSES = {
-    "AutoConfig": SimMIMConfig,
-    "AutoModel": SimMIMModel,
-    "AutoModelForPreTraining": SimMIMForPreTraining,
-    "AutoModelForImageClassification": SimMIMForImageClassification,
-}
+METHOD = MethodSpec(
+    name="simmim",
+    auto_classes={
+        "AutoConfig": SimMIMConfig,
+        "AutoModel": SimMIMModel,
+        "AutoModelForPreTraining": SimMIMForPreTraining,
+        # transformers' ViTForMaskedImageModeling is SimMIM too: the same inputs and `reconstruction` output
+        "AutoModelForMaskedImageModeling": SimMIMForPreTraining,
+        "AutoModelForImageClassification": SimMIMForImageClassification,
+    },
+    card=MethodCard(
+        display_name="SimMIM",
+        paper_title="SimMIM: A Simple Framework for Masked Image Modeling (Xie et al., 2021)",
+        paper_url="https://arxiv.org/abs/2111.09886",
+        paragraph=(
+            "SimMIM replaces the embeddings of masked patches with a learnable mask token, encodes every patch, "
+            "and a one-layer head (1x1 convolution and pixel shuffle) predicts the pixels; the loss is the L1 "
+            "error on the masked pixels."
+        ),
+        bibtex="""@inproceedings{xie2022simmim,
+  title     = {SimMIM: A Simple Framework for Masked Image Modeling},
+  author    = {Xie, Zhenda and Zhang, Zheng and Cao, Yue and Lin, Yutong and Bao, Jianmin and Yao, Zhuliang
+               and Dai, Qi and Hu, Han},
+  booktitle = {CVPR},
+  year      = {2022}
+}""",
+        target=lambda config: "raw (normalised-input) pixels of masked patches, L1",
+    ),
+    # SimMIM's ViT-B recipe: lr 8e-4 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.67-1
+    paper=Recipe(base_lr=1e-4),
+    # 32 px mask squares would be a whole 32 px image; 2x2-patch squares, as SimMIM's 32 px squares of ViT-B/16
+    small=Recipe(base_lr=1e-2, config=dict(mask_patch_size=8), epochs=50),
+    betas=(0.9, 0.999),
+    crop_scale=(0.67, 1.0),
+    sample_inputs=sample_mask,
+    picture=RECONSTRUCTION_PICTURE,
+    tiny_config=dict(**TINY_VIT, mask_patch_size=8),
+)
 
 __all__ = [
-    "AUTO_CLASSES",
+    "METHOD",
+    "SimMIMForPreTrainingOutput",
     "SimMIMConfig",
     "SimMIMPreTrainedModel",
     "SimMIMModel",

@@ -21,16 +21,49 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 from transformers import initialization as init
+from transformers.utils import ModelOutput
 
 from .backbone import ImageFieldsMixin, config_error
 from .base import MIMPreTrainedModel
-from .outputs import VisualTokenizerOutput
+from .spec import MethodCard, MethodSpec, Picture, Recipe
+
+
+@dataclass
+class VisualTokenizerOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            Training loss: `reconstruction_loss + quantization_loss`.
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Decoded images, in the normalised space of `pixel_values`.
+        token_ids (`torch.LongTensor` of shape `(batch_size, rows, cols)`):
+            The discrete code of every patch, on the ViT patch grid.
+        reconstruction_loss (`torch.FloatTensor` of shape `()`):
+            Mean squared error between `reconstruction` and `pixel_values`.
+        quantization_loss (`torch.FloatTensor` of shape `()`):
+            VQ: commitment loss (`commitment_cost` * ||z - sg(e)||^2). Gumbel: `kl_weight` * KL(q || uniform).
+        perplexity (`torch.FloatTensor` of shape `()`):
+            exp(entropy) of the batch's code histogram (across processes when distributed): how many codes are in
+            effective use, between 1 and `vocab_size`.
+        codebook_usage (`torch.FloatTensor` of shape `()`):
+            Fraction of the vocabulary the batch used (across processes when distributed).
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    token_ids: torch.LongTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    quantization_loss: torch.FloatTensor | None = None
+    perplexity: torch.FloatTensor | None = None
+    codebook_usage: torch.FloatTensor | None = None
+
 
 QUANTIZERS = ("vq_ema", "gumbel")
 
@@ -462,6 +495,9 @@ class VisualTokenizer(MIMPreTrainedModel):
         progress = 1.0 if steps == 0 else min(1.0, step / steps)
         self.quantizer.temperature.fill_(end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress)))
 
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.set_training_step(step)
+
     def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> VisualTokenizerOutput | tuple:
         r"""
         Args:
@@ -487,11 +523,53 @@ class VisualTokenizer(MIMPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-#: Not a pretraining method of its own: BEiT's tokenizer loads with AutoConfig / AutoModel (see mae.py's AUTO_CLASSES).
-AUTO_CLASSES = {"AutoConfig": VisualTokenizerConfig, "AutoModel": VisualTokenizer}
+METHOD = MethodSpec(
+    name="visual-tokenizer",
+    auto_classes={"AutoConfig": VisualTokenizerConfig, "AutoModel": VisualTokenizer},
+    card=MethodCard(
+        display_name="Visual tokenizer",
+        paper_title="Neural Discrete Representation Learning (van den Oord et al., 2017), as used by BEiT",
+        paper_url="https://arxiv.org/abs/1711.00937",
+        paragraph=(
+            "A convolutional autoencoder with one discrete code per Vision Transformer patch (an EMA vector "
+            "quantizer or DALL-E's Gumbel-softmax relaxation). Its token ids are the prediction targets of "
+            "BEiT-style pretraining."
+        ),
+        bibtex="""@inproceedings{vandenoord2017neural,
+  title     = {Neural Discrete Representation Learning},
+  author    = {van den Oord, Aaron and Vinyals, Oriol and Kavukcuoglu, Koray},
+  booktitle = {NeurIPS},
+  year      = {2017}
+}
+
+@inproceedings{bao2022beit,
+  title     = {{BEiT}: {BERT} Pre-Training of Image Transformers},
+  author    = {Bao, Hangbo and Dong, Li and Piao, Songhao and Wei, Furu},
+  booktitle = {ICLR},
+  year      = {2022}
+}""",
+        target=lambda config: f"pixels, through a {config.vocab_size}-code {config.quantizer} bottleneck",
+        limitations=("It is an image tokenizer, not a feature extractor: use its `token_ids`, not pooled features.",),
+        encoder=False,
+    ),
+    paper=Recipe(base_lr=1e-3),
+    small=Recipe(base_lr=1e-2, config=dict(vocab_size=512, hidden_channels=32), epochs=20),
+    betas=(0.9, 0.99),
+    # the tokenizer should see images as BEiT will feed them: BEiT's crop range
+    crop_scale=(0.08, 1.0),
+    picture=Picture(
+        kind="tokens",
+        file="tokens.png",
+        alt="Visual tokens",
+        caption="Per row: the image, the tokenizer's token map (one colour per token id), and its decoding.",
+    ),
+    tiny_config=dict(image_size=32, patch_size=8, vocab_size=32, embedding_dim=8, hidden_channels=8),
+    encoder_presets=False,
+)
 
 __all__ = [
-    "AUTO_CLASSES",
+    "METHOD",
+    "VisualTokenizerOutput",
     "QUANTIZERS",
     "VisualTokenizerConfig",
     "VisualTokenizer",

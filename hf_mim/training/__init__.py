@@ -1,7 +1,7 @@
-"""The pretraining pipeline behind `hf-mim pretrain`. `pretrain(PretrainArguments(...))` runs it from Python;
-`TrainingMethod` / `TRAINING_METHODS` are where a method plugs in."""
+"""The pretraining pipeline behind `hf-mim pretrain`. `pretrain(PretrainArguments(...))` runs it from Python; a
+method plugs in through its `MethodSpec` (`hf_mim.modeling.spec`), not here."""
 
-from .methods import ENCODER_PRESETS, TRAINING_METHODS, TrainingMethod
+from .presets import ENCODER_PRESETS
 from .trainer import PretrainArguments, TrainingError, pretrain
 
-__all__ = ["ENCODER_PRESETS", "TRAINING_METHODS", "TrainingMethod", "PretrainArguments", "TrainingError", "pretrain"]
+__all__ = ["ENCODER_PRESETS", "PretrainArguments", "TrainingError", "pretrain"]

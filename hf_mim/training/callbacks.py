@@ -26,8 +26,9 @@ class EMATeacherCallback(TrainerCallback):
             load_teacher(model.teacher, checkpoint)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if model is not None and hasattr(model, "update_teacher"):
-            model.update_teacher()
+        # the model's own per-step work: the teacher's EMA step (C-MAE, ADIOS-BYOL), the tokenizer's temperature
+        if model is not None and hasattr(model, "after_optimizer_step"):
+            model.after_optimizer_step(state.global_step, state.max_steps)
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if model is not None and hasattr(model, "teacher") and state.is_world_process_zero:

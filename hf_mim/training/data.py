@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
-from .transforms import MAETransform, open_image
+from .transforms import ImageTransform, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class PretrainingTransform:
     """The `with_transform` function: decode, augment and draw per-sample extras (e.g. MAE's noise)."""
 
     image_column: str
-    augment: MAETransform
+    augment: ImageTransform
     seed: int
     extras: Callable[[torch.Generator], dict[str, torch.Tensor]] | None = None
     epoch: int = 0

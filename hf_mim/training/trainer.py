@@ -1,15 +1,15 @@
 """`hf-mim pretrain`: the Accelerate training loop.
 
 One process, multi-process DDP (`accelerate launch`), FSDP or DeepSpeed through the user's accelerate config. The
-loop is accelerate's canonical one (prepare, accumulate, save_state / load_state, skip_first_batches,
-trackers); what a method needs beyond a loss goes through its `TrainingMethod` hook.
+loop is accelerate's canonical one (prepare, accumulate, save_state / load_state, skip_first_batches, trackers),
+and `pretrain` reads top to bottom like accelerate's `complete_cv_example.py`. It names no method: it reads the
+method's `MethodSpec` (recipe, per-sample inputs, adversary), calls `model(**batch)` and logs the output's scalar
+fields; the model does its own per-step work (`after_optimizer_step`: an EMA teacher, a tokenizer's temperature).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import importlib.util
 import json
 import logging
 import math
@@ -18,11 +18,14 @@ import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 
+from ..modeling.auto import method_spec
+from .arguments import PretrainArguments, build_config, resolve_defaults, validate
 from .checkpoints import load_extra_state, load_trainer_state, resolve_resume, save_checkpoint, verify_loadable
 from .data import (
     BUILTIN_DATASET,
@@ -36,7 +39,7 @@ from .data import (
     load_pretraining_dataset,
     prepare_dataset,
 )
-from .methods import ENCODER_PRESETS, RECIPES, SMALL_DATASET_IMAGES, SMALL_IMAGE_SIZE, TRAINING_METHODS
+from .optim import adamw, cosine_with_warmup, param_groups
 from .run_folder import (
     RunFolderError,
     RunLock,
@@ -48,205 +51,447 @@ from .run_folder import (
     no_space_message,
     previous_run_id,
 )
-from .transforms import MAETransform
+from .transforms import ImageTransform
 
 logger = logging.getLogger("hf_mim.pretrain")
-
-# Testing aid: exit abruptly (no cleanup, like a kill) right after the checkpoint of this step is written.
-_EXIT_AFTER_CHECKPOINT = "HF_MIM_EXIT_AFTER_CHECKPOINT"
 
 
 class TrainingError(RuntimeError):
     pass
 
 
-@dataclass
-class PretrainArguments:
-    """Every `hf-mim pretrain` flag; the CLI's `--help` documents each. None means "the default for the dataset"
-    (see `resolve_defaults`)."""
+def pretrain(args: PretrainArguments) -> dict:
+    """Run pretraining; returns the summary also written to OUTPUT_DIR/training_summary.json."""
+    from accelerate.utils import set_seed
 
-    method: str = "mae"
-    dataset: str | None = None
-    dataset_config: str | None = None
-    split: str = "train"
-    image_column: str | None = None
-    output_dir: str = "outputs/pretrain"
-    overwrite_output_dir: bool = False
-    max_steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 64
-    grad_accum: int = 1
-    base_lr: float | None = None
-    lr: float | None = None
-    weight_decay: float = 0.05
-    warmup_steps: int | None = None
-    image_size: int | None = None
-    patch_size: int | None = None
-    model_size: str | None = None
-    recipe: str = "auto"
-    tokenizer: str | None = None
-    config: str | None = None
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    seed: int = 0
-    checkpointing_steps: int | None = None
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    push_to_hub: str | None = None
-    report_to: str = "none"
-    num_workers: int | None = None
-    logging_steps: int = 10
-    max_non_finite_steps: int = 5
-    config_overrides: dict = field(default_factory=dict)
+    args = replace(args, config_overrides=dict(args.config_overrides))  # resolved below; the caller's stays as given
+    validate(args)  # before anything is loaded; again once the defaults are resolved
+    spec = method_spec(args.method)
+    accelerator = _accelerator(args)
+    run_id, lock = _claim_output_dir(accelerator, args)
+    try:
+        set_seed(args.seed)
 
+        # ---- data: images, decoded and augmented per sample, with the method's per-sample inputs ------------------
+        raw, description = load_pretraining_dataset(args.dataset, args.dataset_config, args.split)
+        image_column = find_image_column(raw, args.image_column)
+        check_size(raw, accelerator.num_processes, description)
+        args = resolve_defaults(args, len(raw))
+        validate(args)
+        config = build_config(args, spec)
+        transform, loader = _data(args, spec, config, raw, image_column, accelerator.num_processes)
 
-# Defaults that depend on where the data comes from: the built-in digits are 8x8 images, shown to the model at 32 px
-# (an 8x8 grid of 4 px patches). Everything else follows the recipe.
-BUILTIN_IMAGE_SIZE = 32
-DEFAULT_IMAGE_SIZE = 224
-RECIPE_MODEL_SIZE = {"small": "mini", "paper": "base"}
-PAPER_EPOCHS = 1  # a smoke-test default: the papers train for 300-1600 epochs; pass --epochs
-
-
-def default_patch_size(image_size) -> int:
-    """16 px patches from 128 px up (ViT's); below, the largest size that cuts the shorter side into at least 8 patches
-    evenly (4 px at 32 px, 8 px at 64 px), so small images still make a grid worth masking."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    side = min(height, width)
-    if side >= 128:
-        return 16
-    for patch in range(max(1, side // 8), 0, -1):
-        if height % patch == 0 and width % patch == 0:
-            return patch
-    return 1
-
-
-def choose_recipe(args: PretrainArguments, num_images: int) -> str:
-    """`--recipe auto`: "small" when the images are at most SMALL_IMAGE_SIZE px a side or the dataset has fewer than
-    SMALL_DATASET_IMAGES images, else "paper". The scale of the run decides, not where the data comes from."""
-    if args.recipe != "auto":
-        return args.recipe
-    size = args.image_size if isinstance(args.image_size, int) else min(args.image_size)
-    return "small" if size <= SMALL_IMAGE_SIZE or num_images < SMALL_DATASET_IMAGES else "paper"
-
-
-def resolve_defaults(args: PretrainArguments, num_images: int) -> PretrainArguments:
-    """Fill in what the user left as None: the image and patch size, then the recipe, then what the recipe sets
-    (model size, learning rate, epochs, the method's config fields; explicit `config_overrides` win)."""
-    if args.image_size is None:
-        args.image_size = BUILTIN_IMAGE_SIZE if args.dataset in (None, BUILTIN_DATASET) else DEFAULT_IMAGE_SIZE
-    if args.patch_size is None:
-        args.patch_size = default_patch_size(args.image_size)
-    args.recipe = choose_recipe(args, num_images)
-    if args.num_workers is None:
-        # decoding an 8x8 PNG costs microseconds; on two cores a worker would only take CPU time from the model
-        args.num_workers = 0 if args.dataset in (None, BUILTIN_DATASET) else 2
-    method = TRAINING_METHODS[args.method]
-    recipe = method.recipe(args.recipe)
-    if args.model_size is None:
-        args.model_size = RECIPE_MODEL_SIZE[args.recipe]
-    if args.base_lr is None:
-        args.base_lr = recipe.base_lr
-    if args.max_steps is None and args.epochs is None:
-        args.epochs = recipe.epochs or (PAPER_EPOCHS if args.recipe == "paper" else 1)
-    args.config_overrides = {**recipe.config, **args.config_overrides}
-    return args
-
-
-def validate(args: PretrainArguments) -> None:
-    def bad(flag, value, allowed):
-        raise ValueError(f"--{flag.replace('_', '-')}={value!r} is invalid: {allowed}")
-
-    if args.method not in TRAINING_METHODS:
-        bad("method", args.method, f"one of {sorted(TRAINING_METHODS)}")
-    if args.model_size is not None and args.model_size not in ENCODER_PRESETS:
-        bad("model_size", args.model_size, f"one of {sorted(ENCODER_PRESETS)}")
-    if args.recipe not in ("auto", *RECIPES):
-        bad("recipe", args.recipe, f"auto or one of {RECIPES}")
-    if args.tokenizer is not None and args.method != "beit":
-        bad("tokenizer", args.tokenizer, "only used with --method beit")
-    for name in ("batch_size", "grad_accum", "logging_steps", "max_non_finite_steps"):
-        if getattr(args, name) < 1:
-            bad(name, getattr(args, name), "a positive int")
-    if args.num_workers is not None and args.num_workers < 0:
-        bad("num_workers", args.num_workers, "0 (load in the main process) or more")
-    for name in ("max_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            bad(name, value, "a positive int")
-    if args.push_to_hub is not None:
-        from ..hub import check_repo_id
-
-        check_repo_id(args.push_to_hub, "--push-to-hub")  # before training, not after hours of it
-    if args.mixed_precision not in ("no", "fp16", "bf16"):
-        bad("mixed_precision", args.mixed_precision, "no, fp16 or bf16")
-    if args.report_to not in ("none", "tensorboard", "wandb"):
-        bad("report_to", args.report_to, "none, tensorboard or wandb")
-    for name in ("lr", "base_lr"):
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            bad(name, value, "a positive, finite float")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        bad("weight_decay", args.weight_decay, "a finite float, 0 or more")
-    if args.warmup_steps is not None and args.warmup_steps < 0:
-        bad("warmup_steps", args.warmup_steps, "a non-negative int")
-    if args.warmup_steps is not None and args.max_steps is not None and args.warmup_steps >= args.max_steps:
-        bad("warmup_steps", args.warmup_steps, f"fewer than --max-steps={args.max_steps}: the run would end in warm-up")
-    tracker_package = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(args.report_to, ())
-    if tracker_package and not any(importlib.util.find_spec(name) for name in tracker_package):
-        # accelerate would only warn and log nothing
-        bad("report_to", args.report_to, f"needs the {tracker_package[0]} package: pip install {tracker_package[0]}")
-
-
-def build_config(args: PretrainArguments, method):
-    overrides = dict(args.config_overrides)
-    if args.config:
-        try:
-            fields = json.loads(Path(args.config).read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"--config {args.config}: not a readable JSON object ({_one_line(err)})") from None
-        if not isinstance(fields, dict):
-            raise ValueError(
-                f"--config {args.config} holds a JSON {type(fields).__name__}; allowed: an object of config fields"
+        # ---- model, optimizers, schedules ----------------------------------------------------------------------
+        model = spec.pretraining_class(config)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        world = accelerator.num_processes
+        effective_batch = args.batch_size * args.grad_accum * world
+        lr = args.lr if args.lr is not None else args.base_lr * effective_batch / 256
+        optimizer, adversary_optimizer = _optimizers(model, spec, config, args, lr)
+        if args.compile:
+            # In place: torch.compile(model) would return a wrapper whose state-dict keys carry "_orig_mod.", and
+            # the saved model would then load as freshly initialised weights.
+            model.compile()
+        if adversary_optimizer is None:
+            model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        else:
+            model, optimizer, loader, adversary_optimizer = accelerator.prepare(
+                model, optimizer, loader, adversary_optimizer
             )
-        overrides.update(fields)
-    if args.tokenizer is not None:
-        overrides["tokenizer_name_or_path"] = args.tokenizer
-    fields = {**ENCODER_PRESETS[args.model_size], "image_size": args.image_size, "patch_size": args.patch_size}
-    return method.build_config(fields, overrides)
+        max_steps, epochs, warmup = _run_length(args, len(loader))
+        schedulers = [cosine_with_warmup(o, warmup, max_steps) for o in (optimizer, adversary_optimizer) if o]
+        # an EMA teacher lives outside the module tree: built from the prepared student's weights, on its device
+        unwrapped = accelerator.unwrap_model(model)
+        extra_state = [unwrapped.teacher] if hasattr(unwrapped, "teacher") else []
+        # schedulers and the EMA teacher are checkpointed as JSON and safetensors by checkpoints.py, not registered
+        # with accelerate, which would pickle them and unpickle them on resume with weights_only=False
+        extra_objects = [*schedulers, *extra_state]
+
+        # ---- resume: the same run, from its newest (or the given) checkpoint -----------------------------------
+        layout = {
+            "num_processes": world,
+            "batch_size": args.batch_size,
+            "grad_accum": args.grad_accum,
+            "seed": args.seed,
+        }
+        # what the checkpoint must have been written by: the same method and model config
+        identity = {"method": args.method, "config": _config_fields(config)}
+        state, resume_path, run_id = _resume(accelerator, args, run_id, layout, identity, extra_objects)
+
+        summary = {
+            "method": args.method,
+            "recipe": args.recipe,
+            "model_size": args.model_size if spec.encoder_presets else None,
+            "dataset": description,
+            "dataset_id": hub_dataset_id(args.dataset),
+            "num_samples": len(raw),
+            "image_column": image_column,
+            "num_processes": world,
+            "effective_batch_size": effective_batch,
+            "learning_rate": lr,
+            "warmup_steps": warmup,
+            "max_steps": max_steps,
+            "epochs": epochs,
+            "mixed_precision": args.mixed_precision,
+            "hardware": _hardware(accelerator),
+        }
+        _start_records(accelerator, args, run_id, resume_path)
+
+        # ---- train -----------------------------------------------------------------------------------------------
+        loop = TrainingLoop(
+            accelerator, args, spec, model, optimizer, adversary_optimizer, schedulers, state, max_steps, description
+        )
+        checkpoint = partial(
+            _checkpoint, accelerator, args, state, dict(layout=layout, run_id=run_id, **identity), extra_objects
+        )
+        wall = loop.run(loader, transform, epochs, checkpoint)
+
+        # ---- finish: the final model, pictures and records, then the hub -------------------------------------------
+        summary.update(loop.summary(wall, resume_path))
+        in_sync = _ranks_in_sync(accelerator, model, extra_state)
+        summary["ranks_in_sync"] = in_sync
+        state_dict = accelerator.get_state_dict(model)
+        save_problem = None
+        if accelerator.is_main_process:
+            save_problem = _save_final(
+                accelerator, model, spec, args, run_id, summary, state_dict, config, raw, image_column
+            )
+        # end_training destroys the process group. Without this barrier the other ranks did so while the main
+        # process was still saving, and with 2 CPU processes the main one then blocked for good at teardown. The
+        # broadcast is that barrier, and tells every process whether the save failed, so that all stop alike.
+        save_problem = _broadcast(accelerator, save_problem)
+        del model, optimizer, adversary_optimizer, loader, schedulers, loop, unwrapped
+        _end_training(accelerator)
+        if accelerator.is_main_process:
+            print(
+                f"done: {summary['steps']} steps in {wall:.1f}s ({summary['images_per_second']} images/s), final loss "
+                f"{summary['final_loss']}, skipped images {len(summary['skipped_images'])}; model in {args.output_dir}"
+            )
+        if save_problem:
+            raise TrainingError(save_problem)
+        if not in_sync:
+            raise TrainingError("parameters differ across processes at the end of training")
+        if args.push_to_hub and accelerator.is_main_process:
+            # after the process group is gone: an upload can outlast any collective timeout, and other ranks are done
+            from ..hub import push_folder
+
+            commit = push_folder(args.output_dir, args.push_to_hub)
+            print(f"pushed to {commit.commit_url}")
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def param_groups(model, weight_decay: float, only=None, exclude=()) -> list[dict]:
-    """Weight decay on matrices only (nanoGPT / MAE): no decay on biases, norms, tokens and position tables.
-    `only` / `exclude`: parameters to keep to / to leave out (a second optimizer's)."""
-    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    only = None if only is None else {id(p) for p in only}
-    exclude = {id(p) for p in exclude}
-    decay, rest = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad and id(param) not in exclude and (only is None or id(param) in only):
-            (rest if name in no_decay or param.ndim < 2 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def _run_length(args: PretrainArguments, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(optimizer steps, epochs, warm-up steps) of the run: --max-steps, else --epochs over the data."""
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / args.grad_accum))
+    max_steps = args.max_steps or steps_per_epoch * args.epochs
+    warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * max_steps)
+    if warmup >= max_steps and args.warmup_steps is not None:
+        raise ValueError(
+            f"--warmup-steps={warmup} is invalid: fewer than the run's {max_steps} steps; it would end in warm-up"
+        )
+    return max_steps, math.ceil(max_steps / steps_per_epoch), warmup
 
 
-def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
-    """AdamW with torch's fused kernel (one kernel over all tensors instead of a loop of elementwise ops per tensor),
-    the default of transformers' Trainer too. The parameters are still on the CPU here, where torch also has the
-    fused kernel; it falls back to the per-tensor loop for dtypes or devices the kernel lacks."""
-    params = [p for group in groups for p in group["params"]]
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
+def _end_training(accelerator) -> None:
+    """Tear the process group down, once the caller has dropped its model, optimizers and loader.
+
+    DDP's reducer must not hold the last reference to the process group: torch frees it from there with the GIL
+    held, while a gloo worker thread, still releasing the last barrier's work, waits for the GIL (pytorch#56297).
+    Freed here, the reducer lets go first; destroy_process_group then frees the group with the GIL released.
+    Without this, about 1 in 20 two-process CPU runs hung for good after saving."""
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
 
 
-def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def _accelerator(args: PretrainArguments):
+    """The run's `Accelerator`: a CPU (gloo) process group when launched on several processes without GPUs, a
+    seedable sampler so the data order follows --seed, and trackers when asked for."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    fresh_accelerate_state()
+    accelerator = Accelerator(
+        cpu=needs_cpu_process_group(),
+        gradient_accumulation_steps=args.grad_accum,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    _setup_logging(accelerator)
+    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate would train in float32 while the summary and card said fp16
+        raise ValueError("--mixed-precision='fp16' is invalid on a CPU: allowed there, bf16 or no")
+    return accelerator
+
+
+def _data(args: PretrainArguments, spec, config, raw, image_column: str, num_processes: int):
+    """(transform, loader): each sample decoded, cropped with the method's crop scale and given the method's
+    per-sample inputs, all from the sample's own generator (seed, epoch, index)."""
+    augment = ImageTransform(
+        config.image_size, config.image_mean, config.image_std, config.num_channels, scale=spec.crop_scale
+    )
+    height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
+    grid = (height // config.patch_size, width // config.patch_size)
+    sample_inputs = partial(spec.sample_inputs, config, grid) if spec.sample_inputs else None
+    transform = PretrainingTransform(image_column, augment, args.seed, sample_inputs)
+    dataset = prepare_dataset(raw, image_column, transform)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= args.batch_size * num_processes,
+        num_workers=args.num_workers,
+        collate_fn=Collator((config.num_channels, height, width)),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    return transform, loader
+
+
+def _optimizers(model, spec, config, args: PretrainArguments, lr: float):
+    """(AdamW of the model, AdamW of the method's adversary or None). The adversary's parameters (ADIOS's
+    occlusion model) are left to its own optimizer; it is prepared with the rest, so accelerate checkpoints it."""
+    adversary = spec.adversary
+    theirs = adversary.parameters(model) if adversary else []
+    optimizer = adamw(param_groups(model, args.weight_decay, exclude=theirs), lr=lr, betas=spec.betas)
+    if adversary is None:
+        return optimizer, None
+    groups = param_groups(model, args.weight_decay, only=theirs)
+    return optimizer, adamw(groups, lr=adversary.learning_rate(config), betas=spec.betas)
+
+
+def _resume(accelerator, args: PretrainArguments, run_id, layout: dict, identity: dict, extra_objects: list):
+    """(state, checkpoint resumed from or None, run id): the loop's state, fresh or restored with the model,
+    optimizers, schedulers and EMA teacher from a checkpoint this run wrote."""
+    state = {
+        "epoch": 0,
+        "batches_in_epoch": 0,
+        "step": 0,
+        "loss_history": [],
+        "metrics_history": [],
+        "non_finite_steps": [],
+        "skipped": {},
+    }
+    resume_path = (
+        resolve_resume(args.output_dir, args.resume_from_checkpoint, run_id) if args.resume_from_checkpoint else None
+    )
+    if args.resume_from_checkpoint and resume_path is None:
+        logger.warning("no checkpoint of this run to resume from in %s; starting from step 0", args.output_dir)
+    if resume_path is not None:
+        saved = load_trainer_state(resume_path)
+        _check_resumable(resume_path, saved, layout, identity)
+        verify_loadable(resume_path)  # every pickle-format file, with weights_only=True, before accelerate reads it
+        try:
+            accelerator.load_state(str(resume_path))
+            load_extra_state(extra_objects, resume_path)
+        except (SafetensorError, RuntimeError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot resume from {resume_path}: {_one_line(err)}") from None
+        state.update(saved)
+        run_id = saved.get("run_id") or run_id
+        logger.info("resumed from %s at step %d", resume_path, state["step"])
+    return state, resume_path, run_id or new_run_id()
+
+
+def _start_records(accelerator, args: PretrainArguments, run_id: str, resume_path) -> None:
+    """The output folder for a new run (the previous run's outputs cleared, where the folder is an hf-mim run's
+    or the user said to overwrite), `training_args.json`, and the trackers."""
+    if accelerator.is_main_process:
+        folder = Path(args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        if resume_path is None:
+            removed = clear_previous_outputs(folder)
+            if removed:
+                logger.info("removed the previous run's %s from %s", ", ".join(removed), folder)
+        _write_atomic(folder / "training_args.json", json.dumps({**asdict(args), "run_id": run_id}, indent=2))
+    if args.report_to != "none":
+        accelerator.init_trackers("hf-mim", config={k: v for k, v in asdict(args).items() if not isinstance(v, dict)})
+
+
+def _checkpoint(accelerator, args, state, record: dict, extra_objects, step: int, epoch: int, batches: int, skips):
+    """A checkpoint of optimizer step `step`, at batch `batches` of epoch `epoch`, with what resuming checks."""
+    state.update(epoch=epoch, batches_in_epoch=batches, skipped=skips.skipped, **record)
+    save_checkpoint(accelerator, args.output_dir, step, state, args.checkpoints_total_limit, extra_objects)
+
+
+@dataclass
+class _Sums:
+    """A loss and metrics summed over some steps (all on the device: no host sync until they are logged)."""
+
+    loss: torch.Tensor
+    count: int = 0
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add_metrics(self, metrics: dict[str, torch.Tensor], divisor: int = 1) -> None:
+        for name, value in metrics.items():
+            total = self.metrics.get(name, torch.zeros_like(self.loss))
+            self.metrics[name] = total + (value / divisor if divisor != 1 else value)
+
+
+class TrainingLoop:
+    """The epochs and optimizer steps of a run: micro-batches accumulated with `accelerator.accumulate`, a step's
+    update skipped on every rank when its loss is not finite on any, the adversary's step after the main one,
+    schedules, logging every `logging_steps` and checkpoints every `checkpointing_steps`."""
+
+    def __init__(
+        self, accelerator, args, spec, model, optimizer, adversary_optimizer, schedulers, state, max_steps, source
+    ):
+        self.accelerator, self.args, self.model = accelerator, args, model
+        self.optimizer, self.adversary_optimizer, self.schedulers = optimizer, adversary_optimizer, schedulers
+        self.adversary = spec.adversary
+        self.main_inputs = spec.adversary.main_inputs if spec.adversary else {}
+        self.state, self.max_steps, self.source = state, max_steps, source
+        self.step = state["step"]
+        self.skips = SkipReport(dict(state["skipped"]))
+        self.images_seen = 0
+
+    def run(self, loader, transform, epochs: int, checkpoint) -> float:
+        """Train to `max_steps`; returns the wall time in seconds."""
+        from tqdm.auto import tqdm
+
+        accelerator, args, state = self.accelerator, self.args, self.state
+        progress = tqdm(
+            total=self.max_steps, initial=self.step, disable=not accelerator.is_local_main_process, desc="pretrain"
+        )
+        self.model.train()
+        zero = torch.zeros((), device=accelerator.device)
+        self.current, self.logged = _Sums(zero), _Sums(zero)  # the step being accumulated; steps since the last log
+        self.micro_batches: list[tuple[dict, torch.Tensor]] = []  # this step's, for the adversary
+        self.consecutive_bad = 0
+        decoded_batches = zero.clone()
+        start = time.perf_counter()
+        for epoch in range(state["epoch"], epochs):
+            if self.step >= self.max_steps:
+                break
+            transform.epoch = epoch
+            loader.set_epoch(epoch)
+            skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            for batches_in_epoch, batch in enumerate(batches, start=skip + 1):
+                decoded_batches = decoded_batches + self._micro_step(batch)
+                if not accelerator.sync_gradients:
+                    continue
+                for scheduler in self.schedulers:
+                    scheduler.step()
+                self.step += 1
+                progress.update(1)
+                self._log(progress, start)
+                if args.checkpointing_steps and self.step % args.checkpointing_steps == 0:
+                    checkpoint(self.step, epoch, batches_in_epoch, self.skips)
+                if self.step >= self.max_steps:
+                    break
+            # a dataset of which nothing decodes would "train" on zero losses and save an untrained model
+            if accelerator.reduce(decoded_batches, "sum").item() == 0:
+                raise TrainingError(
+                    f"no image of {self.source} could be decoded in a whole epoch ({len(self.skips.skipped)} files "
+                    f"skipped on this process, for example {next(iter(self.skips.skipped), 'none')}); nothing was "
+                    "trained"
+                )
+        progress.close()
+        return time.perf_counter() - start
+
+    def _micro_step(self, batch: dict) -> torch.Tensor:
+        """Forward and backward of one micro-batch, and the optimizer step when it completes one. Returns the
+        batch's weight: 0 when none of its images decoded."""
+        accelerator = self.accelerator
+        for name in self.skips.add(batch.pop("skipped_names"), batch.pop("skipped_errors")):
+            logger.warning(
+                "[rank %d] skipped unreadable image %s: %s", accelerator.process_index, name, self.skips.skipped[name]
+            )
+        weight = batch.pop("loss_weight")
+        if self.adversary is not None:
+            self.micro_batches.append((batch, weight))
+        with accelerator.accumulate(self.model):
+            outputs = self.model(**batch, **self.main_inputs)
+            loss = outputs.loss * weight
+            self.current.add_metrics(_scalar_fields(outputs))
+            # Backward whatever the loss: whether it was finite is decided once per optimizer step, alike on every
+            # rank, so micro-steps carry no host sync and no collective of their own.
+            accelerator.backward(loss)
+            self.current.loss, self.current.count = self.current.loss + loss.detach().float(), self.current.count + 1
+            if accelerator.sync_gradients:
+                self._optimizer_step()
+        self.images_seen += batch["pixel_values"].shape[0] * accelerator.num_processes
+        return weight
+
+    def _optimizer_step(self) -> None:
+        accelerator, current = self.accelerator, self.current
+        step_loss = current.loss / current.count
+        non_finite = accelerator.reduce((~torch.isfinite(step_loss)).float(), "sum").item() > 0
+        if non_finite:
+            self.consecutive_bad += 1
+            self.state["non_finite_steps"].append(self.step + 1)
+            logger.warning("step %d: non-finite loss; update skipped", self.step + 1)
+            if self.consecutive_bad >= self.args.max_non_finite_steps:
+                raise TrainingError(
+                    f"{self.consecutive_bad} consecutive steps with a non-finite loss (last: step {self.step + 1}); "
+                    "stopping. Lower the learning rate or use bf16 rather than fp16."
+                )
+        else:
+            self.consecutive_bad = 0
+            self.optimizer.step()
+            after_step = getattr(accelerator.unwrap_model(self.model), "after_optimizer_step", None)
+            if after_step is not None:  # the model's own per-step work (an EMA teacher, ...)
+                after_step(self.step + 1, self.max_steps)
+            self.logged.loss, self.logged.count = self.logged.loss + step_loss, self.logged.count + 1
+            self.logged.add_metrics(current.metrics, current.count)
+        self.optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients go too
+        if self.adversary is not None:
+            if not non_finite:
+                metrics = self.adversary.step(accelerator, self.model, self.adversary_optimizer, self.micro_batches)
+                self.logged.add_metrics(metrics)
+            self.micro_batches = []
+        self.current = _Sums(torch.zeros_like(current.loss))
+
+    def _log(self, progress, start: float) -> None:
+        """Every `logging_steps` and at the end: the mean loss and metrics of the good steps since the last log.
+        `logged.count` is the same on every rank (the skip decision is shared), so all enter the reduce or none."""
+        logged, step = self.logged, self.step
+        if not ((step % self.args.logging_steps == 0 or step == self.max_steps) and logged.count):
+            return
+        names = sorted(logged.metrics)
+        means = self.accelerator.reduce(
+            torch.stack([logged.loss] + [logged.metrics[n] for n in names]) / logged.count, "mean"
+        )
+        mean_loss, *metric_values = means.tolist()
+        logs = {
+            "loss": mean_loss,
+            "lr": self.schedulers[0].get_last_lr()[0],
+            "images_per_second": self.images_seen / (time.perf_counter() - start),
+        }
+        logs.update(zip(names, metric_values, strict=True))
+        self.state["loss_history"].append([step, mean_loss])
+        if names:
+            self.state["metrics_history"].append([step, dict(zip(names, metric_values, strict=True))])
+        progress.set_postfix(loss=f"{mean_loss:.4f}")
+        self.accelerator.log(logs, step=step)
+        self.logged = _Sums(torch.zeros_like(logged.loss))
+
+    def summary(self, wall: float, resume_path) -> dict:
+        """What the run did, for `training_summary.json` (after every process has finished training)."""
+        from accelerate.utils import gather_object
+
+        self.accelerator.wait_for_everyone()
+        skipped = {}
+        for report in gather_object([self.skips.skipped]):
+            skipped.update(report)
+        state = self.state
+        return dict(
+            steps=self.step,
+            wall_time_seconds=round(wall, 2),
+            images_per_second=round(self.images_seen / wall, 2) if wall > 0 else None,
+            final_loss=state["loss_history"][-1][1] if state["loss_history"] else None,
+            final_metrics=state["metrics_history"][-1][1] if state["metrics_history"] else {},
+            loss_history=state["loss_history"],
+            metrics_history=state["metrics_history"],
+            non_finite_steps=state["non_finite_steps"],
+            skipped_images=skipped,
+            resumed_from=str(resume_path) if resume_path else None,
+        )
 
 
 def fresh_accelerate_state() -> None:
@@ -265,35 +510,6 @@ def needs_cpu_process_group() -> bool:
     CPU; launched by torchrun or `accelerate launch --multi_gpu` on a machine without GPUs, each process would
     otherwise run alone, all of them writing the same output folder."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
-def pretrain(args: PretrainArguments) -> dict:
-    """Run pretraining; returns the summary also written to OUTPUT_DIR/training_summary.json."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    args = replace(args, config_overrides=dict(args.config_overrides))  # resolved below; the caller's stays as given
-    validate(args)  # before anything is loaded; again once the defaults are resolved
-    method = TRAINING_METHODS[args.method]()
-    fresh_accelerate_state()
-    accelerator = Accelerator(
-        cpu=needs_cpu_process_group(),
-        gradient_accumulation_steps=args.grad_accum,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    _setup_logging(accelerator)
-    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        # accelerate would train in float32 while the summary and card said fp16
-        raise ValueError("--mixed-precision='fp16' is invalid on a CPU: allowed there, bf16 or no")
-    run_id, lock = _claim_output_dir(accelerator, args)
-    try:
-        return _pretrain(args, method, accelerator, run_id)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _claim_output_dir(accelerator, args: PretrainArguments):
@@ -327,315 +543,6 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _pretrain(args: PretrainArguments, method, accelerator, run_id: str) -> dict:
-    from accelerate.utils import gather_object, set_seed
-
-    set_seed(args.seed)
-
-    # ---- data -------------------------------------------------------------------------------------------
-    raw, description = load_pretraining_dataset(args.dataset, args.dataset_config, args.split)
-    image_column = find_image_column(raw, args.image_column)
-    check_size(raw, accelerator.num_processes, description)
-    args = resolve_defaults(args, len(raw))
-    validate(args)
-    config = build_config(args, method)
-    augment = MAETransform(
-        config.image_size, config.image_mean, config.image_std, config.num_channels, scale=method.crop_scale
-    )
-    transform = PretrainingTransform(image_column, augment, args.seed, method.sample_extras(config))
-    dataset = prepare_dataset(raw, image_column, transform)
-    height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= args.batch_size * accelerator.num_processes,
-        num_workers=args.num_workers,
-        collate_fn=Collator((config.num_channels, height, width)),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-
-    # ---- model, optimizer, schedule -----------------------------------------------------------------------
-    model = method.build_model(config)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    world = accelerator.num_processes
-    effective_batch = args.batch_size * args.grad_accum * world
-    lr = args.lr if args.lr is not None else args.base_lr * effective_batch / 256
-    second = method.second_parameters(model)
-    optimizer = adamw(param_groups(model, args.weight_decay, exclude=second), lr=lr, betas=method.betas)
-    # ADIOS's occlusion model: its own AdamW, prepared with the rest, so accelerate checkpoints and restores it
-    optimizer2 = (
-        adamw(
-            param_groups(model, args.weight_decay, only=second),
-            lr=method.second_learning_rate(config),
-            betas=method.betas,
-        )
-        if second
-        else None
-    )
-    if args.compile:
-        # In place: torch.compile(model) would return a wrapper whose state-dict keys carry "_orig_mod.", and the
-        # saved model would then load as freshly initialised weights.
-        model.compile()
-    if optimizer2 is None:
-        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    else:
-        model, optimizer, loader, optimizer2 = accelerator.prepare(model, optimizer, loader, optimizer2)
-    steps_per_epoch = max(1, math.ceil(len(loader) / args.grad_accum))
-    max_steps = args.max_steps or steps_per_epoch * args.epochs
-    epochs = math.ceil(max_steps / steps_per_epoch)
-    warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * max_steps)
-    if warmup >= max_steps and args.warmup_steps is not None:
-        raise ValueError(
-            f"--warmup-steps={warmup} is invalid: fewer than the run's {max_steps} steps; it would end in warm-up"
-        )
-    scheduler = cosine_with_warmup(optimizer, warmup, max_steps)
-    schedulers = [scheduler] + ([cosine_with_warmup(optimizer2, warmup, max_steps)] if optimizer2 else [])
-    extra_state = method.checkpoint_objects()
-    # schedulers and the EMA teacher are checkpointed as JSON and safetensors by checkpoints.py, not registered with
-    # accelerate, which would pickle them and unpickle them on resume with weights_only=False
-    extra_objects = [*schedulers, *extra_state]
-
-    # ---- resume -------------------------------------------------------------------------------------------
-    state = {
-        "epoch": 0,
-        "batches_in_epoch": 0,
-        "loss_history": [],
-        "metrics_history": [],
-        "non_finite_steps": [],
-        "skipped": {},
-    }
-    global_step = 0
-    resume_path = (
-        resolve_resume(args.output_dir, args.resume_from_checkpoint, run_id) if args.resume_from_checkpoint else None
-    )
-    if args.resume_from_checkpoint and resume_path is None:
-        logger.warning("no checkpoint of this run to resume from in %s; starting from step 0", args.output_dir)
-    layout = {"num_processes": world, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seed": args.seed}
-    # what the checkpoint must have been written by: the same method and model config
-    identity = {"method": args.method, "config": _config_fields(config)}
-    if resume_path is not None:
-        saved = load_trainer_state(resume_path)
-        _check_resumable(resume_path, saved, layout, identity)
-        verify_loadable(resume_path)  # every pickle-format file, with weights_only=True, before accelerate reads it
-        try:
-            accelerator.load_state(str(resume_path))
-            load_extra_state(extra_objects, resume_path)
-        except (SafetensorError, RuntimeError, KeyError, TypeError) as err:
-            raise ValueError(f"cannot resume from {resume_path}: {_one_line(err)}") from None
-        state.update(saved)
-        global_step = state["step"]
-        run_id = saved.get("run_id") or run_id
-        logger.info("resumed from %s at step %d", resume_path, global_step)
-    run_id = run_id or new_run_id()
-
-    summary = {
-        "method": args.method,
-        "recipe": args.recipe,
-        "model_size": args.model_size if method.uses_encoder_presets else None,
-        "dataset": description,
-        "dataset_id": hub_dataset_id(args.dataset),
-        "num_samples": len(raw),
-        "image_column": image_column,
-        "num_processes": world,
-        "effective_batch_size": effective_batch,
-        "learning_rate": lr,
-        "warmup_steps": warmup,
-        "max_steps": max_steps,
-        "epochs": epochs,
-        "mixed_precision": args.mixed_precision,
-        "hardware": _hardware(accelerator),
-    }
-    if accelerator.is_main_process:
-        folder = Path(args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        if resume_path is None:
-            removed = clear_previous_outputs(folder)  # the folder is an hf-mim run's, or the user said to overwrite
-            if removed:
-                logger.info("removed the previous run's %s from %s", ", ".join(removed), folder)
-        _write_atomic(folder / "training_args.json", json.dumps({**asdict(args), "run_id": run_id}, indent=2))
-    if args.report_to != "none":
-        accelerator.init_trackers("hf-mim", config={k: v for k, v in asdict(args).items() if not isinstance(v, dict)})
-
-    # ---- loop ---------------------------------------------------------------------------------------------
-    from tqdm.auto import tqdm
-
-    skips = SkipReport(dict(state["skipped"]))
-    progress = tqdm(
-        total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="pretrain"
-    )
-    method.on_train_start(accelerator, model, max_steps)
-    model.train()
-    zero = torch.zeros((), device=accelerator.device)
-    step_loss, micro_steps = zero, 0  # the optimizer step being accumulated
-    log_loss, log_steps = zero, 0  # good steps since the last log line
-    step_metrics: dict[str, torch.Tensor] = {}  # the method's metrics, accumulated like the loss
-    log_metrics: dict[str, torch.Tensor] = {}
-    images_seen, start = 0, time.perf_counter()
-    decoded_batches = zero.clone()
-    consecutive_bad = 0
-    done = global_step >= max_steps
-    step_batches: list[tuple[dict, torch.Tensor]] = []  # this step's micro-batches, for a second optimizer
-    for epoch in range(state["epoch"], epochs):
-        if done:
-            break
-        transform.epoch = epoch
-        loader.set_epoch(epoch)
-        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        batches_in_epoch = skip
-        for batch in batches:
-            batches_in_epoch += 1
-            new = skips.add(batch.pop("skipped_names"), batch.pop("skipped_errors"))
-            for name in new:
-                logger.warning(
-                    "[rank %d] skipped unreadable image %s: %s", accelerator.process_index, name, skips.skipped[name]
-                )
-            weight = batch.pop("loss_weight")
-            decoded_batches = decoded_batches + weight  # 0 for a batch of which nothing decoded
-            if optimizer2 is not None:
-                step_batches.append((batch, weight))
-            with accelerator.accumulate(model):
-                loss, metrics = _split_loss(method.loss(model, batch))
-                loss = loss * weight
-                for name, value in metrics.items():
-                    step_metrics[name] = step_metrics.get(name, zero) + value.detach().float()
-                # Backward whatever the loss: whether it was finite is decided once per optimizer step, alike on
-                # every rank, so micro-steps carry no host sync and no collective of their own.
-                accelerator.backward(loss)
-                step_loss, micro_steps = step_loss + loss.detach().float(), micro_steps + 1
-                if accelerator.sync_gradients:
-                    step_loss = step_loss / micro_steps
-                    non_finite = accelerator.reduce((~torch.isfinite(step_loss)).float(), "sum").item() > 0
-                    if non_finite:
-                        consecutive_bad += 1
-                        state["non_finite_steps"].append(global_step + 1)
-                        logger.warning("step %d: non-finite loss; update skipped", global_step + 1)
-                        if consecutive_bad >= args.max_non_finite_steps:
-                            raise TrainingError(
-                                f"{consecutive_bad} consecutive steps with a non-finite loss (last: step "
-                                f"{global_step + 1}); stopping. Lower the learning rate or use bf16 rather than fp16."
-                            )
-                    else:
-                        consecutive_bad = 0
-                        optimizer.step()
-                        method.after_optimizer_step(accelerator, model, global_step + 1)
-                        log_loss, log_steps = log_loss + step_loss, log_steps + 1
-                        for name, value in step_metrics.items():
-                            log_metrics[name] = log_metrics.get(name, zero) + value / micro_steps
-                    optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients go too
-                    if optimizer2 is not None:
-                        if not non_finite:
-                            second_metrics = _second_step(accelerator, model, method, optimizer2, step_batches)
-                            for name, value in second_metrics.items():
-                                log_metrics[name] = log_metrics.get(name, zero) + value
-                        step_batches = []
-                    step_loss, micro_steps, step_metrics = zero, 0, {}
-            images_seen += batch["pixel_values"].shape[0] * world
-            if not accelerator.sync_gradients:
-                continue
-            for each in schedulers:
-                each.step()
-            global_step += 1
-            progress.update(1)
-            # log_steps is the same on every rank (the skip decision is shared), so all enter the reduce or none
-            if (global_step % args.logging_steps == 0 or global_step == max_steps) and log_steps:
-                names = sorted(log_metrics)
-                means = accelerator.reduce(
-                    torch.stack([log_loss] + [log_metrics[n] for n in names]) / log_steps, "mean"
-                )
-                mean_loss, *metric_values = means.tolist()
-                elapsed = time.perf_counter() - start
-                logs = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0], "images_per_second": images_seen / elapsed}
-                logs.update(zip(names, metric_values, strict=True))
-                state["loss_history"].append([global_step, mean_loss])
-                if names:
-                    state["metrics_history"].append([global_step, dict(zip(names, metric_values, strict=True))])
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                accelerator.log(logs, step=global_step)
-                log_loss, log_steps, log_metrics = zero, 0, {}
-            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                state.update(
-                    epoch=epoch,
-                    batches_in_epoch=batches_in_epoch,
-                    skipped=skips.skipped,
-                    layout=layout,
-                    run_id=run_id,
-                    **identity,
-                )
-                save_checkpoint(
-                    accelerator, args.output_dir, global_step, state, args.checkpoints_total_limit, extra_objects
-                )
-                if os.environ.get(_EXIT_AFTER_CHECKPOINT) == str(global_step):
-                    os._exit(1)
-            if global_step >= max_steps:
-                done = True
-                break
-        # a dataset of which nothing decodes would "train" on zero losses and save an untrained model
-        if accelerator.reduce(decoded_batches, "sum").item() == 0:
-            raise TrainingError(
-                f"no image of {description} could be decoded in a whole epoch ({len(skips.skipped)} files skipped "
-                f"on this process, for example {next(iter(skips.skipped), 'none')}); nothing was trained"
-            )
-    progress.close()
-    wall = time.perf_counter() - start
-
-    # ---- finish -------------------------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    all_skipped = {}
-    for report in gather_object([skips.skipped]):
-        all_skipped.update(report)
-    in_sync = _ranks_in_sync(accelerator, model, extra_state)
-    state_dict = accelerator.get_state_dict(model)
-    summary.update(
-        steps=global_step,
-        wall_time_seconds=round(wall, 2),
-        images_per_second=round(images_seen / wall, 2) if wall > 0 else None,
-        final_loss=state["loss_history"][-1][1] if state["loss_history"] else None,
-        final_metrics=state["metrics_history"][-1][1] if state["metrics_history"] else {},
-        loss_history=state["loss_history"],
-        metrics_history=state["metrics_history"],
-        non_finite_steps=state["non_finite_steps"],
-        skipped_images=all_skipped,
-        ranks_in_sync=in_sync,
-        resumed_from=str(resume_path) if resume_path else None,
-    )
-    save_problem = None
-    if accelerator.is_main_process:
-        save_problem = _save_final(
-            accelerator, model, method, args, run_id, summary, state_dict, config, raw, image_column
-        )
-    # end_training destroys the process group. Without this barrier the other ranks did so while the main process
-    # was still saving, and with 2 CPU processes the main one then blocked for good at teardown. The broadcast is
-    # that barrier, and tells every process whether the save failed, so that all of them stop alike.
-    save_problem = _broadcast(accelerator, save_problem)
-    # DDP's reducer must not hold the last reference to the process group: torch frees it from there with the GIL
-    # held, while a gloo worker thread, still releasing the barrier's work, waits for the GIL (pytorch#56297). Freed
-    # here, the reducer lets go first; destroy_process_group then frees the group with the GIL released. Without this,
-    # about 1 in 20 two-process CPU runs hung for good after saving.
-    accelerator.free_memory()
-    del model, optimizer, optimizer2, loader, scheduler, schedulers
-    gc.collect()
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        print(
-            f"done: {global_step} steps in {wall:.1f}s ({summary['images_per_second']} images/s), "
-            f"final loss {summary['final_loss']}, skipped images {len(all_skipped)}; model in {args.output_dir}"
-        )
-    if save_problem:
-        raise TrainingError(save_problem)
-    if not in_sync:
-        raise TrainingError("parameters differ across processes at the end of training")
-    if args.push_to_hub and accelerator.is_main_process:
-        # after the process group is gone: an upload can outlast any collective timeout, and other ranks are done
-        from ..hub import push_folder
-
-        commit = push_folder(args.output_dir, args.push_to_hub)
-        print(f"pushed to {commit.commit_url}")
-    return summary
-
-
 def _broadcast(accelerator, value):
     """`value` of the main process, on every process (and a barrier: every process waits for the main one)."""
     if accelerator.num_processes == 1:
@@ -645,7 +552,7 @@ def _broadcast(accelerator, value):
     return broadcast_object_list([value])[0]
 
 
-def _save_final(accelerator, model, method, args, run_id, summary, state_dict, config, raw, image_column) -> str | None:
+def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, config, raw, image_column) -> str | None:
     """The final model, pictures and records (main process): written into a staging folder inside the output
     folder, then moved in, the weights first and `training_summary.json` last. Returns None, or why nothing was
     saved (non-finite weights, a full disk): the previous files of the folder are then untouched."""
@@ -671,11 +578,14 @@ def _save_final(accelerator, model, method, args, run_id, summary, state_dict, c
         staging.mkdir()
         shutil.copy2(folder / "training_args.json", staging / "training_args.json")  # the card reads it
         pictured = _held_out_images(args) or (raw, image_column, args.split)
-        summary["reconstruction"] = _save_pictures(unwrapped, *pictured, config, summary, staging, not sharded)
+        summary["reconstruction"] = _save_pictures(unwrapped, spec, *pictured, config, summary, staging, not sharded)
         # the records and pictures first: save_pretrained builds the model card from what the folder holds
         (staging / "training_summary.json").write_text(json.dumps(summary, indent=2))
         unwrapped.save_pretrained(staging, state_dict=state_dict)
-        method.save_outputs(unwrapped, str(staging))
+        if hasattr(unwrapped, "teacher"):
+            from .callbacks import TEACHER_FILE, save_teacher
+
+            save_teacher(unwrapped.teacher, str(staging / TEACHER_FILE))
         move_into_place(staging, folder)
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
@@ -734,13 +644,13 @@ def _held_out_images(args: PretrainArguments):
     return None
 
 
-def _save_pictures(model, raw, image_column, split, config, summary, output_dir, draw_model=True) -> dict | None:
+def _save_pictures(model, spec, raw, image_column, split, config, summary, output_dir, draw_model=True) -> dict | None:
     """loss_curve.png from the loss history, and the method's picture (reconstructions, ADIOS masks, tokens) of the
     first images of `raw`, resized and normalised without augmentation. For a pixel-target method, also returns the
     reconstruction error (`reconstruction_error`) on up to 512 of those images. A picture that fails is logged, not
     fatal: the trained weights matter more than their illustration."""
-    from ..model_cards.pictures import PIXEL_TARGET_TYPES, reconstruction_error, save_loss_curve, save_method_picture
-    from .transforms import MAETransform, open_image
+    from ..model_cards.pictures import reconstruction_error, save_loss_curve, save_method_picture
+    from .transforms import ImageTransform, open_image
 
     try:
         if summary["loss_history"]:
@@ -748,10 +658,10 @@ def _save_pictures(model, raw, image_column, split, config, summary, output_dir,
         if not draw_model:
             logger.info("parameters are sharded: no reconstruction or mask picture (draw it from the saved model)")
             return None
-        transform = MAETransform(
+        transform = ImageTransform(
             config.image_size, config.image_mean, config.image_std, config.num_channels, train=False
         )
-        pixel_target = config.model_type in PIXEL_TARGET_TYPES
+        pixel_target = spec.picture is not None and spec.picture.kind == "reconstruction"
         wanted = 512 if pixel_target else 8
         images = []
         for index in range(min(len(raw), 4 * wanted)):
@@ -773,35 +683,13 @@ def _save_pictures(model, raw, image_column, split, config, summary, output_dir,
     return None
 
 
-def _second_step(accelerator, model, method, optimizer2, step_batches) -> dict[str, torch.Tensor]:
-    """The second optimizer's step on the micro-batches the main one just stepped on, against the updated model.
-
-    DDP synchronises gradients on the last micro-batch only; the loss is scaled like the main one (accelerate
-    divides by the accumulation steps). Every parameter takes part in these backward passes, the main side's too:
-    their gradients are dropped afterwards rather than excluded with requires_grad, which DDP does not allow to
-    change after wrapping. A non-finite loss on any rank skips the step on every rank."""
-    optimizer2.zero_grad(set_to_none=True)
-    total, metrics = None, {}
-    for i, (batch, weight) in enumerate(step_batches):
-        sync = i == len(step_batches) - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            loss, batch_metrics = _split_loss(method.second_loss(model, batch))
-            accelerator.backward(loss * weight)
-        total = loss.detach().float() if total is None else total + loss.detach().float()
-        for name, value in batch_metrics.items():
-            metrics[name] = metrics.get(name, 0) + value.detach().float() / len(step_batches)
-    if accelerator.reduce((~torch.isfinite(total)).float(), "sum").item() > 0:
-        logger.warning("non-finite loss of the second optimizer; its update skipped")
-        metrics = {}
-    else:
-        optimizer2.step()
-    optimizer2.zero_grad(set_to_none=True)
-    accelerator.unwrap_model(model).zero_grad(set_to_none=True)  # the main side's gradients from these passes
-    return metrics
-
-
-def _split_loss(output) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    return output if isinstance(output, tuple) else (output, {})
+def _scalar_fields(outputs) -> dict[str, torch.Tensor]:
+    """The output's scalar tensors besides the loss (R-MAE's two losses, BEiT's accuracy, ...): logged like it."""
+    return {
+        name: value.detach().float()
+        for name, value in outputs.items()
+        if name != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0
+    }
 
 
 def _tensors_of(state) -> list[torch.Tensor]:

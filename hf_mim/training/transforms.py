@@ -109,7 +109,7 @@ def pil_to_tensor(image: Image.Image, num_channels: int) -> torch.Tensor:
     return tensor
 
 
-class MAETransform:
+class ImageTransform:
     """Training augmentation of MAE: random resized crop (scale 0.2-1, bicubic), horizontal flip, normalisation.
     With `train=False`: resize to the model size and normalise only."""
 
@@ -142,4 +142,4 @@ class MAETransform:
         return (pil_to_tensor(image, self.num_channels) - self.mean) / self.std
 
 
-__all__ = ["MAETransform", "open_image", "to_channels", "random_resized_crop_box", "pil_to_tensor"]
+__all__ = ["ImageTransform", "open_image", "to_channels", "random_resized_crop_box", "pil_to_tensor"]

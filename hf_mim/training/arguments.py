@@ -1,0 +1,300 @@
+"""`hf-mim pretrain`'s arguments: the dataclass the CLI is generated from (each field's default and help live
+here only), the defaults that depend on the data and the recipe, and their validation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..modeling.auto import METHOD_SPECS, method_spec
+from .data import BUILTIN_DATASET
+from .presets import ENCODER_PRESETS, RECIPES, SMALL_DATASET_IMAGES, SMALL_IMAGE_SIZE, build_config_fields
+
+
+class RegisteredMethods:
+    """The `--method` choices: the registry's names, read when the parser is built or a value is checked, so a
+    method registered after this module was imported is one too."""
+
+    def __iter__(self):
+        return iter(METHOD_SPECS)
+
+    def __contains__(self, name) -> bool:
+        return name in METHOD_SPECS
+
+
+def _help(text: str, **metadata) -> dict:
+    return {"help": text, **metadata}
+
+
+@dataclass
+class PretrainArguments:
+    """Every `hf-mim pretrain` flag; None means "the default for the dataset and recipe" (`resolve_defaults`)."""
+
+    method: str = field(
+        default="mae",
+        metadata=_help(
+            "the method: %(choices)s; beit takes --tokenizer, which visual-tokenizer trains (default: %(default)s)",
+            choices=RegisteredMethods(),
+        ),
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata=_help(
+            "Hub dataset id, local image folder, folder written by save_to_disk, or 'digits' (built in, the default)"
+        ),
+    )
+    dataset_config: str | None = field(default=None, metadata=_help("dataset configuration name (Hub datasets)"))
+    split: str = field(default="train", metadata=_help("split to train on (default: %(default)s)"))
+    image_column: str | None = field(
+        default=None, metadata=_help("column holding the images (default: the first Image column, else 'image'/'img')")
+    )
+    output_dir: str = field(
+        default="outputs/pretrain",
+        metadata=_help(
+            "where checkpoints and the final model go: a new or empty folder, or one an hf-mim run wrote "
+            "(default: %(default)s)"
+        ),
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata=_help("write into an --output-dir that holds files no hf-mim run wrote (they may be overwritten)"),
+    )
+    max_steps: int | None = field(default=None, metadata=_help("optimizer steps to train; overrides --epochs"))
+    epochs: int | None = field(
+        default=None,
+        metadata=_help("passes over the data (default: the method's small-data recipe's; 1 with --recipe paper)"),
+    )
+    batch_size: int = field(default=64, metadata=_help("images per device per micro-step (default: %(default)s)"))
+    grad_accum: int = field(default=1, metadata=_help("micro-steps per optimizer step (default: %(default)s)"))
+    base_lr: float | None = field(
+        default=None,
+        metadata=_help(
+            "learning rate per 256 images: lr = base_lr * effective batch / 256, as in MAE (default: the method's "
+            "recipe's, declared in its MethodSpec; the README lists them)"
+        ),
+    )
+    lr: float | None = field(default=None, metadata=_help("absolute learning rate; overrides --base-lr"))
+    weight_decay: float = field(
+        default=0.05, metadata=_help("AdamW weight decay on weight matrices (default: %(default)s)")
+    )
+    warmup_steps: int | None = field(
+        default=None, metadata=_help("linear warm-up steps before the cosine decay (default: 5%% of the steps)")
+    )
+    image_size: int | None = field(
+        default=None, metadata=_help("input resolution (default: 224; 32 on the built-in dataset)")
+    )
+    patch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "patch size (default: 16 from 128 px up; below, the largest that cuts the image into at least 8x8 "
+            "patches, 4 at 32 px)"
+        ),
+    )
+    model_size: str | None = field(
+        default=None,
+        metadata=_help(
+            "ViT-Ti/S/B/L encoder, or mini (6 blocks, width 128: hf_mim's size for small data) (default: the "
+            "recipe's: mini for small, base for paper); not used by visual-tokenizer",
+            choices=sorted(ENCODER_PRESETS),
+        ),
+    )
+    recipe: str = field(
+        default="auto",
+        metadata=_help(
+            "paper: each method's published ImageNet recipe (learning rate, decoder and heads); small: hf_mim's "
+            "small-data recipe (the mini encoder, a higher base lr, lighter decoders and heads, more epochs). auto "
+            f"(the default) takes small when the images are at most {SMALL_IMAGE_SIZE} px a side or the dataset has "
+            f"fewer than {SMALL_DATASET_IMAGES:,} images, else paper; the data's source does not matter. Flags you "
+            "give override the recipe",
+            choices=["auto", *RECIPES],
+        ),
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata=_help(
+            "--method beit: a trained visual tokenizer (a folder written by --method visual-tokenizer, or a Hub "
+            "id); without it BEiT uses a random frozen tokenizer, for smoke tests only",
+            metavar="PATH_OR_REPO",
+        ),
+    )
+    config: str | None = field(
+        default=None,
+        metadata=_help('JSON file of config field overrides, applied last (e.g. {"mask_ratio": 0.6})', metavar="FILE"),
+    )
+    mixed_precision: str = field(
+        default="no", metadata=_help("autocast precision (default: %(default)s)", choices=["no", "fp16", "bf16"])
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_help("recompute activations in backward to save memory")
+    )
+    compile: bool = field(default=False, metadata=_help("torch.compile the model"))
+    seed: int = field(
+        default=0, metadata=_help("seed for weights, data order, augmentation and masks (default: %(default)s)")
+    )
+    checkpointing_steps: int | None = field(
+        default=None, metadata=_help("write OUTPUT_DIR/checkpoints/step-N every N steps")
+    )
+    checkpoints_total_limit: int | None = field(
+        default=None, metadata=_help("keep only the newest N checkpoints (default: keep all)")
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata=_help("a checkpoint folder, or 'latest' (the newest complete one in OUTPUT_DIR)")
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata=_help("push the final model to this Hub repository", metavar="REPO_ID")
+    )
+    report_to: str = field(
+        default="none",
+        metadata=_help("tracker (default: %(default)s)", choices=["none", "tensorboard", "wandb"]),
+    )
+    num_workers: int | None = field(
+        default=None,
+        metadata=_help(
+            "DataLoader worker processes per device (default: 2; 0 for the built-in digits, whose decoding is "
+            "cheaper than a worker's share of the CPU)"
+        ),
+    )
+    logging_steps: int = field(
+        default=10, metadata=_help("log loss, lr and images/s every N steps (default: %(default)s)")
+    )
+    max_non_finite_steps: int = field(
+        default=5,
+        metadata=_help("stop after this many consecutive steps with a non-finite loss (default: %(default)s)"),
+    )
+    # Python only (not a flag): config fields set over the recipe's, before --config's
+    config_overrides: dict = field(default_factory=dict, init=True, metadata={"cli": False})
+
+
+# Defaults that depend on where the data comes from: the built-in digits are 8x8 images, shown to the model at 32 px
+# (an 8x8 grid of 4 px patches). Everything else follows the recipe.
+BUILTIN_IMAGE_SIZE = 32
+DEFAULT_IMAGE_SIZE = 224
+RECIPE_MODEL_SIZE = {"small": "mini", "paper": "base"}
+PAPER_EPOCHS = 1  # a smoke-test default: the papers train for 300-1600 epochs; pass --epochs
+
+
+def default_patch_size(image_size) -> int:
+    """16 px patches from 128 px up (ViT's); below, the largest size that cuts the shorter side into at least 8 patches
+    evenly (4 px at 32 px, 8 px at 64 px), so small images still make a grid worth masking."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    side = min(height, width)
+    if side >= 128:
+        return 16
+    for patch in range(max(1, side // 8), 0, -1):
+        if height % patch == 0 and width % patch == 0:
+            return patch
+    return 1
+
+
+def choose_recipe(args: PretrainArguments, num_images: int) -> str:
+    """`--recipe auto`: "small" when the images are at most SMALL_IMAGE_SIZE px a side or the dataset has fewer than
+    SMALL_DATASET_IMAGES images, else "paper". The scale of the run decides, not where the data comes from."""
+    if args.recipe != "auto":
+        return args.recipe
+    size = args.image_size if isinstance(args.image_size, int) else min(args.image_size)
+    return "small" if size <= SMALL_IMAGE_SIZE or num_images < SMALL_DATASET_IMAGES else "paper"
+
+
+def resolve_defaults(args: PretrainArguments, num_images: int) -> PretrainArguments:
+    """Fill in what the user left as None: the image and patch size, then the recipe, then what the recipe sets
+    (model size, learning rate, epochs, the method's config fields; explicit `config_overrides` win)."""
+    if args.image_size is None:
+        args.image_size = BUILTIN_IMAGE_SIZE if args.dataset in (None, BUILTIN_DATASET) else DEFAULT_IMAGE_SIZE
+    if args.patch_size is None:
+        args.patch_size = default_patch_size(args.image_size)
+    args.recipe = choose_recipe(args, num_images)
+    if args.num_workers is None:
+        # decoding an 8x8 PNG costs microseconds; on two cores a worker would only take CPU time from the model
+        args.num_workers = 0 if args.dataset in (None, BUILTIN_DATASET) else 2
+    recipe = method_spec(args.method).recipe(args.recipe)
+    if args.model_size is None:
+        args.model_size = RECIPE_MODEL_SIZE[args.recipe]
+    if args.base_lr is None:
+        args.base_lr = recipe.base_lr
+    if args.max_steps is None and args.epochs is None:
+        args.epochs = recipe.epochs or (PAPER_EPOCHS if args.recipe == "paper" else 1)
+    args.config_overrides = {**recipe.config, **args.config_overrides}
+    return args
+
+
+def validate(args: PretrainArguments) -> None:
+    def bad(flag, value, allowed):
+        raise ValueError(f"--{flag.replace('_', '-')}={value!r} is invalid: {allowed}")
+
+    if args.method not in METHOD_SPECS:
+        bad("method", args.method, f"one of {sorted(METHOD_SPECS)}")
+    if args.model_size is not None and args.model_size not in ENCODER_PRESETS:
+        bad("model_size", args.model_size, f"one of {sorted(ENCODER_PRESETS)}")
+    if args.recipe not in ("auto", *RECIPES):
+        bad("recipe", args.recipe, f"auto or one of {RECIPES}")
+    if args.tokenizer is not None and args.method != "beit":
+        bad("tokenizer", args.tokenizer, "only used with --method beit")
+    for name in ("batch_size", "grad_accum", "logging_steps", "max_non_finite_steps"):
+        if getattr(args, name) < 1:
+            bad(name, getattr(args, name), "a positive int")
+    if args.num_workers is not None and args.num_workers < 0:
+        bad("num_workers", args.num_workers, "0 (load in the main process) or more")
+    for name in ("max_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            bad(name, value, "a positive int")
+    if args.push_to_hub is not None:
+        from ..hub import check_repo_id
+
+        check_repo_id(args.push_to_hub, "--push-to-hub")  # before training, not after hours of it
+    if args.mixed_precision not in ("no", "fp16", "bf16"):
+        bad("mixed_precision", args.mixed_precision, "no, fp16 or bf16")
+    if args.report_to not in ("none", "tensorboard", "wandb"):
+        bad("report_to", args.report_to, "none, tensorboard or wandb")
+    for name in ("lr", "base_lr"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            bad(name, value, "a positive, finite float")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        bad("weight_decay", args.weight_decay, "a finite float, 0 or more")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        bad("warmup_steps", args.warmup_steps, "a non-negative int")
+    if args.warmup_steps is not None and args.max_steps is not None and args.warmup_steps >= args.max_steps:
+        bad("warmup_steps", args.warmup_steps, f"fewer than --max-steps={args.max_steps}: the run would end in warm-up")
+    tracker_package = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(args.report_to, ())
+    if tracker_package and not any(importlib.util.find_spec(name) for name in tracker_package):
+        # accelerate would only warn and log nothing
+        bad("report_to", args.report_to, f"needs the {tracker_package[0]} package: pip install {tracker_package[0]}")
+
+
+def build_config(args: PretrainArguments, spec):
+    overrides = dict(args.config_overrides)
+    if args.config:
+        try:
+            fields = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--config {args.config}: not a readable JSON object ({_one_line(err)})") from None
+        if not isinstance(fields, dict):
+            raise ValueError(
+                f"--config {args.config} holds a JSON {type(fields).__name__}; allowed: an object of config fields"
+            )
+        overrides.update(fields)
+    if args.tokenizer is not None:
+        overrides["tokenizer_name_or_path"] = args.tokenizer
+    fields = {**ENCODER_PRESETS[args.model_size], "image_size": args.image_size, "patch_size": args.patch_size}
+    return build_config_fields(spec, fields, overrides)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+__all__ = [
+    "BUILTIN_IMAGE_SIZE",
+    "DEFAULT_IMAGE_SIZE",
+    "PretrainArguments",
+    "build_config",
+    "choose_recipe",
+    "default_patch_size",
+    "resolve_defaults",
+    "validate",
+]
