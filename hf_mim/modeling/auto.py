@@ -11,7 +11,7 @@ import transformers
 
 from .spec import MethodSpec
 
-METHOD_MODULES = ("mae", "simmim", "cmae", "rmae", "adios", "beit", "tokenizer")
+METHOD_MODULES = ("mae", "simmim", "cmae", "rmae", "adios", "beit", "tokenizer", "maskfeat")
 
 #: name (`hf-mim pretrain --method`, the Hub tag) -> spec, in `METHOD_MODULES` order.
 METHOD_SPECS: dict[str, MethodSpec] = {}
