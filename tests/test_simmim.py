@@ -205,3 +205,18 @@ def test_simmim_conversion_refuses_other_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConversionError, match="without config.json"):
         convert_simmim_checkpoint(tmp_path / "empty")
+
+
+def test_loads_as_transformers_masked_image_modeling_model(tmp_path):
+    """AutoModelForMaskedImageModeling, transformers' class for ViTForMaskedImageModeling (SimMIM), gives the SimMIM
+    pretraining model with its weights, as AutoModelForPreTraining does."""
+    from transformers import AutoModelForMaskedImageModeling
+
+    model = SimMIMForPreTraining(SimMIMConfig(**TINY_VIT, mask_patch_size=8)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForMaskedImageModeling.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SimMIMForPreTraining
+    pixels, mask = torch.randn(2, 3, 32, 32), torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :4] = True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels, bool_masked_pos=mask).loss, model(pixels, bool_masked_pos=mask).loss)
