@@ -159,11 +159,6 @@ def _run_convert(args) -> None:
     print(f"converted {args.src} -> {args.dst} ({model.num_parameters():,} parameters)")
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def _version() -> str:
     from . import __version__
 
@@ -178,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         # Not possible where stderr is no file (a notebook, a redirected stream): the command runs without it.
         with contextlib.suppress(io.UnsupportedOperation, ValueError, AttributeError):
             faulthandler.register(signal.SIGUSR1, all_threads=True)
+    from .training.arguments import one_line
     from .training.trainer import TrainingError
 
     command = COMMANDS[namespace.command]
@@ -192,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         _load(command.run)(args)
     except (ValueError, OSError, TrainingError) as err:
-        print(f"hf-mim {namespace.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"hf-mim {namespace.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -185,7 +185,11 @@ def draw_inputs(sample_inputs: Callable, config, grid, batch_size: int, device=N
     import torch
 
     draws = [sample_inputs(config, grid, None) for _ in range(batch_size)]
-    return {key: torch.stack([d[key] for d in draws]).to(device) for key in draws[0]}
+    batch = {key: torch.stack([d[key] for d in draws]) for key in draws[0]}
+    if device is not None and torch.device(device).type == "cuda":
+        # pinned, then asynchronous: a copy from pageable memory would first wait for every kernel already queued
+        return {key: value.pin_memory().to(device, non_blocking=True) for key, value in batch.items()}
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 __all__ = [

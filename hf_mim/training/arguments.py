@@ -271,7 +271,7 @@ def build_config(args: PretrainArguments, spec):
         try:
             fields = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as err:
-            raise ValueError(f"--config {args.config}: not a readable JSON object ({_one_line(err)})") from None
+            raise ValueError(f"--config {args.config}: not a readable JSON object ({one_line(err)})") from None
         if not isinstance(fields, dict):
             raise ValueError(
                 f"--config {args.config} holds a JSON {type(fields).__name__}; allowed: an object of config fields"
@@ -283,7 +283,8 @@ def build_config(args: PretrainArguments, spec):
     return build_config_fields(spec, fields, overrides)
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An error's first line: what `hf-mim` prints for an error a user can fix."""
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
@@ -295,6 +296,7 @@ __all__ = [
     "build_config",
     "choose_recipe",
     "default_patch_size",
+    "one_line",
     "resolve_defaults",
     "validate",
 ]

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 
 from ..modeling.auto import method_spec
-from .arguments import PretrainArguments, build_config, resolve_defaults, validate
+from .arguments import PretrainArguments, build_config, one_line, resolve_defaults, validate
 from .checkpoints import load_extra_state, load_trainer_state, resolve_resume, save_checkpoint, verify_loadable
 from .data import (
     BUILTIN_DATASET,
@@ -290,7 +290,7 @@ def _resume(accelerator, args: PretrainArguments, run_id, layout: dict, identity
             accelerator.load_state(str(resume_path))
             load_extra_state(extra_objects, resume_path)
         except (SafetensorError, RuntimeError, KeyError, TypeError) as err:
-            raise ValueError(f"cannot resume from {resume_path}: {_one_line(err)}") from None
+            raise ValueError(f"cannot resume from {resume_path}: {one_line(err)}") from None
         state.update(saved)
         run_id = saved.get("run_id") or run_id
         logger.info("resumed from %s at step %d", resume_path, state["step"])
@@ -328,8 +328,7 @@ class _Sums:
 
     def add_metrics(self, metrics: dict[str, torch.Tensor], divisor: int = 1) -> None:
         for name, value in metrics.items():
-            total = self.metrics.get(name, torch.zeros_like(self.loss))
-            self.metrics[name] = total + (value / divisor if divisor != 1 else value)
+            self.metrics[name] = self.metrics.get(name, torch.zeros_like(self.loss)) + value / divisor
 
 
 class TrainingLoop:
@@ -530,17 +529,12 @@ def _claim_output_dir(accelerator, args: PretrainArguments):
             lock.acquire()
             outcome = [None, run_id]
         except (RunFolderError, OSError) as err:
-            outcome = [_one_line(err), None]
+            outcome = [one_line(err), None]
     if accelerator.num_processes > 1:
         outcome = broadcast_object_list(outcome)
     if outcome[0]:
         raise RunFolderError(outcome[0])
     return outcome[1], lock
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _broadcast(accelerator, value):
@@ -592,7 +586,7 @@ def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, con
         if is_no_space(err):
             needed = sum(t.numel() * t.element_size() for t in state_dict.values())
             return no_space_message(folder, needed, last)
-        return f"could not save the model in {folder}: {_one_line(err)}; {kept}"
+        return f"could not save the model in {folder}: {one_line(err)}; {kept}"
     return None
 
 
