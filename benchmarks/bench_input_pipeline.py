@@ -57,13 +57,13 @@ def write_jpegs(folder: Path, count: int) -> None:
 def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, epochs: int) -> float:
     from hf_mim.modeling.mae import MAEConfig, sample_mae_inputs
     from hf_mim.training.data import Collator, PretrainingTransform, load_pretraining_dataset, prepare_dataset
-    from hf_mim.training.transforms import ImageTransform
+    from hf_mim.training.transforms import ImageAugmentation
 
     config = MAEConfig(image_size=224, patch_size=16)
     raw, _ = load_pretraining_dataset(str(folder))
     transform = PretrainingTransform(
         "image",
-        ImageTransform(224, config.image_mean, config.image_std),
+        ImageAugmentation(224, config.image_mean, config.image_std),
         0,
         lambda generator: sample_mae_inputs(config, config.grid_size, generator),
     )

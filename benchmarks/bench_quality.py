@@ -161,9 +161,9 @@ def test_images(config):
     import torch
 
     from hf_mim.training.data import builtin_digits
-    from hf_mim.training.transforms import ImageTransform
+    from hf_mim.training.transforms import ImageAugmentation
 
-    transform = ImageTransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    transform = ImageAugmentation.from_config(config)
     return torch.stack([transform(image, None) for image in builtin_digits("test")["image"]])
 
 

@@ -98,11 +98,9 @@ class Experiments:
     def tensors(self, split: str, config):
         import torch
 
-        from hf_mim.training.transforms import ImageTransform, open_image
+        from hf_mim.training.transforms import ImageAugmentation, open_image
 
-        transform = ImageTransform(
-            config.image_size, config.image_mean, config.image_std, config.num_channels, train=False
-        )
+        transform = ImageAugmentation.from_config(config)
         data = getattr(self.splits, split)
         images = torch.stack([transform(open_image(v), None) for v in data[self.splits.image_column]])
         return images, torch.tensor(data[self.splits.label_column])

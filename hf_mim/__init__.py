@@ -8,8 +8,18 @@ __version__ = "0.1.0.dev0"
 from . import hub  # noqa: F401  (installs the model-card and push hooks on every hf_mim model)
 from . import modeling as _modeling
 from .training.callbacks import EMATeacherCallback
+from .training.transforms import ImageTransform
 
 # the shared pieces and every registered method's classes (hf_mim.MAEConfig, hf_mim.ADIOSForPreTraining, ...)
 globals().update({name: getattr(_modeling, name) for name in _modeling.__all__})
 
-__all__ = [*_modeling.__all__, "EMATeacherCallback", "__version__"]
+__all__ = [*_modeling.__all__, "EMATeacherCallback", "ImageTransform", "MIMTrainer", "__version__"]
+
+
+def __getattr__(name):
+    # MIMTrainer imports transformers.Trainer (most of a second); only its users pay for it
+    if name == "MIMTrainer":
+        from .training.hf_trainer import MIMTrainer
+
+        return MIMTrainer
+    raise AttributeError(f"module 'hf_mim' has no attribute {name!r}")

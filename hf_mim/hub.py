@@ -13,12 +13,14 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .model_cards.card import (
     GENERATED_MARKER,
+    TRAINER_STATE,
     TRAINING_SUMMARY,
     model_card_for_folder,
     validate_model_card,
@@ -39,9 +41,13 @@ UPLOAD_FILES = frozenset(
         "ema_teacher.safetensors",
         "training_args.json",
         TRAINING_SUMMARY,
+        TRAINER_STATE,
         "eval_results.json",
     }
 )
+# What a run recorded beside its weights (besides its *.png pictures): carried along when a model loaded from that
+# folder is pushed unchanged.
+RUN_RECORDS = (TRAINING_SUMMARY, "training_args.json", TRAINER_STATE, "eval_results.json", "ema_teacher.safetensors")
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -272,6 +278,9 @@ def push_model(
     check_repo_id(repo_id)
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, max_shard_size=max_shard_size)
+        source = getattr(model.config, "_name_or_path", "") or ""
+        if source and os.path.isdir(source):
+            carry_run_records(source, folder)  # push_folder's card then shows that run's recipe, curve and pictures
         return push_folder(
             folder,
             repo_id,
@@ -285,6 +294,59 @@ def push_model(
             base_model=base_model or base_model_of(model.config),
             tags=tags,
         )
+
+
+def carry_run_records(source: str | os.PathLike, folder: str | os.PathLike) -> list[str]:
+    """Copy the run records and pictures of `source`, the folder a model was loaded from, into `folder`, where that
+    model was just saved, if the weights saved there are the ones `source` holds, tensor for tensor (records of a
+    run describe those weights only, not weights trained further). Returns the names copied. A symlink that leaves
+    `source` is refused, as for an upload."""
+    source, folder = Path(source), Path(folder)
+    if source.resolve() == folder.resolve():
+        return []
+    names = [n for n in RUN_RECORDS if (source / n).is_file()]
+    names += sorted(p.name for p in source.glob("*.png") if p.is_file())
+    if not names:
+        return []
+    if not _same_weights(source, folder):
+        logger.warning(
+            "not carrying the run records of %s: the weights differ from the ones saved there (trained further?)",
+            source,
+        )
+        return []
+    for name in names:
+        check_link_target(source, name)
+        check_file_type(source / name)
+        if not (folder / name).exists():  # what save_pretrained just wrote (the EMA teacher, for one) wins
+            shutil.copyfile(source / name, folder / name)
+    return names
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two saved model folders hold the same tensors (names, dtypes, values), read one tensor at a time."""
+    from safetensors import SafetensorError, safe_open
+
+    def files(folder: Path) -> dict[str, Path] | None:
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            return {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+        if (folder / "model.safetensors").exists():
+            with safe_open(str(folder / "model.safetensors"), "pt") as f:
+                return dict.fromkeys(f.keys(), folder / "model.safetensors")
+        return None
+
+    try:
+        left, right = files(a), files(b)
+        if left is None or right is None or set(left) != set(right):
+            return False
+        for key in left:
+            with safe_open(str(left[key]), "pt") as f, safe_open(str(right[key]), "pt") as g:
+                x, y = f.get_tensor(key), g.get_tensor(key)
+            if x.dtype != y.dtype or x.shape != y.shape or not bool((x == y).all()):
+                return False
+    except (OSError, ValueError, SafetensorError):
+        return False
+    return True
 
 
 def base_model_of(config) -> str | None:
@@ -318,5 +380,6 @@ __all__ = [
     "push_folder",
     "push_model",
     "base_model_of",
+    "carry_run_records",
     "UPLOAD_FILES",
 ]

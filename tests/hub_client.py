@@ -83,7 +83,7 @@ def push(out: Path) -> None:
                     assert torch.equal(pulled(pixels).logits, reference[f"{name}.logits"])
         report[name] = {"class": type(model).__name__}
     # `hf-mim pretrain --push-to-hub`: a 2-step run on the built-in data, pushed with its records and pictures
-    subprocess.run(
+    pretrain = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -102,8 +102,17 @@ def push(out: Path) -> None:
             "--push-to-hub",
             "tester/pretrained",
         ],
-        check=True,
+        capture_output=True,
+        text=True,
     )
+    assert pretrain.returncode == 0, pretrain.stderr[-3000:]
+    # the root logger stays quiet: no line per HTTP request of the Hub client
+    report["pretrain_log"] = pretrain.stdout + pretrain.stderr
+    # the same run's model, reloaded and pushed unchanged with push_to_hub: its records and pictures go along
+    from transformers import AutoModelForPreTraining
+
+    AutoModelForPreTraining.from_pretrained(out / "run").push_to_hub("tester/reloaded")
+    trainer_push(out)
     # the server's YAML validation, through huggingface_hub's client
     from huggingface_hub import ModelCard
 
@@ -115,6 +124,36 @@ def push(out: Path) -> None:
     save_file({k: v.contiguous() for k, v in reference.items()}, str(out / "reference.safetensors"))
     (out / "push.json").write_text(json.dumps(report))
     assert hf_mim.__version__
+
+
+def trainer_push(out: Path) -> None:
+    """A 3-step MIMTrainer run on the built-in digits with push_to_hub=True and a push at every save: MIMTrainer
+    pushes once, at the end, through hf_mim's push."""
+    from transformers import TrainingArguments
+
+    import hf_mim
+    from hf_mim.training.data import builtin_digits
+
+    torch.manual_seed(0)
+    model = hf_mim.MAEForPreTraining(hf_mim.MAEConfig(**{**TINY, "num_channels": 1}, **DECODER))
+    digits = builtin_digits("train").select(range(64))
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=8,
+        max_steps=3,
+        logging_steps=1,
+        save_steps=1,
+        report_to="none",
+        use_cpu=True,
+        remove_unused_columns=False,
+        push_to_hub=True,
+        hub_model_id="tester/trainer",
+        hub_strategy="every_save",
+    )
+    train = digits.with_transform(hf_mim.ImageTransform.from_config(model.config))
+    trainer = hf_mim.MIMTrainer(model=model, args=args, train_dataset=train, run_info={"dataset": "64 digits"})
+    trainer.train()
+    trainer.push_to_hub()
 
 
 def load(out: Path) -> None:
@@ -141,7 +180,8 @@ def load(out: Path) -> None:
     pixels, picture = fixed_inputs()
     assert torch.equal(pixels, reference["pixels"])
     report = {}
-    for name in [n for n in json.loads((out / "push.json").read_text()) if n != "remote_yaml_rejects"]:
+    pushed = json.loads((out / "push.json").read_text())
+    for name in [n for n, entry in pushed.items() if isinstance(entry, dict) and "class" in entry]:
         repo = f"tester/{name}"
         model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
@@ -163,6 +203,14 @@ def load(out: Path) -> None:
                 entry["pipeline_diff"] = float((features - reference[f"{name}.pipeline"]).abs().max())
         report[name] = entry
     report["hf_mim_modules"] = sorted(m for m in sys.modules if m == "hf_mim" or m.startswith("hf_mim."))
+    report["sys_path"] = sys.path
+    import re
+    from importlib import metadata
+
+    # normalised as packaging's canonicalize_name does
+    report["distributions"] = sorted(
+        {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower() for d in metadata.distributions()}
+    )
     print("REPORT " + json.dumps(report))
 
 

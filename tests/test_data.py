@@ -14,7 +14,7 @@ from hf_mim.training.data import (
     load_pretraining_dataset,
     prepare_dataset,
 )
-from hf_mim.training.transforms import ImageTransform, open_image, random_resized_crop_box, to_channels
+from hf_mim.training.transforms import ImageAugmentation, open_image, random_resized_crop_box, to_channels
 
 from .images import BAD, GOOD, exif_rotated, make_images, write_image_folder
 
@@ -25,7 +25,7 @@ MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_every_mode_becomes_the_model_channels(name, channels):
     image = make_images()[name]
-    out = ImageTransform(32, [0.5] * channels, [0.25] * channels, channels)(image, torch.Generator().manual_seed(0))
+    out = ImageAugmentation(32, [0.5] * channels, [0.25] * channels, channels)(image, torch.Generator().manual_seed(0))
     assert out.shape == (channels, 32, 32) and torch.isfinite(out).all()
 
 
@@ -108,7 +108,7 @@ def test_open_image_rejects_broken_inputs(tmp_path):
 def test_augmentation_depends_only_on_seed_epoch_and_index():
     ds = builtin_digits().select(range(6))
     transform = PretrainingTransform(
-        "image", ImageTransform(16, MEAN, STD), seed=3, extras=lambda g: {"noise": torch.rand(4, generator=g)}
+        "image", ImageAugmentation(16, MEAN, STD), seed=3, extras=lambda g: {"noise": torch.rand(4, generator=g)}
     )
     prepared = prepare_dataset(ds, "image", transform)
     forward = [prepared[i] for i in range(6)]
@@ -121,7 +121,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index():
 
 def test_folder_with_bad_files_decodes_the_good_and_names_the_bad(tmp_path):
     dataset, _ = load_pretraining_dataset(str(write_image_folder(tmp_path / "imgs")))
-    transform = PretrainingTransform("image", ImageTransform(16, MEAN, STD), seed=0)
+    transform = PretrainingTransform("image", ImageAugmentation(16, MEAN, STD), seed=0)
     prepared = prepare_dataset(dataset, "image", transform)
     items = [prepared[i] for i in range(len(prepared))]
     failed = {item["name"] for item in items if item["error"] is not None}

@@ -29,7 +29,7 @@ from hf_mim.evaluation.protocols import (
 )
 from hf_mim.model_cards.card import model_card_for_folder, validate_model_card
 from hf_mim.modeling.base import MIMModel
-from hf_mim.training.transforms import ImageTransform
+from hf_mim.training.transforms import ImageAugmentation
 
 from .launch import in_process as cli
 from .launch import two_processes
@@ -254,7 +254,7 @@ def test_extract_features_match_the_model_and_drop_undecodable_images(tiny_mae):
     model = load_encoder(tiny_mae)
     data = _digits_like(bad=(4,))
     config = model.config
-    transform = ImageTransform(config.image_size, config.image_mean, config.image_std, 1, train=False)
+    transform = ImageAugmentation(config.image_size, config.image_mean, config.image_std, 1, train=False)
     prepared = prepare_labelled(data, LabelledTransform("image", "label", transform))
     loader = DataLoader(prepared, batch_size=5, collate_fn=KeepShapeCollator((1, 16, 16)))
     accelerator = Accelerator(cpu=True)

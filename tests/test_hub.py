@@ -21,12 +21,51 @@ from tests.hub_server import HubServer
 CLIENT = Path(__file__).with_name("hub_client.py")
 ROOT = CLIENT.parent.parent
 CLASSES = [*METHOD_SPECS, "mae-classifier"]
+# repos of training runs: `hf-mim pretrain --push-to-hub`, that run's model reloaded and pushed with push_to_hub, and
+# a MIMTrainer run pushed with push_to_hub
+RUNS = ["pretrained", "reloaded", "trainer"]
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-def _client(command, out, env):
+#: What a pushed model needs to load without hf_mim (the README says so): these and what they require.
+LOADING_NEEDS = ("torch", "transformers", "pillow")
+
+
+def minimal_site(dest: Path, needs=LOADING_NEEDS) -> tuple[Path, set[str]]:
+    """A folder holding only `needs` and their dependency closure (links into this environment's site-packages),
+    for `python -S` with PYTHONPATH set to it: an environment where nothing else (hf_mim, datasets, accelerate,
+    evaluate) is importable. Returns the folder and the distributions in it."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    dest.mkdir(parents=True, exist_ok=True)
+    todo, seen = [canonicalize_name(n) for n in needs], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = metadata.distribution(name)
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(requirement.name))
+        site = Path(dist.locate_file(""))
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}:
+            if (site / top).exists() and not (dest / top).exists():
+                (dest / top).symlink_to(site / top)
+    return dest, seen
+
+
+def _client(command, out, env, minimal: Path | None = None):
+    """Run a hub_client command; with `minimal`, in `python -S` on that folder alone (see `minimal_site`)."""
+    interpreter = [sys.executable, "-S"] if minimal else [sys.executable]
+    if minimal:
+        env = {**env, "PYTHONPATH": str(minimal)}
     result = subprocess.run(
-        [sys.executable, str(CLIENT), command, str(out)], env=env, capture_output=True, text=True, timeout=600
+        [*interpreter, str(CLIENT), command, str(out)], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
@@ -45,14 +84,16 @@ def shared(tmp_path_factory):
         "HF_TOKEN": "hf_test_token",
         "PYTHONPATH": str(ROOT),
     }
+    minimal, needed = minimal_site(out / "site")
     with HubServer() as hub:
         env["HF_ENDPOINT"] = hub.url
         _client("push", out, env)
-        online = _client("load", out, env)
-        files = {name: hub.files(f"tester/{name}") for name in [*CLASSES, "pretrained"]}
-        commits = {name: len(hub.commits(f"tester/{name}")) for name in CLASSES}
-    offline = _client("load", out, {**env, "HF_HUB_OFFLINE": "1"})
+        online = _client("load", out, env, minimal)
+        files = {name: hub.files(f"tester/{name}") for name in [*CLASSES, *RUNS]}
+        commits = {name: len(hub.commits(f"tester/{name}")) for name in [*CLASSES, *RUNS]}
+    offline = _client("load", out, {**env, "HF_HUB_OFFLINE": "1"}, minimal)
     return {
+        "needed": needed,
         "out": out,
         "push": json.loads((out / "push.json").read_text()),
         "online": online,
@@ -64,17 +105,22 @@ def shared(tmp_path_factory):
 
 def test_every_model_class_is_pushed_in_one_commit_and_pulls_back_bit_identically(shared):
     # hub_client.push asserts state-dict equality and equal outputs after the pull; here: every class went through
-    pushed = {name: entry["class"] for name, entry in shared["push"].items() if name != "remote_yaml_rejects"}
+    pushed = {name: entry["class"] for name, entry in shared["push"].items() if name in CLASSES}
     expected = {name: spec.pretraining_class.__name__ for name, spec in METHOD_SPECS.items()}
     assert pushed == {**expected, "mae-classifier": "MAEForImageClassification"}
     assert {"mae", "simmim", "cmae", "rmae", "adios", "beit", "visual-tokenizer"} <= set(pushed)
-    assert all(count == 2 for count in shared["commits"].values()), shared["commits"]  # repo creation + one upload
+    # repo creation + one upload; MIMTrainer too, though it saved at every step with hub_strategy="every_save"
+    assert all(count == 2 for count in shared["commits"].values()), shared["commits"]
 
 
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "offline-from-cache"])
 def test_pushed_code_loads_without_hf_mim_and_gives_hf_mims_outputs(shared, offline):
     report = shared["offline" if offline else "online"]
     assert report.pop("hf_mim_modules") == []
+    # the loading process saw torch, transformers, Pillow and what they require, nothing else
+    assert set(report.pop("distributions")) == shared["needed"]
+    assert not {"hf-mim", "datasets", "accelerate", "evaluate", "scikit-learn"} & shared["needed"]
+    assert not [p for p in report.pop("sys_path") if "site-packages" in p]
     assert sorted(report) == sorted(CLASSES)
     for name, entry in report.items():
         assert entry["max_abs_diff"] == 0, (name, entry)
@@ -97,9 +143,24 @@ def test_repos_hold_safetensors_config_with_auto_map_processor_code_and_card_onl
         spec = METHOD_SPECS.get(name.removesuffix("-classifier"), METHOD_SPECS["mae"])
         assert set(config["auto_map"]) == set(spec.auto_classes), name  # every Auto class the method registers
     assert "AutoModelForMaskedImageModeling" in json.loads(shared["files"]["simmim"]["config.json"])["auto_map"]
-    run = shared["files"]["pretrained"]
-    assert {"loss_curve.png", "reconstruction.png", "training_summary.json", "training_args.json"} <= set(run)
-    assert not [f for f in run if f.startswith("checkpoints")]
+    for name in ("pretrained", "reloaded"):
+        run = shared["files"][name]
+        assert {"loss_curve.png", "reconstruction.png", "training_summary.json", "training_args.json"} <= set(run)
+        assert not [f for f in run if f.startswith("checkpoints")]
+    assert (
+        shared["files"]["reloaded"]["training_summary.json"] == shared["files"]["pretrained"]["training_summary.json"]
+    )
+    trainer = shared["files"]["trainer"]
+    assert {"loss_curve.png", "reconstruction.png", "trainer_state.json", "training_summary.json"} <= set(trainer)
+    assert "training_args.bin" not in trainer and not [f for f in trainer if f.startswith("checkpoint")]
+    assert json.loads(trainer["training_args.json"])["hub_token"] != "hf_test_token"  # redacted
+
+
+def test_hf_mim_pretrain_keeps_the_root_logger_quiet_while_it_pushes(shared):
+    # at INFO the Hub client's HTTP library logs a line per request (about 10 for this push); hf_mim's lines remain
+    log = shared["push"]["pretrain_log"]
+    assert "HTTP Request" not in log and "httpx" not in log
+    assert "INFO hf_mim." in log and "pushed to " in log
 
 
 def _imports(source: str) -> set[str]:
@@ -125,23 +186,33 @@ def test_uploaded_modeling_code_imports_only_torch_transformers_and_the_standard
 
 
 def test_cards_on_the_hub_carry_metadata_and_every_section(shared):
-    tags = {**{name: name for name in METHOD_SPECS}, "mae-classifier": "mae", "pretrained": "mae"}
+    tags = {**{name: name for name in METHOD_SPECS}, "mae-classifier": "mae", **dict.fromkeys(RUNS, "mae")}
     for name, files in shared["files"].items():
         card = ModelCard(files["README.md"].decode(), ignore_metadata_errors=False)
         data = card.data.to_dict()
         assert {"hf-mim", tags[name]} <= set(data["tags"]), name
         assert data["library_name"] == "transformers" and data["license"] == "apache-2.0"
         classifier = name == "mae-classifier"
-        assert data["pipeline_tag"] == ("image-classification" if classifier else "image-feature-extraction")
+        if name == "visual-tokenizer":  # no pipeline task returns token ids
+            assert "pipeline_tag" not in data and card.text.startswith("\n# Visual tokenizer: tester/visual-tokenizer")
+        else:
+            assert data["pipeline_tag"] == ("image-classification" if classifier else "image-feature-extraction")
         assert data.get("base_model") == ("tester/mae" if classifier else None)
         for section in ("## Method", "## Architecture", "## Training", "## How to use", "## Limitations"):
             assert section in card.text, (name, section)
         assert "```bibtex\n@" in card.text and f'from_pretrained("tester/{name}", trust_remote_code=True)' in card.text
-        if name != "pretrained":
-            assert "Unknown. This model was not saved by an `hf-mim pretrain` run" in card.text
-    run_card = ModelCard(shared["files"]["pretrained"]["README.md"].decode())
-    assert "| Optimizer steps | 2 |" in run_card.text and "![Training loss](loss_curve.png)" in run_card.text
-    assert "![Reconstructions](reconstruction.png)" in run_card.text
+        assert "pip install hf_mim" not in card.text, name  # no index serves that name
+        if name not in RUNS:
+            assert (
+                "Unknown. This model was not saved by an `hf-mim pretrain` or `transformers.Trainer` run" in card.text
+            )
+    for name, steps in (("pretrained", 2), ("reloaded", 2), ("trainer", 3)):
+        run_card = ModelCard(shared["files"][name]["README.md"].decode())
+        assert f"| Optimizer steps | {steps} |" in run_card.text and "![Training loss](loss_curve.png)" in run_card.text
+        assert "![Reconstructions](reconstruction.png)" in run_card.text, name
+    trainer_card = ModelCard(shared["files"]["trainer"]["README.md"].decode()).text
+    assert "pretrained with `transformers.Trainer` (hf_mim's `mae` method) on 64 digits." in trainer_card
+    assert "| Effective batch size | 8 |" in trainer_card and "| Seed | 42 |" in trainer_card
 
 
 def test_the_servers_yaml_validation_rejects_bad_metadata_through_the_client(shared):

@@ -1,6 +1,6 @@
 """Labelled data for evaluation: a train and a test split, the label column, the low-label subset, and batches.
 
-The image decoding and resizing are the pretraining pipeline's (`ImageTransform`, `open_image`); an image that
+The image decoding and resizing are the pretraining pipeline's (`ImageAugmentation`, `open_image`); an image that
 cannot be decoded is skipped, named in the log and counted, never fatal, and never leaves a rank waiting: its batch
 keeps its shape (a good image of the batch takes its place) and a `valid` flag drops it after the gather.
 """
@@ -23,7 +23,7 @@ from ..training.data import (
     load_pretraining_dataset,
     sample_generator,
 )
-from ..training.transforms import ImageTransform, open_image
+from ..training.transforms import ImageAugmentation, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class LabelledTransform:
 
     image_column: str
     label_column: str
-    transform: ImageTransform
+    transform: ImageAugmentation
     seed: int | None = 0
 
     def __call__(self, batch: dict) -> dict:

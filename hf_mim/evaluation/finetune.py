@@ -92,16 +92,14 @@ def accuracy_metric_fn():
 def finetune_transforms(config, splits, crop_scale: tuple[float, float] = (0.08, 1.0), seed: int = 0):
     """(train, test) transforms for fine-tuning: a random resized crop at `crop_scale` and a flip, drawn anew every
     epoch from the global RNG (Trainer seeds it); the test images resized only."""
-    from ..training.transforms import ImageTransform
+    from ..training.transforms import ImageAugmentation
     from .data import LabelledTransform
 
     if not (len(crop_scale) == 2 and 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0):
         raise ValueError(f"crop_scale={tuple(crop_scale)!r} is invalid: allowed (min, max) with 0 < min <= max <= 1")
 
     def make(train_mode: bool):
-        augment = ImageTransform(
-            config.image_size, config.image_mean, config.image_std, config.num_channels, tuple(crop_scale), train_mode
-        )
+        augment = ImageAugmentation.from_config(config, train_mode, crop_scale)
         return LabelledTransform(splits.image_column, splits.label_column, augment, seed=None if train_mode else seed)
 
     return make(True), make(False)

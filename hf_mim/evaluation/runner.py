@@ -186,10 +186,10 @@ def _accelerator(args: EvaluateArguments):
 def _loader(dataset, splits, config, args, accelerator):
     from torch.utils.data import DataLoader
 
-    from ..training.transforms import ImageTransform
+    from ..training.transforms import ImageAugmentation
     from .data import KeepShapeCollator, LabelledTransform, prepare_labelled
 
-    transform = ImageTransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    transform = ImageAugmentation.from_config(config)
     prepared = prepare_labelled(dataset, LabelledTransform(splits.image_column, splits.label_column, transform))
     size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
     loader = DataLoader(
@@ -218,8 +218,9 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     datasets.disable_progress_bars()  # one "Flattening the indices" bar per split and model otherwise
     accelerator = _accelerator(args)
     main = accelerator.is_main_process
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logger.setLevel(logging.INFO if main else logging.WARNING)
+    from ..training.arguments import setup_logging
+
+    setup_logging(main)
     splits = load_labelled_splits(
         args.dataset,
         args.dataset_config,

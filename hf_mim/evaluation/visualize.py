@@ -81,9 +81,9 @@ def load_images(
     digits by default) resized to the model's size and normalised with its mean and std: (B, C, H, W).
     Undecodable files are skipped; none at all is an error."""
     from ..training.data import find_image_column, load_pretraining_dataset
-    from ..training.transforms import ImageTransform, open_image
+    from ..training.transforms import ImageAugmentation, open_image
 
-    transform = ImageTransform(config.image_size, config.image_mean, config.image_std, config.num_channels, train=False)
+    transform = ImageAugmentation.from_config(config)
     if images:
         sources = image_files(images)
     else:

@@ -7,8 +7,10 @@ summary, evaluation results, pictures); `model_card_for_folder` gathers those fr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -27,6 +29,8 @@ DEFAULT_LICENSE = "apache-2.0"
 LIBRARY_NAME = "transformers"
 TRAINING_SUMMARY = "training_summary.json"
 TRAINING_ARGS = "training_args.json"
+#: transformers.Trainer's record of a run (log history, steps, epochs), as `Trainer.save_state` writes it.
+TRAINER_STATE = "trainer_state.json"
 EVAL_RESULTS = "eval_results.json"
 #: Pictures of any run, with their alt text and caption; the method's own picture (its `MethodSpec.picture`) goes
 #: between them on the card.
@@ -177,6 +181,86 @@ def _recipe(run: dict, args: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def trainer_run(state: dict, args: dict | None = None) -> dict:
+    """A `transformers.Trainer` run as the card's recipe reads it, from its `trainer_state.json` and, when known, its
+    `TrainingArguments` (as a dict): steps, epochs, peak learning rate, warm-up, precision, wall time, the loss
+    history and the final loss."""
+    args = args or {}
+    history = [h for h in state.get("log_history", []) if isinstance(h, dict)]
+    losses = [[h["step"], h["loss"]] for h in history if "loss" in h and "step" in h]
+    rates = [h["learning_rate"] for h in history if isinstance(h.get("learning_rate"), (int, float))]
+    final = next((h for h in reversed(history) if "train_runtime" in h), {})
+    runtime, rate = final.get("train_runtime"), final.get("train_samples_per_second")
+    epoch = state.get("epoch")
+    warmup = args.get("warmup_steps")
+    if isinstance(warmup, (int, float)) and 0 < warmup < 1 and state.get("max_steps"):
+        warmup = math.ceil(warmup * state["max_steps"])  # a ratio of the steps, as TrainingArguments reads it
+    run = {
+        "trainer": "transformers.Trainer",
+        "steps": state.get("global_step"),
+        "max_steps": state.get("max_steps"),
+        "epochs": round(epoch, 2) if isinstance(epoch, (int, float)) else None,
+        "learning_rate": args.get("learning_rate", max(rates) if rates else None),
+        "warmup_steps": warmup,
+        "mixed_precision": "bf16" if args.get("bf16") else "fp16" if args.get("fp16") else "no" if args else None,
+        "wall_time_seconds": round(runtime, 1) if isinstance(runtime, (int, float)) else None,
+        "images_per_second": round(rate, 1) if isinstance(rate, (int, float)) else None,
+        "final_loss": losses[-1][1] if losses else None,
+        "loss_history": losses,
+    }
+    return {k: v for k, v in run.items() if v is not None}
+
+
+def _is_trainer_args(args) -> bool:
+    """Whether a `training_args.json` holds TrainingArguments (a Trainer run's), not `hf-mim pretrain`'s."""
+    return isinstance(args, dict) and "per_device_train_batch_size" in args
+
+
+#: What the card tells readers when no public source of this installation is known.
+INSTALL_FALLBACK = "hf_mim has no release on PyPI yet: install it from a clone of its repository (`pip install -e .`)"
+
+
+@functools.lru_cache(maxsize=1)
+def install_command() -> str:
+    """How a reader installs the hf_mim that wrote a card, as a sentence: from the repository this installation came
+    from (pip's PEP 610 record of a `git+` install, or the `origin` of the git checkout an editable install runs
+    from, at its commit), else from the package's Repository URL, else `INSTALL_FALLBACK`. Never `pip install
+    hf_mim`, which no index serves."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("hf-mim")
+    except metadata.PackageNotFoundError:
+        return INSTALL_FALLBACK
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    url, commit = None, None
+    if direct.get("vcs_info", {}).get("vcs") == "git":
+        url, commit = direct.get("url"), direct["vcs_info"].get("commit_id")
+    elif str(direct.get("url", "")).startswith("file://"):
+        url, commit = _git_origin(direct["url"][len("file://") :])
+    if not url:
+        urls = dict(entry.split(", ", 1) for entry in dist.metadata.get_all("Project-URL") or [] if ", " in entry)
+        url = urls.get("Repository") or urls.get("Source")
+    if not url or not url.startswith(("https://", "http://", "ssh://", "git@")):
+        return INSTALL_FALLBACK
+    source = f"git+{url}" + (f"@{commit}" if commit else "")
+    return f'`pip install "hf-mim @ {source}"`'
+
+
+def _git_origin(folder: str) -> tuple[str | None, str | None]:
+    """(origin URL, HEAD commit) of the git checkout at `folder`; (None, None) when there is none."""
+    import subprocess
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() or None if out.returncode == 0 else None
+
+    return git("remote", "get-url", "origin"), git("rev-parse", "HEAD")
+
+
 def _eval_rows(eval_results: list[dict]) -> list[dict]:
     rows = []
     for i, r in enumerate(eval_results):
@@ -217,7 +301,7 @@ def build_model_card(
         license: a Hub license id; default "apache-2.0".
     """
     method = method_card(config)
-    run, run_args = run or {}, run_args or {}
+    run, run_args = dict(run or {}), run_args or {}
     architecture_name = (config.architectures or [""])[0]
     classification = architecture_name.endswith("ForImageClassification")
     tokenizer = not method.encoder
@@ -229,6 +313,8 @@ def build_model_card(
         noun = noun[:1].lower() + noun[1:]
     spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
     tag = spec.name if spec else config.model_type
+    if run:
+        run.setdefault("method", tag)
 
     tags = ["hf-mim", tag, "vision", "custom_code"]
     tags += ["image-classification"] if classification else [] if tokenizer else ["masked-image-modeling"]
@@ -240,7 +326,9 @@ def build_model_card(
         license=license or DEFAULT_LICENSE,
         library_name=LIBRARY_NAME,
         tags=tags,
-        pipeline_tag="image-classification" if classification else "image-feature-extraction",
+        # a visual tokenizer maps images to token ids: no pipeline task gives that (feature extraction would return
+        # its first output, the loss), so its card names none
+        pipeline_tag="image-classification" if classification else None if tokenizer else "image-feature-extraction",
         datasets=[dataset_id] if dataset_id else None,
         base_model=base_model,
         model_name=repo_id or title,
@@ -259,7 +347,12 @@ def build_model_card(
         or None,
     )
 
-    if run:
+    if run.get("trainer"):
+        summary = (
+            f"{article} {noun} pretrained with `transformers.Trainer` (hf_mim's `{tag}` method) on "
+            f"{run.get('dataset', 'data the run did not record')}."
+        )
+    elif run:
         summary = (
             f"{article} {noun} pretrained with hf_mim "
             f"(`hf-mim pretrain --method {tag}`) on {run.get('dataset', 'unknown data')}."
@@ -301,9 +394,10 @@ def build_model_card(
         architecture=_architecture(config, total_parameters, encoder_parameters),
         recipe=_recipe(run, run_args) if run else [],
         unknown_training=(
-            "This model was not saved by an `hf-mim pretrain` run, so its training data, steps, hardware and "
-            "wall time are not recorded here."
+            "This model was not saved by an `hf-mim pretrain` or `transformers.Trainer` run, so its training data, "
+            "steps, hardware and wall time are not recorded here."
         ),
+        install=install_command(),
         pictures=[
             {"file": name, "alt": alt, "caption": caption}
             for name, alt, caption in card_pictures(config)
@@ -369,12 +463,15 @@ def model_card_for_folder(
         config = AutoConfig.from_pretrained(folder)
     total, encoder = parameter_counts(folder)
     eval_file = _read_json(folder / EVAL_RESULTS)
+    run, run_args = _read_json(folder / TRAINING_SUMMARY), _read_json(folder / TRAINING_ARGS)
+    if run is None and (folder / TRAINER_STATE).exists():  # a plain transformers.Trainer run: its own record
+        run = trainer_run(_read_json(folder / TRAINER_STATE), run_args if _is_trainer_args(run_args) else None)
     return build_model_card(
         config,
         total_parameters=total,
         encoder_parameters=encoder,
-        run=_read_json(folder / TRAINING_SUMMARY),
-        run_args=_read_json(folder / TRAINING_ARGS),
+        run=run,
+        run_args=run_args,
         eval_results=(eval_file or {}).get("results"),
         pictures=[name for name, _, _ in card_pictures(config) if (folder / name).exists()],
         repo_id=repo_id,
@@ -409,7 +506,7 @@ def validate_model_card(card: ModelCard | str) -> None:
         bad("license", data.get("license"), "a Hub license id such as apache-2.0, mit, cc-by-4.0 or other")
     if not isinstance(data.get("library_name"), str) or not data["library_name"]:
         bad("library_name", data.get("library_name"), "a non-empty string")
-    if data.get("pipeline_tag") not in PIPELINE_TAGS:
+    if "pipeline_tag" in data and data["pipeline_tag"] not in PIPELINE_TAGS:
         bad("pipeline_tag", data.get("pipeline_tag"), sorted(PIPELINE_TAGS))
     tags = data.get("tags")
     if not isinstance(tags, list) or not all(isinstance(t, str) and _TAG.match(t) for t in tags):
@@ -443,4 +540,7 @@ __all__ = [
     "HUB_LICENSES",
     "card_pictures",
     "method_card",
+    "install_command",
+    "trainer_run",
+    "TRAINER_STATE",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +284,13 @@ def build_config(args: PretrainArguments, spec):
     return build_config_fields(spec, fields, overrides)
 
 
+def setup_logging(main_process: bool) -> None:
+    """hf_mim's messages at INFO on the main process (WARNING on the others); the root logger, and so every other
+    library, at WARNING: at INFO each HTTP request of the Hub client would be a line of its own."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("hf_mim").setLevel(logging.INFO if main_process else logging.WARNING)
+
+
 def one_line(err: BaseException) -> str:
     """An error's first line: what `hf-mim` prints for an error a user can fix."""
     text = str(err).strip().splitlines()
@@ -297,6 +305,7 @@ __all__ = [
     "choose_recipe",
     "default_patch_size",
     "one_line",
+    "setup_logging",
     "resolve_defaults",
     "validate",
 ]

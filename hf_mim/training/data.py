@@ -22,13 +22,11 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
-from .transforms import ImageTransform, open_image
+from .transforms import IMAGE_COLUMN_NAMES, INDEX_COLUMN, ImageAugmentation, open_image, sample_generator
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_DATASET = "digits"
-INDEX_COLUMN = "__hf_mim_index__"
-_IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
 
 
 class DatasetError(ValueError):
@@ -160,7 +158,7 @@ def find_column(
 
 
 def find_image_column(dataset: datasets.Dataset, requested: str | None = None) -> str:
-    return find_column(dataset, requested, "image-column", datasets.Image, _IMAGE_COLUMN_NAMES)
+    return find_column(dataset, requested, "image-column", datasets.Image, IMAGE_COLUMN_NAMES)
 
 
 def check_size(dataset: datasets.Dataset, num_processes: int, description: str) -> None:
@@ -172,17 +170,12 @@ def check_size(dataset: datasets.Dataset, num_processes: int, description: str) 
         )
 
 
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    # A large odd multiplier keeps nearby (epoch, index) pairs from sharing seeds.
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2_147_483_659 + index)
-
-
 @dataclass
 class PretrainingTransform:
     """The `with_transform` function: decode, augment and draw per-sample extras (e.g. MAE's noise)."""
 
     image_column: str
-    augment: ImageTransform
+    augment: ImageAugmentation
     seed: int
     extras: Callable[[torch.Generator], dict[str, torch.Tensor]] | None = None
     epoch: int = 0

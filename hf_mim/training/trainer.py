@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 
 from ..modeling.auto import method_spec
-from .arguments import PretrainArguments, build_config, one_line, resolve_defaults, validate
+from .arguments import PretrainArguments, build_config, one_line, resolve_defaults, setup_logging, validate
 from .checkpoints import load_extra_state, load_trainer_state, resolve_resume, save_checkpoint, verify_loadable
 from .data import (
     BUILTIN_DATASET,
@@ -51,7 +51,7 @@ from .run_folder import (
     no_space_message,
     previous_run_id,
 )
-from .transforms import ImageTransform
+from .transforms import ImageAugmentation
 
 logger = logging.getLogger("hf_mim.pretrain")
 
@@ -134,7 +134,7 @@ def pretrain(args: PretrainArguments) -> dict:
             "max_steps": max_steps,
             "epochs": epochs,
             "mixed_precision": args.mixed_precision,
-            "hardware": _hardware(accelerator),
+            "hardware": hardware_description(accelerator),
         }
         _start_records(accelerator, args, run_id, resume_path)
 
@@ -149,7 +149,7 @@ def pretrain(args: PretrainArguments) -> dict:
 
         # ---- finish: the final model, pictures and records, then the hub -------------------------------------------
         summary.update(loop.summary(wall, resume_path))
-        in_sync = _ranks_in_sync(accelerator, model, extra_state)
+        in_sync = ranks_in_sync(accelerator, model, extra_state)
         summary["ranks_in_sync"] = in_sync
         state_dict = accelerator.get_state_dict(model)
         save_problem = None
@@ -223,7 +223,7 @@ def _accelerator(args: PretrainArguments):
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    _setup_logging(accelerator)
+    setup_logging(accelerator.is_main_process)
     if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         # accelerate would train in float32 while the summary and card said fp16
         raise ValueError("--mixed-precision='fp16' is invalid on a CPU: allowed there, bf16 or no")
@@ -233,9 +233,7 @@ def _accelerator(args: PretrainArguments):
 def _data(args: PretrainArguments, spec, config, raw, image_column: str, num_processes: int):
     """(transform, loader): each sample decoded, cropped with the method's crop scale and given the method's
     per-sample inputs, all from the sample's own generator (seed, epoch, index)."""
-    augment = ImageTransform(
-        config.image_size, config.image_mean, config.image_std, config.num_channels, scale=spec.crop_scale
-    )
+    augment = ImageAugmentation.from_config(config, train=True, scale=spec.crop_scale)
     height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
     grid = (height // config.patch_size, width // config.patch_size)
     sample_inputs = partial(spec.sample_inputs, config, grid) if spec.sample_inputs else None
@@ -307,7 +305,7 @@ def _start_records(accelerator, args: PretrainArguments, run_id: str, resume_pat
             removed = clear_previous_outputs(folder)
             if removed:
                 logger.info("removed the previous run's %s from %s", ", ".join(removed), folder)
-        _write_atomic(folder / "training_args.json", json.dumps({**asdict(args), "run_id": run_id}, indent=2))
+        write_atomic(folder / "training_args.json", json.dumps({**asdict(args), "run_id": run_id}, indent=2))
     if args.report_to != "none":
         accelerator.init_trackers("hf-mim", config={k: v for k, v in asdict(args).items() if not isinstance(v, dict)})
 
@@ -572,7 +570,7 @@ def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, con
         staging.mkdir()
         shutil.copy2(folder / "training_args.json", staging / "training_args.json")  # the card reads it
         pictured = _held_out_images(args) or (raw, image_column, args.split)
-        summary["reconstruction"] = _save_pictures(unwrapped, spec, *pictured, config, summary, staging, not sharded)
+        summary["reconstruction"] = save_pictures(unwrapped, spec, *pictured, config, summary, staging, not sharded)
         # the records and pictures first: save_pretrained builds the model card from what the folder holds
         (staging / "training_summary.json").write_text(json.dumps(summary, indent=2))
         unwrapped.save_pretrained(staging, state_dict=state_dict)
@@ -624,7 +622,7 @@ def _check_resumable(path: Path, saved: dict, layout: dict, identity: dict) -> N
         )
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -638,13 +636,13 @@ def _held_out_images(args: PretrainArguments):
     return None
 
 
-def _save_pictures(model, spec, raw, image_column, split, config, summary, output_dir, draw_model=True) -> dict | None:
+def save_pictures(model, spec, raw, image_column, split, config, summary, output_dir, draw_model=True) -> dict | None:
     """loss_curve.png from the loss history, and the method's picture (reconstructions, ADIOS masks, tokens) of the
     first images of `raw`, resized and normalised without augmentation. For a pixel-target method, also returns the
     reconstruction error (`reconstruction_error`) on up to 512 of those images. A picture that fails is logged, not
     fatal: the trained weights matter more than their illustration."""
     from ..model_cards.pictures import reconstruction_error, save_loss_curve, save_method_picture
-    from .transforms import ImageTransform, open_image
+    from .transforms import ImageAugmentation, open_image
 
     try:
         if summary["loss_history"]:
@@ -652,9 +650,7 @@ def _save_pictures(model, spec, raw, image_column, split, config, summary, outpu
         if not draw_model:
             logger.info("parameters are sharded: no reconstruction or mask picture (draw it from the saved model)")
             return None
-        transform = ImageTransform(
-            config.image_size, config.image_mean, config.image_std, config.num_channels, train=False
-        )
+        transform = ImageAugmentation.from_config(config)
         pixel_target = spec.picture is not None and spec.picture.kind == "reconstruction"
         wanted = 512 if pixel_target else 8
         images = []
@@ -696,7 +692,7 @@ def _tensors_of(state) -> list[torch.Tensor]:
     return []
 
 
-def _ranks_in_sync(accelerator, model, extra_state=()) -> bool:
+def ranks_in_sync(accelerator, model, extra_state=()) -> bool:
     """Every process holds the same parameters and floating-point buffers (EMA codebooks, position tables): a
     float64 checksum per process, compared."""
     if accelerator.num_processes == 1 or accelerator.distributed_type.name not in ("MULTI_CPU", "MULTI_GPU"):
@@ -712,14 +708,8 @@ def _ranks_in_sync(accelerator, model, extra_state=()) -> bool:
     return bool(torch.equal(sums, sums[:1].expand_as(sums)))
 
 
-def _hardware(accelerator) -> str:
+def hardware_description(accelerator) -> str:
     if accelerator.device.type == "cuda":
         return f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
     cpu = platform.processor() or platform.machine()
     return f"{accelerator.num_processes} process(es) on {cpu}, {os.cpu_count()} CPUs"
-
-
-def _setup_logging(accelerator) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for name in ("hf_mim.pretrain", "hf_mim.training.checkpoints", "hf_mim.training.data"):
-        logging.getLogger(name).setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)

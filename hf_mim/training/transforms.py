@@ -7,12 +7,15 @@ Every random choice takes an explicit `torch.Generator`; the data pipeline seeds
 from __future__ import annotations
 
 import io
+import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+_logger = logging.getLogger(__name__)
 
 # Pillow's default bomb guard raises only at twice this; a pretraining set has no business near it.
 Image.MAX_IMAGE_PIXELS = 178_956_970
@@ -109,9 +112,9 @@ def pil_to_tensor(image: Image.Image, num_channels: int) -> torch.Tensor:
     return tensor
 
 
-class ImageTransform:
-    """Training augmentation of MAE: random resized crop (scale 0.2-1, bicubic), horizontal flip, normalisation.
-    With `train=False`: resize to the model size and normalise only."""
+class ImageAugmentation:
+    """One image's augmentation, MAE's: random resized crop (scale 0.2-1, bicubic), horizontal flip, normalisation,
+    every draw from the `generator` it is given. With `train=False`: resize to the model size and normalise only."""
 
     def __init__(
         self,
@@ -129,6 +132,11 @@ class ImageTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
+    @classmethod
+    def from_config(cls, config, train: bool = False, scale: tuple[float, float] = (0.2, 1.0)) -> ImageAugmentation:
+        """For a model config: its image size, channels and normalisation (`image_mean`, `image_std`)."""
+        return cls(config.image_size, config.image_mean, config.image_std, config.num_channels, tuple(scale), train)
+
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
         image = to_channels(image, self.num_channels)
         height, width = self.size
@@ -142,4 +150,169 @@ class ImageTransform:
         return (pil_to_tensor(image, self.num_channels) - self.mean) / self.std
 
 
-__all__ = ["ImageTransform", "open_image", "to_channels", "random_resized_crop_box", "pil_to_tensor"]
+#: The column of sample indices that seeds each sample's draws (added by `prepare_dataset` and `ImageTransform.apply`).
+INDEX_COLUMN = "__hf_mim_index__"
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of one sample's random draws in one epoch: the same for any worker count, process count or
+    resume point."""
+    # A large odd multiplier keeps nearby (epoch, index) pairs from sharing seeds.
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2_147_483_659 + index)
+
+
+# Column names taken for the image column when a batch has several candidates (the `datasets` conventions).
+IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
+
+
+def _is_image_value(value) -> bool:
+    return isinstance(value, (Image.Image, bytes, bytearray)) or (
+        isinstance(value, dict) and bool(value.get("bytes") or value.get("path"))
+    )
+
+
+class ImageTransform:
+    """The `datasets` transform that feeds an hf_mim pretraining model under `transformers.Trainer`.
+
+    `dataset.with_transform(ImageTransform.from_config(model.config))` turns a batch of any image dataset (a `datasets`
+    Image column, PIL images, bytes or paths) into what the model's forward takes: `pixel_values` (C, H, W), cropped
+    and flipped as the method's pipeline does, plus the method's per-sample inputs (MAE's `noise`, SimMIM's and
+    BEiT's `bool_masked_pos`, C-MAE's views), drawn as `hf-mim pretrain` draws them. Every other column (labels,
+    ids, captions) is left out of the output, so a labelled dataset needs no `remove_columns`. As in transformers'
+    `run_mae.py`, Trainer must keep the image column for the transform: pass `remove_unused_columns=False`.
+
+    A sample that does not decode is replaced by a good one of the same batch and logged by name, so one bad file
+    does not end a run; a batch without any good sample raises.
+
+    Randomness: `transform.apply(dataset)` (the dataset with a sample-index column, and this transform) draws each
+    sample's crop, flip and masks from a generator seeded with (`seed`, epoch, sample index), as `hf-mim pretrain`
+    does: the same draws for any number of workers or processes, and after resuming from a checkpoint (`MIMTrainer`
+    sets `epoch` at the start of each epoch). Through a plain `dataset.with_transform(transform)` the generators are
+    seeded from torch's global RNG, which Trainer seeds and DataLoader re-seeds in every worker: reproducible, but a
+    resumed run draws differently, since accelerate's loader has fetched the next batch when a checkpoint is saved.
+
+    Args:
+        image_size: the model's input size (int, or (height, width)).
+        mean / std: per-channel normalisation (the config's `image_mean` / `image_std`).
+        num_channels: the model's channels; every image mode is converted to them.
+        scale: the random resized crop's area range.
+        train: False resizes and normalises only, and draws no per-sample inputs (evaluation, pictures).
+        image_column: the column holding the images; None takes the first column of images (preferring
+            "image", "img", "images", "picture", "pixel_values").
+        sample_inputs: `sample_inputs(generator) -> {name: tensor}`, one image's random inputs besides its pixels.
+        seed: the seed of the per-sample generators when the batch has a sample-index column.
+    """
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_channels: int = 3,
+        scale: tuple[float, float] = (0.2, 1.0),
+        train: bool = True,
+        image_column: str | None = None,
+        sample_inputs=None,
+        seed: int = 0,
+    ):
+        self.augment = ImageAugmentation(image_size, mean, std, num_channels, scale, train)
+        self.image_column = image_column
+        self.sample_inputs = sample_inputs if train else None
+        self.seed = seed
+        self.epoch = 0
+
+    @classmethod
+    def from_config(cls, config, train: bool = True, image_column: str | None = None, seed: int = 0) -> ImageTransform:
+        """The transform of an hf_mim config: its size, channels and normalisation, its method's crop scale and
+        per-sample inputs (from the method's `MethodSpec`)."""
+        from functools import partial
+
+        from ..modeling.auto import SPECS_BY_MODEL_TYPE
+
+        spec = SPECS_BY_MODEL_TYPE.get(getattr(config, "model_type", None))
+        if spec is None:
+            raise ValueError(
+                f"config of model_type={getattr(config, 'model_type', None)!r} is not an hf_mim method's; allowed: "
+                f"{sorted(SPECS_BY_MODEL_TYPE)}"
+            )
+        size = config.image_size
+        height, width = (size, size) if isinstance(size, int) else size
+        grid = (height // config.patch_size, width // config.patch_size)
+        sampler = partial(spec.sample_inputs, config, grid) if spec.sample_inputs else None
+        return cls(
+            size,
+            config.image_mean,
+            config.image_std,
+            config.num_channels,
+            spec.crop_scale,
+            train,
+            image_column,
+            sampler,
+            seed,
+        )
+
+    def apply(self, dataset):
+        """`dataset` (a `datasets.Dataset`) with a sample-index column and this transform: what Trainer trains on,
+        with draws seeded per sample (see the class docstring). Image columns are read undecoded, so that a file
+        that does not decode reaches this transform, which replaces it, instead of raising inside `datasets`."""
+        import datasets
+
+        for name, feature in dataset.features.items():
+            if isinstance(feature, datasets.Image) and feature.decode:
+                dataset = dataset.cast_column(name, datasets.Image(decode=False))
+        if INDEX_COLUMN not in dataset.column_names:
+            dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+        return dataset.with_transform(self)
+
+    def find_image_column(self, batch: dict) -> str:
+        if self.image_column is not None:
+            if self.image_column not in batch:
+                raise ValueError(f"image_column={self.image_column!r} is not in the batch; its columns: {list(batch)}")
+            return self.image_column
+        found = [k for k, values in batch.items() if k != INDEX_COLUMN and len(values) and _is_image_value(values[0])]
+        if not found:
+            raise ValueError(
+                f"no image column in the batch (columns: {list(batch)}). Under transformers.Trainer pass "
+                "TrainingArguments(remove_unused_columns=False): otherwise Trainer drops the image column before "
+                "this transform sees it"
+            )
+        return next((name for name in IMAGE_COLUMN_NAMES if name in found), found[0])
+
+    def __call__(self, batch: dict) -> dict:
+        column = self.find_image_column(batch)
+        indices = batch.get(INDEX_COLUMN)
+        pixels, errors = [], {}
+        for i, value in enumerate(batch[column]):
+            if indices is not None:
+                generator = sample_generator(self.seed, self.epoch, int(indices[i]))
+            else:
+                generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+            try:
+                pixels.append((self.augment(open_image(value), generator), generator))
+            except Exception as err:  # any undecodable input is replaced, whatever the decoder raised
+                pixels.append(None)
+                errors[i] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        good = [p for p in pixels if p is not None]
+        if not good:
+            raise ValueError(f"no image of this batch decodes: {errors}")
+        for i, error in errors.items():
+            _logger.warning("skipped an image that does not decode (sample %d of its batch): %s", i, error)
+        pixels = [p if p is not None else good[i % len(good)] for i, p in enumerate(pixels)]
+        out = {"pixel_values": [tensor for tensor, _ in pixels]}
+        if self.sample_inputs is not None:
+            draws = [self.sample_inputs(generator) for _, generator in pixels]
+            out.update({key: [d[key] for d in draws] for key in draws[0]})
+        return out
+
+
+__all__ = [
+    "IMAGE_COLUMN_NAMES",
+    "INDEX_COLUMN",
+    "sample_generator",
+    "ImageTransform",
+    "ImageAugmentation",
+    "open_image",
+    "to_channels",
+    "random_resized_crop_box",
+    "pil_to_tensor",
+]
