@@ -9,9 +9,10 @@ Arguments: the method and its model (`--method`, `--model_size` or `--config_ove
 (`--dataset`: a Hub id, an image folder, a `save_to_disk` folder, or `digits`, built in and the default), and every
 `TrainingArguments` flag. What the user does not give comes from the method's recipe (its `MethodSpec`, as for
 `hf-mim pretrain`): the learning rate (base lr x effective batch / 256), epochs, AdamW betas, weight decay 0.05, 5%
-warm-up and a cosine schedule; and a per-device batch of 64. Data goes through `hf_mim.ImageTransform`, the method's
-crop and per-sample inputs; training through `hf_mim.MIMTrainer` (C-MAE's EMA teacher, ADIOS's adversary at its own
-learning rate, the run's records, pictures and model card, `--push_to_hub` through hf_mim's push).
+warm-up and a cosine schedule; and `hf-mim pretrain`'s per-device batch of 64 and loss log every 10 steps. Data
+goes through `hf_mim.ImageTransform` (the method's crop and per-sample inputs, seeded per sample); training through
+`hf_mim.MIMTrainer` (C-MAE's EMA teacher, ADIOS's adversary at its own learning rate, the run's records, pictures
+and model card, `--push_to_hub` through hf_mim's push).
 
 On a machine without GPUs, `accelerate launch --multi_gpu --num_processes N` forms one N-process CPU (gloo) run.
 """
@@ -44,6 +45,8 @@ logger = logging.getLogger("hf_mim.examples.run_pretraining")
 
 #: The per-device batch when --per_device_train_batch_size is not given (`hf-mim pretrain`'s; Trainer's is 8).
 DEFAULT_BATCH_SIZE = 64
+#: Optimizer steps between loss logs when --logging_steps is not given (`hf-mim pretrain`'s; Trainer's is 500).
+DEFAULT_LOGGING_STEPS = 10
 
 
 @dataclass
@@ -120,6 +123,8 @@ def apply_recipe(training_args: TrainingArguments, recipe_args: PretrainArgument
     """The method's recipe for every TrainingArguments field the user left alone."""
     if "per_device_train_batch_size" not in given:
         training_args.per_device_train_batch_size = DEFAULT_BATCH_SIZE
+    if "logging_steps" not in given:  # Trainer's 500 would leave a loss curve of a few points on small data
+        training_args.logging_steps = DEFAULT_LOGGING_STEPS
     effective = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
     effective *= training_args.world_size
     defaults = {
@@ -129,8 +134,6 @@ def apply_recipe(training_args: TrainingArguments, recipe_args: PretrainArgument
         "weight_decay": 0.05,
         "warmup_steps": 0.05,  # a ratio of the steps
         "lr_scheduler_type": SchedulerType.COSINE,
-        # the transform reads the image column, which Trainer would otherwise drop before it (as in run_mae.py)
-        "remove_unused_columns": False,
     }
     if "max_steps" not in given and "num_train_epochs" not in given and recipe_args.epochs:
         defaults["num_train_epochs"] = recipe_args.epochs
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    if training_args.push_to_hub:
+    trainer.end_training()  # the processes are done with each other; an upload may take long
+    if training_args.push_to_hub and trainer.is_world_process_zero():
         trainer.push_to_hub()
     return result.metrics
 

@@ -145,7 +145,6 @@ def trainer_push(out: Path) -> None:
         save_steps=1,
         report_to="none",
         use_cpu=True,
-        remove_unused_columns=False,
         push_to_hub=True,
         hub_model_id="tester/trainer",
         hub_strategy="every_save",

@@ -149,11 +149,24 @@ def trainer_args(tmp_path, **overrides):
         save_strategy="no",
         report_to="none",
         use_cpu=True,
-        remove_unused_columns=False,
         learning_rate=1e-3,
         weight_decay=0.05,
     )
     return TrainingArguments(**{**defaults, **overrides})
+
+
+def test_a_labelled_dataset_trains_under_trainers_default_column_pruning(tmp_path):
+    from transformers import Trainer
+
+    config = tiny("mae", num_channels=1)
+    args = trainer_args(tmp_path)
+    assert args.remove_unused_columns  # Trainer's default
+    train = hf_mim.ImageTransform.from_config(config).apply(builtin_digits("test").select(range(16)))
+    result = hf_mim.MIMTrainer(model=hf_mim.MAEForPreTraining(config), args=args, train_dataset=train).train()
+    assert result.global_step == 2
+    # a plain Trainer prunes the image column (keeping 'label', which it treats as a label): the error says why
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        Trainer(model=hf_mim.MAEForPreTraining(config), args=args, train_dataset=train).train()
 
 
 def test_the_adversary_learns_at_its_own_rate_and_only_matrices_decay(tmp_path):
@@ -249,12 +262,11 @@ def run_script(args, processes: int = 1, timeout: int = 300):
     return result
 
 
-def script_args(out, method, *extra):
+def script_args(out, method, *extra, overrides: str | None = TINY):
     return [
         "--method",
         method,
-        "--config_overrides",
-        TINY,
+        *(["--config_overrides", overrides] if overrides else []),
         "--output_dir",
         str(out),
         "--per_device_train_batch_size",
@@ -346,6 +358,30 @@ def test_the_script_trains_on_an_image_folder_with_bad_files(tmp_path):
     assert summary["steps"] == 3 and summary["dataset"].endswith("(image folder)") and summary["recipe"] == "small"
     assert "does not decode" in log.stderr and (out / "reconstruction.png").is_file()
     assert summary["num_samples"] == len(list(folder.iterdir()))  # bad files included: each replaced in its batch
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_pretraining", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("method", sorted(set(METHOD_SPECS) - {"mae", "cmae", "simmim"}))
+def test_the_script_runs_every_other_method(method, tmp_path):
+    """In this process (the runs above cover launching): 2 steps of each remaining method, saved and loadable."""
+    out = tmp_path / method
+    extra = ["--max_steps", "2", "--max_train_samples", "64", "--save_strategy", "no", "--use_cpu", "true"]
+    overrides = TINY if METHOD_SPECS[method].encoder_presets else None  # a tokenizer has no ViT to shrink
+    metrics = load_script().main(script_args(out, method, *extra, overrides=overrides))
+    assert metrics["epoch"] > 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["method"] == method and summary["num_samples"] == 64
+    METHOD_SPECS[method].pretraining_class.from_pretrained(out)
+    picture = METHOD_SPECS[method].picture
+    assert picture is None or (out / picture.file).read_bytes().startswith(b"\x89PNG")
 
 
 def test_the_script_refuses_bad_overrides_in_one_line(tmp_path):

@@ -5,6 +5,8 @@ beyond a loss, read from the method's `MethodSpec`, and the records `hf-mim pret
 
 - the model's per-optimizer-step work (an EMA teacher, a tokenizer's temperature) through `EMATeacherCallback`,
   added when missing, with the teacher saved in and restored from Trainer's checkpoints;
+- a training set formatted with `hf_mim.ImageTransform` kept whole, whatever `remove_unused_columns` says (the
+  transform returns the forward's inputs only, and needs the image column Trainer would prune);
 - AdamW parameter groups as `hf-mim pretrain` builds them (weight decay on matrices only), and the method's
   adversary (ADIOS's occlusion model) in a group of its own at the adversary's learning rate. Under Trainer the
   adversary learns through the model's gradient reversal (`phase=None`), in the same step as the rest: an
@@ -92,6 +94,13 @@ class MIMTrainer(Trainer):
                 self.args.hub_strategy,
             )
 
+    def _remove_unused_columns(self, dataset, description: str | None = None):
+        # an ImageTransform reads the image column and returns the forward's inputs only: Trainer's column pruning
+        # (remove_unused_columns=True, its default) would drop that column before the transform sees it
+        if image_transform_of(dataset) is not None:
+            return dataset
+        return super()._remove_unused_columns(dataset, description)
+
     # ---- optimizer ---------------------------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
@@ -136,17 +145,43 @@ class MIMTrainer(Trainer):
             logger.info("parameters identical on all %d processes", self.accelerator.num_processes)
         return output
 
+    def end_training(self) -> None:
+        """End a multi-process run: wait for every process, then tear the process group down, DDP's wrapper first.
+        Call it after the final `save_model` and before an upload (which then runs on the main process alone: an
+        upload can outlast any collective timeout). Trainer leaves the group to interpreter exit, where torch frees
+        it with the GIL held while a gloo thread may still need the GIL: on 2 CPU processes a rank then aborted
+        ("terminate called without an active exception") in about 1 run of 4 here (pytorch#56297). Training cannot
+        continue afterwards."""
+        import gc
+
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+        self.model_wrapped = self.model  # the DDP wrapper's reducer must not hold the last reference to the group
+        self.deepspeed = None
+        self.accelerator.free_memory()
+        gc.collect()
+        self.accelerator.end_training()
+
     # ---- the final model's records, pictures and card ----------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Trainer's `save_model`; into the run's own output folder (not a checkpoint) it also writes the records,
-        pictures and EMA teacher first, so that the card `save_pretrained` generates reads them."""
+        """Trainer's `save_model`; into the run's own output folder (not a checkpoint) it also writes the run's
+        records, pictures and EMA teacher, then, once the weights are in, `training_summary.json` (a folder with the
+        summary holds a whole model, as after `hf-mim pretrain`) and the card that reads them."""
         final = output_dir is None or Path(output_dir).resolve() == Path(self.args.output_dir).resolve()
-        if final and self.args.should_save and self.state.global_step > 0:
-            self._save_records(Path(self.args.output_dir))
+        records = final and self.args.should_save and self.state.global_step > 0
+        summary = self._save_records(Path(self.args.output_dir)) if records else None
         super().save_model(output_dir, _internal_call)
+        if final:
+            self._final_saved_at = self.state.global_step
+        if summary is not None:
+            from .trainer import write_atomic
 
-    def _save_records(self, folder: Path) -> None:
+            write_atomic(Path(self.args.output_dir, TRAINING_SUMMARY), json.dumps(summary, indent=2))
+            self.create_model_card()
+
+    def _save_records(self, folder: Path) -> dict:
+        """Everything of the run but its summary, which it returns."""
         from .trainer import hardware_description, save_pictures, write_atomic
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -182,7 +217,7 @@ class MIMTrainer(Trainer):
         if hasattr(model, "teacher"):
             save_teacher(model.teacher, str(folder / f".{TEACHER_FILE}.tmp"))
             os.replace(folder / f".{TEACHER_FILE}.tmp", folder / TEACHER_FILE)
-        write_atomic(folder / TRAINING_SUMMARY, json.dumps(run, indent=2))
+        return run
 
     def _picture_source(self):
         """(raw dataset, image column, split) to draw the picture from, or None."""
@@ -230,9 +265,11 @@ class MIMTrainer(Trainer):
         tags=None,
         **kwargs,
     ):
-        """Save the final model with its records, then upload the output folder through `hf_mim.hub.push_folder`
-        in one commit (synchronously, whatever `blocking` says). Returns the commit's info on the main process."""
-        self.save_model(_internal_call=True)
+        """Save the final model with its records (unless `save_model` already did, at this step), then upload the
+        output folder through `hf_mim.hub.push_folder` in one commit (synchronously, whatever `blocking` says).
+        Returns the commit's info on the main process. After `end_training`, call it on the main process only."""
+        if getattr(self, "_final_saved_at", None) != self.state.global_step:
+            self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
         from ..hub import push_folder

@@ -178,8 +178,9 @@ class ImageTransform:
     Image column, PIL images, bytes or paths) into what the model's forward takes: `pixel_values` (C, H, W), cropped
     and flipped as the method's pipeline does, plus the method's per-sample inputs (MAE's `noise`, SimMIM's and
     BEiT's `bool_masked_pos`, C-MAE's views), drawn as `hf-mim pretrain` draws them. Every other column (labels,
-    ids, captions) is left out of the output, so a labelled dataset needs no `remove_columns`. As in transformers'
-    `run_mae.py`, Trainer must keep the image column for the transform: pass `remove_unused_columns=False`.
+    ids, captions) is left out of the output, so a labelled dataset needs no `remove_columns`. `hf_mim.MIMTrainer`
+    keeps the image column for the transform; a plain `Trainer` needs `remove_unused_columns=False` (as in
+    transformers' `run_mae.py`), or it drops that column first.
 
     A sample that does not decode is replaced by a good one of the same batch and logged by name, so one bad file
     does not end a run; a batch without any good sample raises.
@@ -192,32 +193,20 @@ class ImageTransform:
     resumed run draws differently, since accelerate's loader has fetched the next batch when a checkpoint is saved.
 
     Args:
-        image_size: the model's input size (int, or (height, width)).
-        mean / std: per-channel normalisation (the config's `image_mean` / `image_std`).
-        num_channels: the model's channels; every image mode is converted to them.
-        scale: the random resized crop's area range.
-        train: False resizes and normalises only, and draws no per-sample inputs (evaluation, pictures).
+        augment: the per-image augmentation (`ImageAugmentation`); with `train=False` it resizes and normalises
+            only, and no per-sample inputs are drawn (evaluation, pictures).
         image_column: the column holding the images; None takes the first column of images (preferring
             "image", "img", "images", "picture", "pixel_values").
         sample_inputs: `sample_inputs(generator) -> {name: tensor}`, one image's random inputs besides its pixels.
         seed: the seed of the per-sample generators when the batch has a sample-index column.
+
+    `ImageTransform.from_config(config)` builds all of them from an hf_mim config.
     """
 
-    def __init__(
-        self,
-        image_size: int | Sequence[int],
-        mean: Sequence[float],
-        std: Sequence[float],
-        num_channels: int = 3,
-        scale: tuple[float, float] = (0.2, 1.0),
-        train: bool = True,
-        image_column: str | None = None,
-        sample_inputs=None,
-        seed: int = 0,
-    ):
-        self.augment = ImageAugmentation(image_size, mean, std, num_channels, scale, train)
+    def __init__(self, augment: ImageAugmentation, image_column: str | None = None, sample_inputs=None, seed: int = 0):
+        self.augment = augment
         self.image_column = image_column
-        self.sample_inputs = sample_inputs if train else None
+        self.sample_inputs = sample_inputs if augment.train else None
         self.seed = seed
         self.epoch = 0
 
@@ -239,17 +228,7 @@ class ImageTransform:
         height, width = (size, size) if isinstance(size, int) else size
         grid = (height // config.patch_size, width // config.patch_size)
         sampler = partial(spec.sample_inputs, config, grid) if spec.sample_inputs else None
-        return cls(
-            size,
-            config.image_mean,
-            config.image_std,
-            config.num_channels,
-            spec.crop_scale,
-            train,
-            image_column,
-            sampler,
-            seed,
-        )
+        return cls(ImageAugmentation.from_config(config, train, spec.crop_scale), image_column, sampler, seed)
 
     def apply(self, dataset):
         """`dataset` (a `datasets.Dataset`) with a sample-index column and this transform: what Trainer trains on,
