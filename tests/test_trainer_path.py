@@ -363,10 +363,12 @@ def test_the_script_trains_on_an_image_folder_with_bad_files(tmp_path):
 def load_script():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("run_pretraining", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    if "run_pretraining" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("run_pretraining", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["run_pretraining"]
 
 
 @pytest.mark.parametrize("method", sorted(set(METHOD_SPECS) - {"mae", "cmae", "simmim"}))
