@@ -19,6 +19,7 @@ On a machine without GPUs, `accelerate launch --multi_gpu --num_processes N` for
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -95,8 +96,6 @@ class DataArguments:
 
 def parse_overrides(text: str | None) -> dict:
     """'a=1,b=false,c=0.5,d=name' -> {"a": 1, "b": False, "c": 0.5, "d": "name"} (JSON values, else strings)."""
-    import json
-
     fields = {}
     for item in filter(None, (text or "").split(",")):
         key, sep, value = item.partition("=")
@@ -145,10 +144,9 @@ def apply_recipe(training_args: TrainingArguments, recipe_args: PretrainArgument
 def main(argv: list[str] | None = None) -> dict:
     cpu_process_group_if_needed()  # before TrainingArguments exists: it sets the run's devices up when created
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    # no abbreviated flags: the recipe fills what the command line does not name, so every name must be whole
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), allow_abbrev=False)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        import json
-
         model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
         with open(argv[0]) as f:
             given = set(json.load(f))

@@ -122,7 +122,7 @@ def test_an_undecodable_sample_is_replaced_by_a_good_one_and_logged(caplog):
     with caplog.at_level(logging.WARNING, logger="hf_mim"):
         out = transform(batch)
     assert torch.equal(out["pixel_values"][0], out["pixel_values"][1])
-    assert "does not decode" in caplog.text
+    assert "skipped bad.png, which does not decode" in caplog.text
     with pytest.raises(ValueError, match="no image of this batch decodes"):
         transform({"image": [{"bytes": b"x", "path": None}]})
 

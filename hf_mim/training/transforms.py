@@ -270,12 +270,16 @@ class ImageTransform:
                 pixels.append((self.augment(open_image(value), generator), generator))
             except Exception as err:  # any undecodable input is replaced, whatever the decoder raised
                 pixels.append(None)
-                errors[i] = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                where = value.get("path") if isinstance(value, dict) and value.get("path") else None
+                name = where or f"sample {int(indices[i]) if indices is not None else i}"
+                errors[name] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
         good = [p for p in pixels if p is not None]
         if not good:
             raise ValueError(f"no image of this batch decodes: {errors}")
-        for i, error in errors.items():
-            _logger.warning("skipped an image that does not decode (sample %d of its batch): %s", i, error)
+        for name, error in errors.items():
+            _logger.warning(
+                "skipped %s, which does not decode (%s); a good image of its batch takes its place", name, error
+            )
         pixels = [p if p is not None else good[i % len(good)] for i, p in enumerate(pixels)]
         out = {"pixel_values": [tensor for tensor, _ in pixels]}
         if self.sample_inputs is not None:
