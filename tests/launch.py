@@ -21,24 +21,45 @@ def run_group(cmd, env=None, timeout=300) -> subprocess.CompletedProcess:
     launcher's workers live in sessions of their own (torchrun starts them so) and, were one to outlive the launcher,
     it would hold a pipe open and block the test for good. On timeout every marked process prints its threads' stacks
     (hf_mim registers faulthandler on SIGUSR1), then all are killed, and the test fails with those stacks."""
+    return run_groups_together([cmd], env, timeout)[0]
+
+
+def run_groups_together(cmds, env=None, timeout=300) -> list[subprocess.CompletedProcess]:
+    """`run_group` for several commands started at once (the launches of a multi-machine run), sharing one marker
+    and one deadline."""
     marker = uuid.uuid4().hex
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {}), _RUN_MARKER: marker}
-        )
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+    with contextlib.ExitStack() as files:
+
+        def log():
+            return files.enter_context(tempfile.TemporaryFile("w+"))
+
+        logs = [(log(), log()) for _ in cmds]
+        procs = [
+            subprocess.Popen(
+                cmd, stdout=out, stderr=err, text=True, env={**os.environ, **(env or {}), _RUN_MARKER: marker}
+            )
+            for cmd, (out, err) in zip(cmds, logs, strict=True)
+        ]
+        deadline, timed_out = time.monotonic() + timeout, False
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                break
+        if timed_out:
             _kill_marked(marker)
-            proc.wait()
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
+            for proc in procs:
+                proc.wait()
+        results = []
+        for cmd, proc, (out, err) in zip(cmds, procs, logs, strict=True):
+            out.seek(0)
+            err.seek(0)
+            results.append(subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()))
     if timed_out:
-        pytest.fail(f"{cmd[:6]}... did not finish in {timeout}s; stderr tail:\n{stderr[-6000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+        tails = "\n".join(r.stderr[-4000:] for r in results)
+        pytest.fail(f"{cmds[0][:6]}... did not finish in {timeout}s; stderr tails:\n{tails}")
+    return results
 
 
 _RUN_MARKER = "HF_MIM_TEST_RUN"
@@ -101,6 +122,21 @@ def two_processes(command: str, args, timeout=300) -> subprocess.CompletedProces
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_mim", command]
     return run_group([sys.executable, *launch, *args], timeout=timeout)
+
+
+def two_machines(command: str, args, timeout=300) -> list[subprocess.CompletedProcess]:
+    """`hf-mim COMMAND` as a 2-machine run of one process each, both "machines" on this host: two accelerate
+    launches, --machine_rank 0 and 1, meeting at 127.0.0.1 over gloo, as on a cluster (one launch per node)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2"]
+    launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmds = [[sys.executable, *launch, "--machine_rank", str(rank), "-m", "hf_mim", command, *args] for rank in (0, 1)]
+    return run_groups_together(cmds, timeout=timeout)
 
 
 def in_process(command: str, args) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from hf_mim.training.arguments import PretrainArguments, choose_recipe, default_
 from hf_mim.training.trainer import TrainingError, pretrain
 
 from .images import BAD, write_image_folder
-from .launch import hf_mim_command, killed_after_checkpoint, run_group, two_processes
+from .launch import hf_mim_command, killed_after_checkpoint, run_group, two_machines, two_processes
 from .tiny_runs import METHOD_MODELS, TINY_FLAGS, TINY_MODEL, tiny_args
 
 
@@ -470,21 +470,40 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, me
     assert single.returncode == 0, single.stderr[-3000:]
     double = run_two_processes(["--output-dir", str(tmp_path / "two"), *flags, "--batch-size", "8"])
     assert double.returncode == 0, double.stderr[-3000:]
-    summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
-    assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True
-    assert summary["effective_batch_size"] == 16
-    one = json.loads((tmp_path / "one" / "training_summary.json").read_text())
+    assert_same_run(tmp_path / "one", tmp_path / "two", processes=2)
+
+
+def assert_same_run(one_dir, other_dir, processes: int):
+    """`other_dir`'s run, on `processes` processes, took the steps and ended with the weights of `one_dir`'s, on one
+    process with the same global batch."""
+    summary = json.loads((other_dir / "training_summary.json").read_text())
+    assert summary["num_processes"] == processes and summary["ranks_in_sync"] is True
+    one = json.loads((one_dir / "training_summary.json").read_text())
+    assert summary["effective_batch_size"] == one["effective_batch_size"]
     for (s1, l1), (s2, l2) in zip(one["loss_history"], summary["loss_history"], strict=True):
         assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-5)
-    one_weights, two_weights = weights(tmp_path / "one"), weights(tmp_path / "two")
+    one_weights, other_weights = weights(one_dir), weights(other_dir)
     for name in [k for k in one_weights if k.endswith("attn.qkv.bias")]:
         # The key bias has an exactly zero gradient (softmax ignores a shift shared by all keys): AdamW normalises
         # the rounding noise that stands in for it into steps of about lr, different for any change of summation
         # order. Compare the query and value biases only.
         width = one_weights[name].shape[0] // 3
-        for w in (one_weights, two_weights):
+        for w in (one_weights, other_weights):
             w[name] = torch.cat([w[name][:width], w[name][2 * width :]])
-    assert_same_weights(one_weights, two_weights, atol=1e-4)
+    assert_same_weights(one_weights, other_weights, atol=1e-4)
+
+
+def test_two_machines_match_one_process_with_the_same_global_batch(tmp_path):
+    """Multi-node as on a cluster (one `accelerate launch` per machine, --machine_rank 0 and 1, rendezvous at the
+    main machine's address), both machines on this host over gloo: one run, the one-process run's weights."""
+    flags = [*method_flags(tmp_path, "mae"), "--max-steps", "3"]
+    single = run_cli(["--output-dir", str(tmp_path / "one"), *flags, "--batch-size", "16"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    launches = two_machines("pretrain", ["--output-dir", str(tmp_path / "two"), *flags, "--batch-size", "8"])
+    for rank, launch in enumerate(launches):
+        assert launch.returncode == 0, (rank, launch.stderr[-3000:])
+    assert "done: 3 steps" in launches[0].stdout and "done:" not in launches[1].stdout  # one main process
+    assert_same_run(tmp_path / "one", tmp_path / "two", processes=2)
 
 
 def test_tokenizer_then_beit_on_two_processes(tmp_path):
