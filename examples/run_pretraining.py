@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import SchedulerType, get_last_checkpoint
@@ -41,6 +42,7 @@ from hf_mim.training.data import (
 )
 from hf_mim.training.hf_trainer import MIMTrainer, cpu_process_group_if_needed
 from hf_mim.training.presets import ENCODER_PRESETS
+from hf_mim.training.run_folder import check_output_dir
 
 logger = logging.getLogger("hf_mim.examples.run_pretraining")
 
@@ -92,6 +94,10 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "split to train on"})
     image_column: str | None = field(default=None, metadata={"help": "the image column (default: detected)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "train on the first N samples only"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "write into an --output_dir holding files no hf_mim run wrote (they may be overwritten)"},
+    )
 
 
 def parse_overrides(text: str | None) -> dict:
@@ -154,6 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         given = flags_given(parser, argv)
     setup_logging(training_args.process_index == 0)
+    # as `hf-mim pretrain`: a new or empty folder, an hf_mim run's, or a resume; never someone else's files
+    check_output_dir(
+        Path(training_args.output_dir), data_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint)
+    )
     from transformers import set_seed
 
     set_seed(training_args.seed)

@@ -24,6 +24,7 @@ from .model_cards.card import (
     TRAINING_SUMMARY,
     model_card_for_folder,
     validate_model_card,
+    weight_files,
     write_model_card,
 )
 from .modeling import base as _base
@@ -327,13 +328,15 @@ def _same_weights(a: Path, b: Path) -> bool:
     from safetensors import SafetensorError, safe_open
 
     def files(folder: Path) -> dict[str, Path] | None:
-        index = folder / "model.safetensors.index.json"
-        if index.exists():
-            return {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
-        if (folder / "model.safetensors").exists():
-            with safe_open(str(folder / "model.safetensors"), "pt") as f:
-                return dict.fromkeys(f.keys(), folder / "model.safetensors")
-        return None
+        """tensor name -> the file holding it"""
+        names = weight_files(folder)
+        if names is None:
+            return None
+        located = {}
+        for name in names:
+            with safe_open(str(folder / name), "pt") as f:
+                located.update(dict.fromkeys(f.keys(), folder / name))
+        return located
 
     try:
         left, right = files(a), files(b)

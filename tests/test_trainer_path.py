@@ -386,6 +386,23 @@ def test_the_script_runs_every_other_method(method, tmp_path):
     assert picture is None or (out / picture.file).read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_script_writes_only_into_a_new_folder_or_its_own_runs(tmp_path):
+    from hf_mim.training.run_folder import RunFolderError
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "training_args.json").write_text('{"mine": true}')  # someone's file, with a name the run writes
+    args = ["--max_steps", "1", "--max_train_samples", "16", "--save_strategy", "no", "--use_cpu", "true"]
+    with pytest.raises(RunFolderError, match="holds files no hf-mim run wrote"):
+        load_script().main(script_args(theirs, "mae", *args))
+    assert (theirs / "training_args.json").read_text() == '{"mine": true}'
+    ours = tmp_path / "ours"
+    load_script().main(script_args(ours, "mae", *args))
+    load_script().main(script_args(ours, "mae", *args))  # a re-run into its own folder is allowed
+    load_script().main(script_args(theirs, "mae", *args, "--overwrite_output_dir", "true"))
+    assert json.loads((theirs / "training_args.json").read_text())["max_steps"] == 1
+
+
 def test_the_script_refuses_bad_overrides_in_one_line(tmp_path):
     result = run_group(
         [sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "x"), "--config_overrides", "mask_ratio"],

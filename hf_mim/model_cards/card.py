@@ -416,17 +416,22 @@ def build_model_card(
     return card
 
 
+def weight_files(folder: str | os.PathLike) -> list[str] | None:
+    """The safetensors files of a saved model folder (one, or the shards its index names); None without any."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return ["model.safetensors"] if (folder / "model.safetensors").exists() else None
+
+
 def parameter_counts(folder: str | os.PathLike) -> tuple[int | None, int | None]:
     """(all, encoder) parameter counts of the model weights in `folder`, read from the safetensors headers."""
     from safetensors import safe_open
 
     folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
+    files = weight_files(folder)
+    if files is None:
         return None, None
     total = encoder = 0
     for name in files:
@@ -541,6 +546,7 @@ __all__ = [
     "card_pictures",
     "method_card",
     "install_command",
+    "weight_files",
     "trainer_run",
     "TRAINER_STATE",
 ]

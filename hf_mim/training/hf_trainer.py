@@ -152,15 +152,13 @@ class MIMTrainer(Trainer):
         it with the GIL held while a gloo thread may still need the GIL: on 2 CPU processes a rank then aborted
         ("terminate called without an active exception") in about 1 run of 4 here (pytorch#56297). Training cannot
         continue afterwards."""
-        import gc
+        from .trainer import end_training
 
         if self.accelerator.num_processes > 1:
             self.accelerator.wait_for_everyone()
         self.model_wrapped = self.model  # the DDP wrapper's reducer must not hold the last reference to the group
         self.deepspeed = None
-        self.accelerator.free_memory()
-        gc.collect()
-        self.accelerator.end_training()
+        end_training(self.accelerator)
 
     # ---- the final model's records, pictures and card ----------------------------------------------------------
 

@@ -49,12 +49,19 @@ def new_run_id() -> str:
 
 
 def written_by_hf_mim(folder: Path) -> bool:
-    """Whether `folder` holds the `training_args.json` an hf-mim run writes first."""
-    try:
-        args = json.loads((folder / TRAINING_ARGS).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(args, dict) and {"method", "output_dir"} <= set(args)
+    """Whether `folder` holds the `training_args.json` an hf-mim run writes first, or the `training_summary.json` of
+    a finished `MIMTrainer` run (whose `training_args.json` is Trainer's)."""
+
+    def read(name):
+        try:
+            return json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    args, summary = read(TRAINING_ARGS), read(TRAINING_SUMMARY)
+    if isinstance(args, dict) and {"method", "output_dir"} <= set(args):
+        return True
+    return isinstance(summary, dict) and {"method", "trainer"} <= set(summary)
 
 
 def previous_run_id(folder: Path) -> str | None:

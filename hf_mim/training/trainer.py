@@ -162,7 +162,7 @@ def pretrain(args: PretrainArguments) -> dict:
         # broadcast is that barrier, and tells every process whether the save failed, so that all stop alike.
         save_problem = _broadcast(accelerator, save_problem)
         del model, optimizer, adversary_optimizer, loader, schedulers, loop, unwrapped
-        _end_training(accelerator)
+        end_training(accelerator)
         if accelerator.is_main_process:
             print(
                 f"done: {summary['steps']} steps in {wall:.1f}s ({summary['images_per_second']} images/s), final loss "
@@ -196,7 +196,7 @@ def _run_length(args: PretrainArguments, batches_per_epoch: int) -> tuple[int, i
     return max_steps, math.ceil(max_steps / steps_per_epoch), warmup
 
 
-def _end_training(accelerator) -> None:
+def end_training(accelerator) -> None:
     """Tear the process group down, once the caller has dropped its model, optimizers and loader.
 
     DDP's reducer must not hold the last reference to the process group: torch frees it from there with the GIL
