@@ -79,3 +79,26 @@ def write_image_folder(folder: Path, with_bad: bool = True, copies: int = 1) -> 
         (folder / "not_an_image.jpg").write_text("this is a text file with an image suffix\n")
         (folder / "random_bytes.png").write_bytes(np.random.default_rng(1).bytes(300))
     return folder
+
+
+def write_webdataset(folder: Path, shards: int, per_shard: int, bad: tuple[str, ...] = (), size=(20, 24)) -> list[str]:
+    """WebDataset tar shards `train-000.tar`, ... of `per_shard` samples each: `KEY.jpg` (random RGB JPEG) and
+    `KEY.cls`. Keys named in `bad` get bytes that are no image. Returns every key, in writing order."""
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    keys = []
+    for shard in range(shards):
+        with tarfile.open(folder / f"train-{shard:03d}.tar", "w") as tar:
+            for i in range(per_shard):
+                key = f"s{shard}_{i:04d}"
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buffer, "JPEG")
+                image = b"not a jpeg" if key in bad else buffer.getvalue()
+                for name, data in ((f"{key}.jpg", image), (f"{key}.cls", str(i % 3).encode())):
+                    entry = tarfile.TarInfo(name)
+                    entry.size = len(data)
+                    tar.addfile(entry, io.BytesIO(data))
+                keys.append(key)
+    return keys

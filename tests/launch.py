@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -121,6 +122,16 @@ def two_processes(command: str, args, timeout=300) -> subprocess.CompletedProces
     on a machine without GPUs hf_mim asks it for a gloo group (`--cpu` would start one process in accelerate 1.x)."""
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_mim", command]
+    return run_group([sys.executable, *launch, *args], timeout=timeout)
+
+
+def two_processes_killed_after_checkpoint(step: int, args, folder, timeout=300) -> subprocess.CompletedProcess:
+    """`hf-mim pretrain ARGS` on 2 CPU processes, both killed right after the checkpoint of step `step` is written
+    (the launcher then stops, as a cluster job would). `folder` holds the launched script."""
+    script = Path(folder) / "killed_pretrain.py"
+    script.write_text(_KILLED_AFTER_CHECKPOINT.format(step=int(step)))
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), "pretrain"]
     return run_group([sys.executable, *launch, *args], timeout=timeout)
 
 

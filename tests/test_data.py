@@ -203,3 +203,53 @@ def test_one_saved_split_is_not_taken_for_another_when_strict(tmp_path):
     assert len(loaded) == 4  # pretraining takes a saved dataset whatever split it was
     with pytest.raises(DatasetError, match="holds one split"):
         load_pretraining_dataset(str(tmp_path / "saved"), split="validation", strict_split=True)
+
+
+def _photo_jpeg(width=500, height=375, seed=0) -> bytes:
+    """A JPEG that decodes like a photo: smooth colour with texture noise."""
+    import io
+
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = np.stack([xs / width, ys / height, (xs + ys) / (width + height)], axis=-1) * 200 + 20
+    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_jpeg_draft_decodes_at_reduced_scale_with_the_same_crop_and_flip():
+    from hf_mim.training.transforms import draft_for_crop
+
+    data = _photo_jpeg()
+    lazy = open_image(data, load=False)
+    box = draft_for_crop(lazy, (0, 0, 500, 375), (64, 64))
+    assert lazy.size == (125, 94) and box == pytest.approx((0, 0, 125, 375 / (375 / 94)))  # libjpeg's 1/4 scale
+    full, draft = (ImageAugmentation(64, MEAN, STD, jpeg_draft=d) for d in (False, True))
+    for seed in range(8):  # crops large and small; each pair shares its crop and flip
+        a = full(open_image(data, load=False), torch.Generator().manual_seed(seed))
+        b = draft(open_image(data, load=False), torch.Generator().manual_seed(seed))
+        difference = ((a - b).abs() * 0.25).mean().item() * 255  # in 0-255 grey levels
+        assert 0 <= difference < 6, (seed, difference)
+        flipped = full(open_image(data, load=False), torch.Generator().manual_seed(seed)).flip(-1)
+        assert ((flipped - b).abs() * 0.25).mean().item() * 255 > 3 * difference + 1  # the flip is shared, not lost
+
+
+def test_jpeg_draft_leaves_decoded_rotated_small_and_non_jpeg_images_alone():
+    import io
+
+    data = _photo_jpeg()
+    png = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(png, "PNG")
+    rotated = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(rotated, "JPEG", exif=exif_rotated().getexif().tobytes())
+    cases = {
+        "decoded": lambda: open_image(data),  # loaded already: as evaluation and user code pass images
+        "png": lambda: open_image(png.getvalue(), load=False),
+        "exif_rotated": lambda: open_image(rotated.getvalue(), load=False),
+        "crop_below_twice_the_output": lambda: open_image(data, load=False),
+    }
+    for name, make in cases.items():
+        size = 300 if name == "crop_below_twice_the_output" else 64
+        full, draft = (ImageAugmentation(size, MEAN, STD, jpeg_draft=d, train=False) for d in (False, True))
+        assert torch.equal(full(make(), None), draft(make(), None)), name

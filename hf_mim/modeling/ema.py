@@ -3,7 +3,9 @@
 The teacher is a float32 copy of some of a model's parts (for C-MAE: the encoder, its mask token and the projector),
 held in a plain attribute rather than as a submodule. So DDP, FSDP and DeepSpeed neither wrap, shard, cast nor
 synchronise it, `state_dict()` and `save_pretrained` hold the student alone, and every rank updates its own copy
-with the same arithmetic from the same (synchronised) student, which keeps the copies identical.
+with the same arithmetic from the same (synchronised) student, which keeps the copies identical. `hf-mim pretrain`
+builds it from the full weights before the model is prepared; under FSDP2 each update gathers the student's
+sharded parameters whole.
 
 It is updated once per optimizer step by whoever owns the loop: `hf-mim pretrain` (the method's
 `after_optimizer_step`) or `EMATeacherCallback` under `transformers.Trainer`. Its state goes into checkpoints
@@ -68,9 +70,10 @@ class EMATeacher:
         momentum = self.current_momentum()
         params, buffers = self._student_tensors(student)
         for name, teacher_param in self.module.named_parameters():
-            teacher_param.lerp_(params[name].detach().to(teacher_param.device, torch.float32), 1.0 - momentum)
+            student = _whole(params[name].detach())
+            teacher_param.lerp_(student.to(teacher_param.device, torch.float32), 1.0 - momentum)
         for name, teacher_buffer in self.module.named_buffers():
-            teacher_buffer.copy_(buffers[name])
+            teacher_buffer.copy_(_whole(buffers[name]))
         self.num_updates += 1
 
     def to(self, device) -> EMATeacher:
@@ -88,6 +91,13 @@ class EMATeacher:
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])
         self.total_steps = state.get("total_steps")
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The full tensor of an FSDP2-sharded parameter (a DTensor: gathered from every rank, so every rank must call
+    this alike, as every rank updates its teacher every step); any other tensor as it is."""
+    full_tensor = getattr(tensor, "full_tensor", None)
+    return full_tensor() if full_tensor is not None else tensor
 
 
 class EMATeacherFields:

@@ -186,6 +186,14 @@ def _load_pickle(path: Path):
 def verify_loadable(folder: Path) -> None:
     """Load every pickle-format file of a checkpoint with `weights_only=True` before anything else reads it."""
     for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.name.endswith(".metadata"):
+            # torch.distributed.checkpoint (FSDP's SHARDED_STATE_DICT) reads this with pickle.load, which can run
+            # code, and a restricted load cannot read it
+            raise ValueError(
+                f"cannot resume from {folder}: {path.name} is torch.distributed.checkpoint metadata, a pickle that "
+                "torch would load without weights_only. Save FSDP checkpoints with fsdp_state_dict_type: "
+                "FULL_STATE_DICT"
+            )
         if path.is_file() and path.suffix in PICKLE_SUFFIXES:
             _load_pickle(path)
 

@@ -72,7 +72,12 @@ def builtin_digits(split: str | None = "train") -> datasets.Dataset:
 
 def _looks_like_path(name: str) -> bool:
     # A Hub id has at most one "/"; anything else path-like is a local path that does not exist.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or any(c in name for c in "*?[")  # a glob of data files
+    )
 
 
 def hub_dataset_id(name: str | None) -> str | None:
@@ -95,8 +100,15 @@ def load_pretraining_dataset(
     if name == BUILTIN_DATASET:
         return builtin_digits(split), f"scikit-learn digits (built in), {split!r} split"
     path = os.path.expanduser(name)
+    shards = local_data_files(path)
+    if shards is not None:
+        builder, files = shards
+        try:
+            return datasets.load_dataset(builder, data_files=files, split="train"), f"{name} ({builder} files)"
+        except (ValueError, FileNotFoundError) as err:
+            raise DatasetError(f"could not read the {builder} files {name}: {_first_line(err)}") from None
     if os.path.isdir(path):
-        if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
+        if any(os.path.exists(os.path.join(path, f)) for f in _SAVED_DATASET_FILES):
             try:
                 loaded = datasets.load_from_disk(path)
             except (IndexError, ValueError, FileNotFoundError) as err:  # a saved dataset of 0 rows has no shard
@@ -130,6 +142,36 @@ def load_pretraining_dataset(
             f"could not load dataset {name!r} from the Hub{offline}: {_first_line(err)}. "
             f"For local data pass a folder path; the built-in dataset is {BUILTIN_DATASET!r}"
         ) from None
+
+
+_SAVED_DATASET_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")  # what save_to_disk writes
+
+#: File endings of data shards and the `datasets` builder that reads them (WebDataset: tar files of `jpg`/`png`
+#: and `cls` entries, as in timm/imagenet-1k-wds).
+SHARD_BUILDERS = {".tar": "webdataset", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def local_data_files(path: str) -> tuple[str, list[str]] | None:
+    """(builder, files) when `path` is a glob (`shards/train-*.tar`) or a folder of data shards (tar, parquet or
+    arrow files, all of one kind, not an image folder or a `save_to_disk` folder); None when it is neither."""
+    import glob
+
+    if glob.has_magic(path):
+        files = sorted(glob.glob(path))
+        if not files:
+            raise DatasetError(f"--dataset {path}: no file matches the pattern")
+    elif os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in _SAVED_DATASET_FILES):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if os.path.splitext(f)[1] in SHARD_BUILDERS)
+        if not files:
+            return None
+    else:
+        return None
+    kinds = {os.path.splitext(f)[1] for f in files}
+    if len(kinds) != 1 or next(iter(kinds)) not in SHARD_BUILDERS:
+        raise DatasetError(
+            f"--dataset {path}: the files must all be of one kind, {' or '.join(SHARD_BUILDERS)}; found {sorted(kinds)}"
+        )
+    return SHARD_BUILDERS[kinds.pop()], files
 
 
 def _first_line(err: BaseException) -> str:
@@ -181,21 +223,19 @@ class PretrainingTransform:
     epoch: int = 0
 
     def __call__(self, batch: dict) -> dict:
-        out: dict[str, list] = {"pixel_values": [], "error": [], "name": []}
-        extras: list[dict] = []
-        for value, index in zip(batch[self.image_column], batch[INDEX_COLUMN], strict=True):
-            generator = sample_generator(self.seed, self.epoch, int(index))
-            try:
-                pixels, error = self.augment(open_image(value), generator), None
-            except Exception as err:  # any undecodable input is skipped, whatever the decoder raised
-                pixels, error = None, f"{type(err).__name__}: {_first_line(err)}"
-            out["pixel_values"].append(pixels)
-            out["error"].append(error)
-            out["name"].append(_describe(value, int(index)))
-            extras.append(self.extras(generator) if self.extras else {})
-        for key in extras[0] if extras else ():
-            out[key] = [e[key] for e in extras]
-        return out
+        items = [self.sample(v, int(i)) for v, i in zip(batch[self.image_column], batch[INDEX_COLUMN], strict=True)]
+        return {key: [item[key] for item in items] for key in items[0]} if items else {}
+
+    def sample(self, value, index: int, epoch: int | None = None, name: str | None = None) -> dict:
+        """One sample: pixel_values (None if it does not decode), error, name, and the method's per-sample inputs,
+        every draw from the generator of (seed, epoch, index)."""
+        generator = sample_generator(self.seed, self.epoch if epoch is None else epoch, index)
+        try:
+            pixels, error = self.augment(open_image(value, load=False), generator), None
+        except Exception as err:  # any undecodable input is skipped, whatever the decoder raised
+            pixels, error = None, f"{type(err).__name__}: {_first_line(err)}"
+        item = {"pixel_values": pixels, "error": error, "name": name or _describe(value, index)}
+        return {**item, **(self.extras(generator) if self.extras else {})}
 
 
 def _describe(value, index: int) -> str:
@@ -204,11 +244,17 @@ def _describe(value, index: int) -> str:
     return f"sample {index}"
 
 
+def undecoded(dataset: datasets.Dataset) -> datasets.Dataset:
+    """`dataset` with its Image columns read as bytes or paths, for our own decoder, which can skip a bad file."""
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Image(decode=False))
+    return dataset
+
+
 def prepare_dataset(dataset: datasets.Dataset, image_column: str, transform: PretrainingTransform) -> datasets.Dataset:
     keep = [image_column]
-    dataset = dataset.select_columns(keep)
-    if isinstance(dataset.features[image_column], datasets.Image):
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    dataset = undecoded(dataset.select_columns(keep))
     dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
     return dataset.with_transform(transform)
 
@@ -246,8 +292,10 @@ class Collator:
             batch["pixel_values"] = torch.stack([items[j]["pixel_values"] for j in source])
         else:
             batch["pixel_values"] = torch.zeros(len(items), *self.pixel_shape)
+        if "stream_position" in items[0]:  # streaming: where the worker's stream stands after this batch
+            batch["stream_position"] = torch.tensor(items[-1]["stream_position"])
         for key in items[0]:
-            if key not in ("pixel_values", "error", "name"):
+            if key not in ("pixel_values", "error", "name", "stream_position"):
                 batch[key] = torch.stack([items[j][key] for j in source])
         return batch
 
@@ -266,4 +314,5 @@ __all__ = [
     "load_pretraining_dataset",
     "prepare_dataset",
     "sample_generator",
+    "undecoded",
 ]

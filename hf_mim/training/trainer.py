@@ -10,6 +10,7 @@ fields; the model does its own per-step work (`after_optimizer_step`: an EMA tea
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+import datasets
 import torch
 from safetensors import SafetensorError
 
@@ -38,8 +40,10 @@ from .data import (
     hub_dataset_id,
     load_pretraining_dataset,
     prepare_dataset,
+    undecoded,
 )
 from .optim import adamw, cosine_with_warmup, param_groups
+from .presets import SMALL_DATASET_IMAGES
 from .run_folder import (
     RunFolderError,
     RunLock,
@@ -51,6 +55,7 @@ from .run_folder import (
     no_space_message,
     previous_run_id,
 )
+from .streaming import check_every_node_has_data, known_size, load_streaming_dataset, streaming_loader
 from .transforms import ImageAugmentation
 
 logger = logging.getLogger("hf_mim.pretrain")
@@ -67,22 +72,34 @@ def pretrain(args: PretrainArguments) -> dict:
     args = replace(args, config_overrides=dict(args.config_overrides))  # resolved below; the caller's stays as given
     validate(args)  # before anything is loaded; again once the defaults are resolved
     spec = method_spec(args.method)
+    check_distributed_setup(spec)  # before accelerate builds (or silently replaces) the engine it was asked for
     accelerator = _accelerator(args)
     run_id, lock = _claim_output_dir(accelerator, args)
     try:
         set_seed(args.seed)
 
         # ---- data: images, decoded and augmented per sample, with the method's per-sample inputs ------------------
-        raw, description = load_pretraining_dataset(args.dataset, args.dataset_config, args.split)
-        image_column = find_image_column(raw, args.image_column)
-        check_size(raw, accelerator.num_processes, description)
-        args = resolve_defaults(args, len(raw))
+        if args.streaming:
+            raw, description = load_streaming_dataset(args.dataset, args.dataset_config, args.split)
+            image_column = find_image_column(raw, args.image_column)
+            num_samples = known_size(raw, args.split)
+        else:
+            raw, description = load_pretraining_dataset(args.dataset, args.dataset_config, args.split)
+            image_column = find_image_column(raw, args.image_column)
+            check_size(raw, accelerator.num_processes, description)
+            num_samples = len(raw)
+        # a stream of unknown length is taken for a large dataset by --recipe auto
+        args = resolve_defaults(args, num_samples or SMALL_DATASET_IMAGES)
         validate(args)
         config = build_config(args, spec)
-        transform, loader = _data(args, spec, config, raw, image_column, accelerator.num_processes)
+        transform, loader, stream = _data(args, spec, config, raw, image_column, accelerator)
 
         # ---- model, optimizers, schedules ----------------------------------------------------------------------
         model = spec.pretraining_class(config)
+        if hasattr(model, "teacher"):
+            # built now, from the full weights: after prepare, FSDP2 would hand it sharded parameters to copy
+            check_distributed_setup(spec, teacher=True)
+            model.teacher  # noqa: B018
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         world = accelerator.num_processes
@@ -93,13 +110,12 @@ def pretrain(args: PretrainArguments) -> dict:
             # In place: torch.compile(model) would return a wrapper whose state-dict keys carry "_orig_mod.", and
             # the saved model would then load as freshly initialised weights.
             model.compile()
-        if adversary_optimizer is None:
-            model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-        else:
-            model, optimizer, loader, adversary_optimizer = accelerator.prepare(
-                model, optimizer, loader, adversary_optimizer
-            )
-        max_steps, epochs, warmup = _run_length(args, len(loader))
+        # a streaming loader stays unprepared: each process already reads its own part of the stream
+        prepared = accelerator.prepare(model, optimizer, *([] if stream else [loader]), adversary_optimizer)
+        model, optimizer, adversary_optimizer = prepared[0], prepared[1], prepared[-1]
+        if not stream:
+            loader = prepared[2]
+        max_steps, epochs, warmup = _run_length(args, None if stream else len(loader))
         schedulers = [cosine_with_warmup(o, warmup, max_steps) for o in (optimizer, adversary_optimizer) if o]
         # an EMA teacher lives outside the module tree: built from the prepared student's weights, on its device
         unwrapped = accelerator.unwrap_model(model)
@@ -115,9 +131,16 @@ def pretrain(args: PretrainArguments) -> dict:
             "grad_accum": args.grad_accum,
             "seed": args.seed,
         }
+        if stream:  # where each worker's stream stands depends on these too
+            layout.update(streaming_workers=stream.workers, shuffle_buffer=args.shuffle_buffer)
         # what the checkpoint must have been written by: the same method and model config
         identity = {"method": args.method, "config": _config_fields(config)}
         state, resume_path, run_id = _resume(accelerator, args, run_id, layout, identity, extra_objects)
+        if stream is not None:
+            if resume_path is not None:
+                positions = state["stream_positions"][accelerator.process_index]
+                stream.resume_from(positions, state["step"] * args.grad_accum)
+            check_every_node_has_data(stream, accelerator)
 
         summary = {
             "method": args.method,
@@ -125,7 +148,8 @@ def pretrain(args: PretrainArguments) -> dict:
             "model_size": args.model_size if spec.encoder_presets else None,
             "dataset": description,
             "dataset_id": hub_dataset_id(args.dataset),
-            "num_samples": len(raw),
+            "num_samples": num_samples,
+            "streaming": args.streaming,
             "image_column": image_column,
             "num_processes": world,
             "effective_batch_size": effective_batch,
@@ -142,6 +166,7 @@ def pretrain(args: PretrainArguments) -> dict:
         loop = TrainingLoop(
             accelerator, args, spec, model, optimizer, adversary_optimizer, schedulers, state, max_steps, description
         )
+        loop.stream = stream
         checkpoint = partial(
             _checkpoint, accelerator, args, state, dict(layout=layout, run_id=run_id, **identity), extra_objects
         )
@@ -184,8 +209,12 @@ def pretrain(args: PretrainArguments) -> dict:
             lock.release()
 
 
-def _run_length(args: PretrainArguments, batches_per_epoch: int) -> tuple[int, int, int]:
-    """(optimizer steps, epochs, warm-up steps) of the run: --max-steps, else --epochs over the data."""
+def _run_length(args: PretrainArguments, batches_per_epoch: int | None) -> tuple[int, int | None, int]:
+    """(optimizer steps, epochs, warm-up steps) of the run: --max-steps, else --epochs over the data. A stream
+    (`batches_per_epoch` None) has no epoch count of its own."""
+    if batches_per_epoch is None:
+        warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * args.max_steps)
+        return args.max_steps, None, warmup
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / args.grad_accum))
     max_steps = args.max_steps or steps_per_epoch * args.epochs
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * max_steps)
@@ -206,6 +235,44 @@ def end_training(accelerator) -> None:
     accelerator.free_memory()
     gc.collect()
     accelerator.end_training()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("true", "1", "yes")
+
+
+def check_distributed_setup(spec, teacher: bool = False) -> None:
+    """Refuse, in one line, the accelerate setups that would train wrongly, as `accelerate launch` announces them in
+    the environment (ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED, FSDP_VERSION, ACCELERATE_DEEPSPEED_ZERO_STAGE):
+
+    - FSDP or DeepSpeed on CPU processes: accelerate 1.x shards only on accelerators and would quietly train with
+      DDP while the config said otherwise;
+    - a method with an adversary (ADIOS's occlusion model) under DeepSpeed: the adversary has its own optimizer,
+      and a DeepSpeed engine drives exactly one, so its updates would be folded into the model's;
+    - `teacher` (C-MAE, ADIOS-BYOL's EMA teacher) under FSDP1 or ZeRO-3: the teacher is updated from the student's
+      parameters, which there are flat local shards; FSDP2's DTensors are gathered whole for it."""
+    fsdp, deepspeed = _env_flag("ACCELERATE_USE_FSDP"), _env_flag("ACCELERATE_USE_DEEPSPEED")
+    engine = "FSDP" if fsdp else "DeepSpeed"
+    if (fsdp or deepspeed) and needs_cpu_process_group():
+        raise ValueError(
+            f"{engine} on processes without GPUs is refused: accelerate shards only on accelerators and would train "
+            "this run with DDP instead. Launch with --multi_gpu (DDP) on CPUs, or run on GPUs"
+        )
+    if deepspeed and spec.adversary is not None:
+        raise ValueError(
+            f"--method {spec.name} under DeepSpeed is refused: its adversary trains with a second optimizer and a "
+            "DeepSpeed engine drives one. Use DDP or FSDP (accelerate config)"
+        )
+    if teacher and fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ValueError(
+            f"--method {spec.name} under FSDP1 is refused: its EMA teacher is updated from whole parameters, which "
+            "FSDP1 keeps as flat shards. Set fsdp_version: 2 in the accelerate config"
+        )
+    if teacher and deepspeed and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise ValueError(
+            f"--method {spec.name} under ZeRO stage 3 is refused: its EMA teacher is updated from whole parameters, "
+            "which ZeRO-3 partitions. Use ZeRO stage 1 or 2, or FSDP2"
+        )
 
 
 def _accelerator(args: PretrainArguments):
@@ -230,14 +297,21 @@ def _accelerator(args: PretrainArguments):
     return accelerator
 
 
-def _data(args: PretrainArguments, spec, config, raw, image_column: str, num_processes: int):
-    """(transform, loader): each sample decoded, cropped with the method's crop scale and given the method's
-    per-sample inputs, all from the sample's own generator (seed, epoch, index)."""
+def _data(args: PretrainArguments, spec, config, raw, image_column: str, accelerator):
+    """(transform, loader, stream): each sample decoded, cropped with the method's crop scale and given the
+    method's per-sample inputs, all from the sample's own generator (seed, epoch, index). `stream` is the
+    `StreamingImages` under --streaming, else None."""
     augment = ImageAugmentation.from_config(config, train=True, scale=spec.crop_scale)
+    augment.jpeg_draft = args.jpeg_draft
     height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
     grid = (height // config.patch_size, width // config.patch_size)
     sample_inputs = partial(spec.sample_inputs, config, grid) if spec.sample_inputs else None
     transform = PretrainingTransform(image_column, augment, args.seed, sample_inputs)
+    collator = Collator((config.num_channels, height, width))
+    if args.streaming:
+        stream, loader = streaming_loader(args, raw, image_column, transform, collator, accelerator)
+        return transform, loader, stream
+    num_processes = accelerator.num_processes
     dataset = prepare_dataset(raw, image_column, transform)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -245,10 +319,10 @@ def _data(args: PretrainArguments, spec, config, raw, image_column: str, num_pro
         shuffle=True,
         drop_last=len(dataset) >= args.batch_size * num_processes,
         num_workers=args.num_workers,
-        collate_fn=Collator((config.num_channels, height, width)),
+        collate_fn=collator,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    return transform, loader
+    return transform, loader, None
 
 
 def _optimizers(model, spec, config, args: PretrainArguments, lr: float):
@@ -345,6 +419,7 @@ class TrainingLoop:
         self.step = state["step"]
         self.skips = SkipReport(dict(state["skipped"]))
         self.images_seen = 0
+        self.stream = None  # the StreamingImages of a --streaming run
 
     def run(self, loader, transform, epochs: int, checkpoint) -> float:
         """Train to `max_steps`; returns the wall time in seconds."""
@@ -359,9 +434,11 @@ class TrainingLoop:
         self.current, self.logged = _Sums(zero), _Sums(zero)  # the step being accumulated; steps since the last log
         self.micro_batches: list[tuple[dict, torch.Tensor]] = []  # this step's, for the adversary
         self.consecutive_bad = 0
-        decoded_batches = zero.clone()
-        start = time.perf_counter()
-        for epoch in range(state["epoch"], epochs):
+        self.decoded_batches = zero.clone()
+        self.start = time.perf_counter()
+        if self.stream is not None:
+            self._run_stream(loader, checkpoint, progress)
+        for epoch in range(state["epoch"], epochs or 0):
             if self.step >= self.max_steps:
                 break
             transform.epoch = epoch
@@ -369,27 +446,54 @@ class TrainingLoop:
             skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
             batches = accelerator.skip_first_batches(loader, skip) if skip else loader
             for batches_in_epoch, batch in enumerate(batches, start=skip + 1):
-                decoded_batches = decoded_batches + self._micro_step(batch)
-                if not accelerator.sync_gradients:
-                    continue
-                for scheduler in self.schedulers:
-                    scheduler.step()
-                self.step += 1
-                progress.update(1)
-                self._log(progress, start)
-                if args.checkpointing_steps and self.step % args.checkpointing_steps == 0:
-                    checkpoint(self.step, epoch, batches_in_epoch, self.skips)
+                if self._train_on(batch, progress) and args.checkpointing_steps:
+                    if self.step % args.checkpointing_steps == 0:
+                        checkpoint(self.step, epoch, batches_in_epoch, self.skips)
                 if self.step >= self.max_steps:
                     break
-            # a dataset of which nothing decodes would "train" on zero losses and save an untrained model
-            if accelerator.reduce(decoded_batches, "sum").item() == 0:
-                raise TrainingError(
-                    f"no image of {self.source} could be decoded in a whole epoch ({len(self.skips.skipped)} files "
-                    f"skipped on this process, for example {next(iter(self.skips.skipped), 'none')}); nothing was "
-                    "trained"
-                )
+            self._check_something_decoded("in a whole epoch")
         progress.close()
-        return time.perf_counter() - start
+        return time.perf_counter() - self.start
+
+    def _run_stream(self, loader, checkpoint, progress) -> None:
+        """--streaming: one pass of the endless loader to `max_steps`. The checkpoint holds every process's
+        stream positions (per worker: epoch, examples read), gathered at the step it is written."""
+        from accelerate.utils import gather_object, send_to_device
+
+        positions = [list(p) for p in self.stream.start]
+        batches = iter(loader)
+        while self.step < self.max_steps:
+            batch = send_to_device(next(batches), self.accelerator.device)
+            worker, epoch, read = batch.pop("stream_position").tolist()
+            positions[worker] = [epoch, read]
+            if not self._train_on(batch, progress):
+                continue
+            if self.args.checkpointing_steps and self.step % self.args.checkpointing_steps == 0:
+                self.state["stream_positions"] = gather_object([positions])
+                checkpoint(self.step, 0, 0, self.skips)
+            if self.step % 100 == 0:
+                self._check_something_decoded(f"in the {self.step} steps so far")
+        self._check_something_decoded(f"in {self.step} steps")
+
+    def _train_on(self, batch: dict, progress) -> bool:
+        """One micro-batch; returns whether it completed an optimizer step (then counted, scheduled, logged)."""
+        self.decoded_batches = self.decoded_batches + self._micro_step(batch)
+        if not self.accelerator.sync_gradients:
+            return False
+        for scheduler in self.schedulers:
+            scheduler.step()
+        self.step += 1
+        progress.update(1)
+        self._log(progress, self.start)
+        return True
+
+    def _check_something_decoded(self, when: str) -> None:
+        # a dataset of which nothing decodes would "train" on zero losses and save an untrained model
+        if self.accelerator.reduce(self.decoded_batches, "sum").item() == 0:
+            raise TrainingError(
+                f"no image of {self.source} could be decoded {when} ({len(self.skips.skipped)} files skipped on "
+                f"this process, for example {next(iter(self.skips.skipped), 'none')}); nothing was trained"
+            )
 
     def _micro_step(self, batch: dict) -> torch.Tensor:
         """Forward and backward of one micro-batch, and the optimizer step when it completes one. Returns the
@@ -548,7 +652,6 @@ def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, con
     """The final model, pictures and records (main process): written into a staging folder inside the output
     folder, then moved in, the weights first and `training_summary.json` last. Returns None, or why nothing was
     saved (non-finite weights, a full disk): the previous files of the folder are then untouched."""
-    from accelerate.utils import DistributedType
 
     from .checkpoints import list_checkpoints
 
@@ -562,15 +665,19 @@ def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, con
             f"and {kept}. Lower the learning rate"
         )
     unwrapped = accelerator.unwrap_model(model)
-    # FSDP / ZeRO-3 shard the parameters: a forward on the main process alone would wait for the other ranks
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    drawn = unwrapped
+    if parameters_are_sharded(accelerator):
+        # a forward of the sharded model on the main process alone would wait for the other ranks: the pictures
+        # are drawn by a whole copy built from the gathered weights
+        drawn = spec.pretraining_class(config)
+        drawn.load_state_dict(state_dict)
     staging = folder / f".tmp-final-{run_id}"
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         shutil.copy2(folder / "training_args.json", staging / "training_args.json")  # the card reads it
         pictured = _held_out_images(args) or (raw, image_column, args.split)
-        summary["reconstruction"] = save_pictures(unwrapped, spec, *pictured, config, summary, staging, not sharded)
+        summary["reconstruction"] = save_pictures(drawn, spec, *pictured, config, summary, staging)
         # the records and pictures first: save_pretrained builds the model card from what the folder holds
         (staging / "training_summary.json").write_text(json.dumps(summary, indent=2))
         unwrapped.save_pretrained(staging, state_dict=state_dict)
@@ -586,6 +693,14 @@ def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, con
             return no_space_message(folder, needed, last)
         return f"could not save the model in {folder}: {one_line(err)}; {kept}"
     return None
+
+
+def parameters_are_sharded(accelerator) -> bool:
+    """FSDP and DeepSpeed hold each parameter in shards across the processes (ZeRO-1/2 do not, but telling the
+    stages apart buys nothing here: the gathered copy is right for every stage)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _config_fields(config) -> dict:
@@ -654,9 +769,11 @@ def save_pictures(model, spec, raw, image_column, split, config, summary, output
         pixel_target = spec.picture is not None and spec.picture.kind == "reconstruction"
         wanted = 512 if pixel_target else 8
         images = []
-        for index in range(min(len(raw), 4 * wanted)):
+        # undecoded, so that a bad file is skipped here (as in training) instead of ending the iteration
+        rows = raw.decode(False) if isinstance(raw, datasets.IterableDataset) else undecoded(raw)
+        for row in itertools.islice(rows, 4 * wanted):
             try:
-                images.append(transform(open_image(raw[index][image_column]), None))
+                images.append(transform(open_image(row[image_column]), None))
             except Exception:  # noqa: BLE001  (bad files are skipped in training too)
                 continue
             if len(images) == wanted:

@@ -21,9 +21,10 @@ _logger = logging.getLogger(__name__)
 Image.MAX_IMAGE_PIXELS = 178_956_970
 
 
-def open_image(value) -> Image.Image:
+def open_image(value, load: bool = True) -> Image.Image:
     """A PIL image from what a `datasets` Image column (decode=False) or a user holds: PIL image, dict with
-    bytes/path, raw bytes, or a path. Fully decoded here, so truncated files fail here, not later."""
+    bytes/path, raw bytes, or a path. Fully decoded here, so truncated files fail here, not later; with
+    `load=False` only its header is read, and `ImageAugmentation` decodes it (at a reduced scale where it may)."""
     if isinstance(value, Image.Image):
         image = value
     elif isinstance(value, dict):
@@ -39,8 +40,37 @@ def open_image(value) -> Image.Image:
         image = Image.open(value)
     else:
         raise ValueError(f"cannot read an image from {type(value).__name__}")
-    image.load()
+    if load:
+        image.load()
     return image
+
+
+# EXIF orientations that swap width and height (transposed, rotated by 90 or 270 degrees)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed, after the EXIF orientation `to_channels` applies; from the header alone."""
+    orientation = image.getexif().get(0x0112, 1)
+    return (image.height, image.width) if orientation in _SWAPPING_ORIENTATIONS else image.size
+
+
+def draft_for_crop(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]):
+    """JPEG draft mode: decode a still undecoded JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, several
+    times faster) when the crop `box` (left, top, width, height) keeps at least `size` (width, height) pixels at that
+    scale; returns the box in the reduced image's coordinates, as floats. Other images, images with an EXIF
+    rotation, and crops smaller than twice the output are left alone."""
+    left, top, w, h = box
+    out_w, out_h = size
+    if image.format != "JPEG" or not getattr(image, "tile", None) or w < 2 * out_w or h < 2 * out_h:
+        return (left, top, left + w, top + h)
+    if image.getexif().get(0x0112, 1) != 1:
+        return (left, top, left + w, top + h)
+    full_w, full_h = image.size
+    # the smallest image whose crop still has the output's size: PIL picks the largest scale that is not smaller
+    image.draft(None, (math.ceil(full_w * out_w / w), math.ceil(full_h * out_h / h)))
+    sx, sy = full_w / image.width, full_h / image.height
+    return (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -114,7 +144,14 @@ def pil_to_tensor(image: Image.Image, num_channels: int) -> torch.Tensor:
 
 class ImageAugmentation:
     """One image's augmentation, MAE's: random resized crop (scale 0.2-1, bicubic), horizontal flip, normalisation,
-    every draw from the `generator` it is given. With `train=False`: resize to the model size and normalise only."""
+    every draw from the `generator` it is given. With `train=False`: resize to the model size and normalise only.
+
+    `jpeg_draft` (default True): a JPEG still undecoded when it gets here (`open_image(value, load=False)`, as the
+    training pipelines open files) is decoded by libjpeg at 1/2, 1/4 or 1/8 scale when its crop keeps at least the
+    output's resolution there (`draft_for_crop`). The crop, flip and every draw are the same; the pixels differ
+    from a full-scale decode by the difference between DCT-domain and bicubic downscaling (2.2/255 on average on
+    1024x768 photos; benchmarks/RESULTS.md). Decoded images (PIL images a user passes, evaluation) are never
+    drafted."""
 
     def __init__(
         self,
@@ -124,8 +161,10 @@ class ImageAugmentation:
         num_channels: int = 3,
         scale: tuple[float, float] = (0.2, 1.0),
         train: bool = True,
+        jpeg_draft: bool = True,
     ):
         self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.jpeg_draft = jpeg_draft
         self.num_channels = num_channels
         self.scale = scale
         self.train = train
@@ -138,15 +177,20 @@ class ImageAugmentation:
         return cls(config.image_size, config.image_mean, config.image_std, config.num_channels, tuple(scale), train)
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
-        image = to_channels(image, self.num_channels)
         height, width = self.size
+        shown_w, shown_h = displayed_size(image)
         if self.train:
-            left, top, w, h = random_resized_crop_box(image.width, image.height, generator, self.scale)
-            image = image.resize((width, height), Image.BICUBIC, box=(left, top, left + w, top + h))
-            if float(torch.rand(1, generator=generator)) < 0.5:
-                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            box = random_resized_crop_box(shown_w, shown_h, generator, self.scale)
         else:
-            image = image.resize((width, height), Image.BICUBIC)
+            box = (0, 0, shown_w, shown_h)
+        if self.jpeg_draft:
+            box = draft_for_crop(image, box, (width, height))
+        else:
+            box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
+        image = to_channels(image, self.num_channels)  # decodes (at the draft's scale)
+        image = image.resize((width, height), Image.BICUBIC, box=box)
+        if self.train and float(torch.rand(1, generator=generator)) < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return (pil_to_tensor(image, self.num_channels) - self.mean) / self.std
 
 
@@ -234,11 +278,9 @@ class ImageTransform:
         """`dataset` (a `datasets.Dataset`) with a sample-index column and this transform: what Trainer trains on,
         with draws seeded per sample (see the class docstring). Image columns are read undecoded, so that a file
         that does not decode reaches this transform, which replaces it, instead of raising inside `datasets`."""
-        import datasets
+        from .data import undecoded
 
-        for name, feature in dataset.features.items():
-            if isinstance(feature, datasets.Image) and feature.decode:
-                dataset = dataset.cast_column(name, datasets.Image(decode=False))
+        dataset = undecoded(dataset)
         if INDEX_COLUMN not in dataset.column_names:
             dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
         return dataset.with_transform(self)
@@ -267,7 +309,7 @@ class ImageTransform:
             else:
                 generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
             try:
-                pixels.append((self.augment(open_image(value), generator), generator))
+                pixels.append((self.augment(open_image(value, load=False), generator), generator))
             except Exception as err:  # any undecodable input is replaced, whatever the decoder raised
                 pixels.append(None)
                 where = value.get("path") if isinstance(value, dict) and value.get("path") else None
@@ -298,4 +340,6 @@ __all__ = [
     "to_channels",
     "random_resized_crop_box",
     "pil_to_tensor",
+    "displayed_size",
+    "draft_for_crop",
 ]
