@@ -70,6 +70,20 @@ def test_attention_flops_are_counted_on_cpu():
 def test_input_pipeline_benchmark_runs():
     out = run("bench_input_pipeline.py", "--images", "16", "--num-workers", "0", "--epochs", "1", "--model-steps", "1")
     assert "| input pipeline alone |" in out and "loader / model:" in out
+    out = run("bench_input_pipeline.py", "--per-core", "--images", "6")
+    assert "| 500x375 |" in out and "| 1024x768 |" in out and "draft mode" in out
+
+
+def test_gpu_check_script_parses_and_names_its_stages():
+    """benchmarks/gpu_check.sh runs only on a GPU machine; here: valid bash, and the stages the issue asks for."""
+    import subprocess
+
+    script = BENCHMARKS / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for needed in ("bench_throughput.py --device cuda", "bf16+compile", "torch.distributed.run --nproc_per_node 1",
+                   "--per-core", ".gpu_wheels"):  # fmt: skip
+        assert needed in text, needed
 
 
 def test_quality_benchmark_compares_methods_and_the_peer_with_random_init_on_held_out_digits(tmp_path):
