@@ -65,7 +65,9 @@ def write_jpegs(folder: Path, count: int, texture: float = 0.0, size: tuple[int,
         Image.fromarray(array).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, epochs: int) -> float:
+def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, epochs: int, uint8: bool = True) -> float:
+    """Images/s out of the DataLoader. `uint8`: as `hf-mim pretrain` loads since issue #20, uint8 crops from the
+    workers, normalised in the main process (on the GPU in a GPU run); else float32 normalised in the workers."""
     from hf_mim.modeling.mae import MAEConfig, sample_mae_inputs
     from hf_mim.training.data import Collator, PretrainingTransform, load_pretraining_dataset, prepare_dataset
     from hf_mim.training.transforms import ImageAugmentation
@@ -77,6 +79,7 @@ def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, ep
         ImageAugmentation(224, config.image_mean, config.image_std),
         0,
         lambda generator: sample_mae_inputs(config, config.grid_size, generator),
+        normalize=not uint8,
     )
     dataset = prepare_dataset(raw, "image", transform)
     loader = torch.utils.data.DataLoader(
@@ -84,7 +87,7 @@ def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, ep
         batch_size=batch_size,
         shuffle=True,
         num_workers=num_workers,
-        collate_fn=Collator((3, 224, 224)),
+        collate_fn=Collator((3, 224, 224), dtype=torch.uint8 if uint8 else torch.float32),
         drop_last=True,
         persistent_workers=num_workers > 0,
     )
@@ -93,7 +96,8 @@ def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, ep
         transform.epoch = epoch
         start, seen = time.perf_counter(), 0
         for batch in loader:
-            seen += batch["pixel_values"].shape[0]
+            pixels = transform.augment.normalize(batch["pixel_values"]) if uint8 else batch["pixel_values"]
+            seen += pixels.shape[0]
         if epoch > 0:
             rates.append(seen / (time.perf_counter() - start))
     return statistics.median(rates)
@@ -191,13 +195,15 @@ def main() -> None:
         folder = Path(tmp)
         write_jpegs(folder, args.images)
         loader = loader_images_per_second(folder, args.batch_size, args.num_workers, args.epochs)
+        loader_float = loader_images_per_second(folder, args.batch_size, args.num_workers, args.epochs, uint8=False)
     import os
 
     print(f"machine: {os.cpu_count()} logical CPUs, torch {torch.__version__}")
     print(f"batch {args.batch_size}, {args.num_workers} loader workers, {args.images} JPEGs of 500x375 -> 224 px")
     print("| stage | images/s |")
     print("| --- | ---: |")
-    print(f"| input pipeline alone | {loader:.1f} |")
+    print(f"| input pipeline alone (uint8 from the workers, as hf-mim pretrain) | {loader:.1f} |")
+    print(f"| input pipeline alone, float32 normalised in the workers (before issue #20) | {loader_float:.1f} |")
     if args.model_steps:  # 0: the loader alone (benchmarks/gpu_check.sh)
         model = model_images_per_second(args.batch_size, args.model_steps)
         print(f"| MAE ViT-S/16 train step (fwd + bwd + AdamW) | {model:.2f} |")

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from .launch import run_group
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -69,7 +71,8 @@ def test_attention_flops_are_counted_on_cpu():
 
 def test_input_pipeline_benchmark_runs():
     out = run("bench_input_pipeline.py", "--images", "16", "--num-workers", "0", "--epochs", "1", "--model-steps", "1")
-    assert "| input pipeline alone |" in out and "loader / model:" in out
+    assert "| input pipeline alone (uint8" in out and "float32 normalised in the workers" in out
+    assert "loader / model:" in out
     out = run("bench_input_pipeline.py", "--per-core", "--images", "6")
     assert "| 500x375 |" in out and "| 1024x768 |" in out and "draft mode" in out
 
@@ -142,3 +145,13 @@ def test_careless_inputs_classifies_outcomes_as_the_issue_17_tally_does():
         assert "CONFIG" in TINY  # the config travels as a file: --config takes a path
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def test_on_paper_hours_name_their_limit_for_8_and_64_gpus():
+    out = run("on_paper.py", "--loader-per-core", "100", "--cores-per-gpu", "10", "--gpu-images-per-second", "2000")
+    rows = [line for line in out.splitlines() if line.startswith("| 8 |") or line.startswith("| 64 |")]
+    assert len(rows) == 3  # 8 GPUs on NVLink; 64 GPUs on each of two links
+    # 1,000 images/s of loader per GPU against 2,000 of step: the loader limits, at twice the step's time
+    assert all("loader" in row for row in rows) and "GFLOP per image" in out
+    hours_8 = float(rows[0].split("|")[-2])
+    assert hours_8 == pytest.approx(1_281_167 * 800 / 8 / 1000 / 3600, rel=0.01)

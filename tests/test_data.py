@@ -253,3 +253,23 @@ def test_jpeg_draft_leaves_decoded_rotated_small_and_non_jpeg_images_alone():
         size = 300 if name == "crop_below_twice_the_output" else 64
         full, draft = (ImageAugmentation(size, MEAN, STD, jpeg_draft=d, train=False) for d in (False, True))
         assert torch.equal(full(make(), None), draft(make(), None)), name
+
+
+def test_uint8_crops_normalised_later_equal_the_float_path_bit_for_bit():
+    """hf-mim pretrain ships uint8 crops from its workers and normalises on the device: the same numbers as
+    normalising in the worker, and as the NumPy formula the pipeline used before."""
+    from hf_mim.training.transforms import pil_to_tensor
+
+    augment = ImageAugmentation(24, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    data = _photo_jpeg(60, 40)
+    for seed in range(4):
+        crop = augment.crop(open_image(data, load=False), torch.Generator().manual_seed(seed))
+        assert crop.dtype == torch.uint8 and crop.shape == (3, 24, 24)
+        floats = augment(open_image(data, load=False), torch.Generator().manual_seed(seed))
+        assert torch.equal(augment.normalize(crop), floats)
+        assert torch.equal(augment.normalize(crop[None])[0], floats)  # batched, as the training loop does
+    image = make_images()["rgb.jpg"]
+    old = torch.from_numpy((np.asarray(image, dtype=np.float32) / 255.0).copy()).permute(2, 0, 1)
+    assert torch.equal(pil_to_tensor(image, 3), old)
+    transform = PretrainingTransform("image", augment, seed=0, normalize=False)
+    assert transform.sample(data, 0)["pixel_values"].dtype == torch.uint8

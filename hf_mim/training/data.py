@@ -221,6 +221,8 @@ class PretrainingTransform:
     seed: int
     extras: Callable[[torch.Generator], dict[str, torch.Tensor]] | None = None
     epoch: int = 0
+    # False: uint8 crops, normalised later on the device (`ImageAugmentation.normalize`), as hf-mim pretrain does
+    normalize: bool = True
 
     def __call__(self, batch: dict) -> dict:
         items = [self.sample(v, int(i)) for v, i in zip(batch[self.image_column], batch[INDEX_COLUMN], strict=True)]
@@ -231,7 +233,8 @@ class PretrainingTransform:
         every draw from the generator of (seed, epoch, index)."""
         generator = sample_generator(self.seed, self.epoch if epoch is None else epoch, index)
         try:
-            pixels, error = self.augment(open_image(value, load=False), generator), None
+            augment = self.augment if self.normalize else self.augment.crop
+            pixels, error = augment(open_image(value, load=False), generator), None
         except Exception as err:  # any undecodable input is skipped, whatever the decoder raised
             pixels, error = None, f"{type(err).__name__}: {_first_line(err)}"
         item = {"pixel_values": pixels, "error": error, "name": name or _describe(value, index)}
@@ -277,6 +280,7 @@ class Collator:
     `pixel_shape` (C, H, W) shapes the zero batch used when no sample of a batch decodes."""
 
     pixel_shape: tuple[int, int, int]
+    dtype: torch.dtype = torch.float32
 
     def __call__(self, items: list[dict]) -> dict:
         good = [i for i, item in enumerate(items) if item["error"] is None]
@@ -291,7 +295,7 @@ class Collator:
         if good:
             batch["pixel_values"] = torch.stack([items[j]["pixel_values"] for j in source])
         else:
-            batch["pixel_values"] = torch.zeros(len(items), *self.pixel_shape)
+            batch["pixel_values"] = torch.zeros(len(items), *self.pixel_shape, dtype=self.dtype)
         if "stream_position" in items[0]:  # streaming: where the worker's stream stands after this batch
             batch["stream_position"] = torch.tensor(items[-1]["stream_position"])
         for key in items[0]:

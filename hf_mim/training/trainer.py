@@ -306,8 +306,10 @@ def _data(args: PretrainArguments, spec, config, raw, image_column: str, acceler
     height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
     grid = (height // config.patch_size, width // config.patch_size)
     sample_inputs = partial(spec.sample_inputs, config, grid) if spec.sample_inputs else None
-    transform = PretrainingTransform(image_column, augment, args.seed, sample_inputs)
-    collator = Collator((config.num_channels, height, width))
+    # uint8 crops from the workers, normalised on the device (TrainingLoop): float32 would be 4x the bytes through
+    # the workers' shared memory, which cost more per image than the crop (benchmarks/RESULTS.md, issue #20)
+    transform = PretrainingTransform(image_column, augment, args.seed, sample_inputs, normalize=False)
+    collator = Collator((config.num_channels, height, width), dtype=torch.uint8)
     if args.streaming:
         stream, loader = streaming_loader(args, raw, image_column, transform, collator, accelerator)
         return transform, loader, stream
@@ -426,6 +428,7 @@ class TrainingLoop:
         from tqdm.auto import tqdm
 
         accelerator, args, state = self.accelerator, self.args, self.state
+        self.augment = transform.augment  # normalises the uint8 batches on the device
         progress = tqdm(
             total=self.max_steps, initial=self.step, disable=not accelerator.is_local_main_process, desc="pretrain"
         )
@@ -504,6 +507,7 @@ class TrainingLoop:
                 "[rank %d] skipped unreadable image %s: %s", accelerator.process_index, name, self.skips.skipped[name]
             )
         weight = batch.pop("loss_weight")
+        batch["pixel_values"] = self.augment.normalize(batch["pixel_values"])
         if self.adversary is not None:
             self.micro_batches.append((batch, weight))
         with accelerator.accumulate(self.model):

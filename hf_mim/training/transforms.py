@@ -131,15 +131,20 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def pil_to_tensor(image: Image.Image, num_channels: int) -> torch.Tensor:
-    """(C, H, W) float in [0, 1]. For channel counts PIL has no mode for, RGB channels are cycled."""
-    array = np.asarray(image, dtype=np.float32) / 255.0
+def pil_to_uint8(image: Image.Image, num_channels: int) -> torch.Tensor:
+    """(C, H, W) uint8. For channel counts PIL has no mode for, RGB channels are cycled."""
+    array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if tensor.shape[0] != num_channels:
         tensor = tensor[[i % tensor.shape[0] for i in range(num_channels)]]
     return tensor
+
+
+def pil_to_tensor(image: Image.Image, num_channels: int) -> torch.Tensor:
+    """(C, H, W) float in [0, 1]. For channel counts PIL has no mode for, RGB channels are cycled."""
+    return pil_to_uint8(image, num_channels).float() / 255.0
 
 
 class ImageAugmentation:
@@ -177,6 +182,18 @@ class ImageAugmentation:
         return cls(config.image_size, config.image_mean, config.image_std, config.num_channels, tuple(scale), train)
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
+        """(C, H, W) float: the crop, normalised."""
+        return self.normalize(self.crop(image, generator))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (C, H, W) or (B, C, H, W), on any device, as the model takes them: x / 255, then the
+        config's mean and std. `hf-mim pretrain` ships uint8 crops from its workers and normalises on the device:
+        a quarter of the bytes through the workers' shared memory."""
+        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
+        return (pixels.float() / 255.0 - mean) / std
+
+    def crop(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
+        """(C, H, W) uint8: decoded, cropped (train) or resized, and flipped (train), not normalised."""
         height, width = self.size
         shown_w, shown_h = displayed_size(image)
         if self.train:
@@ -191,7 +208,7 @@ class ImageAugmentation:
         image = image.resize((width, height), Image.BICUBIC, box=box)
         if self.train and float(torch.rand(1, generator=generator)) < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        return (pil_to_tensor(image, self.num_channels) - self.mean) / self.std
+        return pil_to_uint8(image, self.num_channels)
 
 
 #: The column of sample indices that seeds each sample's draws (added by `prepare_dataset` and `ImageTransform.apply`).
@@ -340,6 +357,7 @@ __all__ = [
     "to_channels",
     "random_resized_crop_box",
     "pil_to_tensor",
+    "pil_to_uint8",
     "displayed_size",
     "draft_for_crop",
 ]
