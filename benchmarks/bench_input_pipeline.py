@@ -166,6 +166,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2, help="measured passes over the images")
     parser.add_argument("--model-steps", type=int, default=4)
+    parser.add_argument("--texture", type=float, default=0.0, help="pixel noise: 0.12 makes photo-like 115 kB JPEGs")
     parser.add_argument("--per-core", action="store_true", help="one core's decode + augment rate, draft off and on")
     parser.add_argument(
         "--jpeg-sizes", nargs="+", default=["500x375", "1024x768"], help="--per-core: image sizes, WIDTHxHEIGHT"
@@ -193,7 +194,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        write_jpegs(folder, args.images)
+        write_jpegs(folder, args.images, texture=args.texture)
         loader = loader_images_per_second(folder, args.batch_size, args.num_workers, args.epochs)
         loader_float = loader_images_per_second(folder, args.batch_size, args.num_workers, args.epochs, uint8=False)
     import os
