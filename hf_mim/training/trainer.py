@@ -110,11 +110,15 @@ def pretrain(args: PretrainArguments) -> dict:
             # In place: torch.compile(model) would return a wrapper whose state-dict keys carry "_orig_mod.", and
             # the saved model would then load as freshly initialised weights.
             model.compile()
-        # a streaming loader stays unprepared: each process already reads its own part of the stream
-        prepared = accelerator.prepare(model, optimizer, *([] if stream else [loader]), adversary_optimizer)
-        model, optimizer, adversary_optimizer = prepared[0], prepared[1], prepared[-1]
-        if not stream:
-            loader = prepared[2]
+        # A streaming loader stays unprepared: each process already reads its own part of the stream. No name may
+        # keep the prepared tuple: it would hold the DDP model past `end_training`, and the process group would
+        # then be freed at return with the GIL held, the hang end_training exists to avoid.
+        if stream:
+            model, optimizer, adversary_optimizer = accelerator.prepare(model, optimizer, adversary_optimizer)
+        else:
+            model, optimizer, loader, adversary_optimizer = accelerator.prepare(
+                model, optimizer, loader, adversary_optimizer
+            )
         max_steps, epochs, warmup = _run_length(args, None if stream else len(loader))
         schedulers = [cosine_with_warmup(o, warmup, max_steps) for o in (optimizer, adversary_optimizer) if o]
         # an EMA teacher lives outside the module tree: built from the prepared student's weights, on its device
