@@ -135,6 +135,37 @@ def two_processes_killed_after_checkpoint(step: int, args, folder, timeout=300) 
     return run_group([sys.executable, *launch, *args], timeout=timeout)
 
 
+# `hf-mim pretrain` that reports, when it tears the process group down, how many DDP wrappers are still alive once
+# accelerate has let go of its own: any is a reference the trainer kept, which would free the process group later,
+# with the GIL held (pytorch#56297).
+_COUNT_DDP_AT_TEARDOWN = """
+import gc, sys
+from torch.nn.parallel import DistributedDataParallel
+from hf_mim.training import trainer
+real = trainer.end_training
+
+def counted(accelerator):
+    accelerator.free_memory()
+    gc.collect()
+    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    print(f"DDP wrappers alive at teardown: {alive}", flush=True)
+    real(accelerator)
+
+trainer.end_training = counted
+from hf_mim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def two_processes_counting_ddp_at_teardown(args, folder, timeout=300) -> subprocess.CompletedProcess:
+    """`hf-mim pretrain ARGS` on 2 CPU processes, each printing the DDP wrappers still alive at teardown."""
+    script = Path(folder) / "count_ddp_pretrain.py"
+    script.write_text(_COUNT_DDP_AT_TEARDOWN)
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), "pretrain"]
+    return run_group([sys.executable, *launch, *args], timeout=timeout)
+
+
 def two_machines(command: str, args, timeout=300) -> list[subprocess.CompletedProcess]:
     """`hf-mim COMMAND` as a 2-machine run of one process each, both "machines" on this host: two accelerate
     launches, --machine_rank 0 and 1, meeting at 127.0.0.1 over gloo, as on a cluster (one launch per node)."""

@@ -20,7 +20,14 @@ from hf_mim.training.arguments import PretrainArguments, choose_recipe, default_
 from hf_mim.training.trainer import TrainingError, pretrain
 
 from .images import BAD, write_image_folder
-from .launch import hf_mim_command, killed_after_checkpoint, run_group, two_machines, two_processes
+from .launch import (
+    hf_mim_command,
+    killed_after_checkpoint,
+    run_group,
+    two_machines,
+    two_processes,
+    two_processes_counting_ddp_at_teardown,
+)
 from .tiny_runs import METHOD_MODELS, TINY_FLAGS, TINY_MODEL, tiny_args
 
 
@@ -504,6 +511,24 @@ def test_two_machines_match_one_process_with_the_same_global_batch(tmp_path):
         assert launch.returncode == 0, (rank, launch.stderr[-3000:])
     assert "done: 3 steps" in launches[0].stdout and "done:" not in launches[1].stdout  # one main process
     assert_same_run(tmp_path / "one", tmp_path / "two", processes=2)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_no_ddp_wrapper_outlives_the_teardown(tmp_path, streaming):
+    """The hang of pytorch#56297 comes back as soon as any name keeps the DDP model past `end_training` (issue 20's
+    first streaming code kept the tuple `accelerator.prepare` returned, and 1 two-process run of the suite hung)."""
+    flags = [
+        *method_flags(tmp_path, "mae"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        str(tmp_path / "o"),
+    ]
+    run = two_processes_counting_ddp_at_teardown(flags + (["--streaming"] if streaming else []), tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("DDP wrappers alive at teardown: 0") == 2, run.stdout[-2000:]
 
 
 def test_tokenizer_then_beit_on_two_processes(tmp_path):
