@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from hf_mim.training import trainer
 from hf_mim.training.checkpoints import verify_loadable
@@ -150,12 +149,5 @@ def test_fsdp_on_cpu_processes_is_silently_ddp_in_accelerate(tmp_path):
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     run = subprocess.run([*launch, str(script)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.count("TYPE MULTI_CPU") == 2
-    if "TYPE FSDP" in run.stdout:  # pragma: no cover - a newer accelerate shards on CPUs: the refusal should go
-        pytest.fail("accelerate now runs FSDP on CPU processes: drop the refusal and test FSDP for real")
-
-
-def test_torch_is_importable_with_fsdp2():
-    from torch.distributed.fsdp import fully_shard  # noqa: F401
-
-    assert torch.distributed.is_available()
+    # if a newer accelerate shards on CPUs, this fails: then drop the refusal and test FSDP for real
+    assert run.stdout.count("TYPE MULTI_CPU") == 2, run.stdout

@@ -130,7 +130,8 @@ def test_webdataset_shards_train_map_style_and_parquet_shards_stream(tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [([], "pass --max-steps"), (["--max-steps", "2", "--epochs", "1"], "trains by --max-steps"),
-     (["--max-steps", "2", "--shuffle-buffer", "0"], "shuffle-buffer")],
+     (["--max-steps", "2", "--shuffle-buffer", "0"], "shuffle-buffer"),
+     (["--max-steps", "2", "--dataset", "./no/such/shards"], "dataset path not found")],
 )  # fmt: skip
 def test_streaming_flags_are_checked(tmp_path, flags, message):
     run = run_cli(["--streaming", *flags, "--output-dir", str(tmp_path / "out")])

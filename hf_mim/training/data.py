@@ -88,14 +88,35 @@ def hub_dataset_id(name: str | None) -> str | None:
 
 
 def load_pretraining_dataset(
-    name: str | None = None, config_name: str | None = None, split: str = "train", strict_split: bool = False
-) -> tuple[datasets.Dataset, str]:
+    name: str | None = None,
+    config_name: str | None = None,
+    split: str = "train",
+    strict_split: bool = False,
+    streaming: bool = False,
+) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
     """Resolve `--dataset`: the built-in name (default), a local image folder, a folder written by
-    `save_to_disk`, or a Hub dataset id. Returns the split and a short description for logs and cards.
+    `save_to_disk`, a folder or glob of data shards (WebDataset tar, parquet, arrow), or a Hub dataset id. Returns
+    the split and a short description for logs and cards.
 
     A folder holding one saved `Dataset` (not a `DatasetDict`) is that one split whatever `split` says, unless
     `strict_split`: then it is only the split it was saved as ("train" when it recorded none), which is how an
-    evaluation looks for a test split without testing on the training images."""
+    evaluation looks for a test split without testing on the training images.
+
+    `streaming`: an `IterableDataset`, read while training. Shards and Hub ids are streamed by `datasets`; data it
+    holds in memory or prepares on disk (the built-in digits, an image folder, a saved dataset) is cut into
+    `MAP_STYLE_SHARDS` shards."""
+    dataset, description = _load(name, config_name, split, strict_split, streaming)
+    if streaming and isinstance(dataset, datasets.Dataset):
+        shards = max(1, min(MAP_STYLE_SHARDS, len(dataset)))
+        return dataset.to_iterable_dataset(num_shards=shards), f"{description}, streamed from {shards} shards"
+    return dataset, description
+
+
+#: Shards a map-style dataset (the built-in digits, an image folder, a saved dataset) is cut into when streamed.
+MAP_STYLE_SHARDS = 16
+
+
+def _load(name, config_name, split: str, strict_split: bool, streaming: bool):
     name = name or BUILTIN_DATASET
     if name == BUILTIN_DATASET:
         return builtin_digits(split), f"scikit-learn digits (built in), {split!r} split"
@@ -103,8 +124,9 @@ def load_pretraining_dataset(
     shards = local_data_files(path)
     if shards is not None:
         builder, files = shards
+        description = f"{name} ({len(files)} {builder} files{', streamed' if streaming else ''})"
         try:
-            return datasets.load_dataset(builder, data_files=files, split="train"), f"{name} ({builder} files)"
+            return datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming), description
         except (ValueError, FileNotFoundError) as err:
             raise DatasetError(f"could not read the {builder} files {name}: {_first_line(err)}") from None
     if os.path.isdir(path):
@@ -135,7 +157,8 @@ def load_pretraining_dataset(
     if _looks_like_path(name):
         raise DatasetError(f"dataset path not found: {name}")
     try:
-        return datasets.load_dataset(name, config_name, split=split), name
+        loaded = datasets.load_dataset(name, config_name, split=split, streaming=streaming)
+        return loaded, f"{name} (streamed)" if streaming else name
     except Exception as err:  # the Hub client raises many types; the user needs the first line of any of them
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise DatasetError(
@@ -316,6 +339,7 @@ __all__ = [
     "find_column",
     "find_image_column",
     "load_pretraining_dataset",
+    "MAP_STYLE_SHARDS",
     "prepare_dataset",
     "sample_generator",
     "undecoded",

@@ -25,50 +25,13 @@ How the stream is cut, shuffled and resumed:
 from __future__ import annotations
 
 import logging
-import os
 
 import datasets
 import torch
 
-from .data import (
-    BUILTIN_DATASET,
-    DatasetError,
-    PretrainingTransform,
-    _first_line,
-    load_pretraining_dataset,
-    local_data_files,
-)
+from .data import DatasetError, PretrainingTransform
 
 logger = logging.getLogger(__name__)
-
-#: Shards a map-style dataset (the built-in digits, an image folder, a saved dataset) is cut into when streamed.
-MAP_STYLE_SHARDS = 16
-
-
-def load_streaming_dataset(
-    name: str | None, config_name: str | None = None, split: str = "train"
-) -> tuple[datasets.IterableDataset, str]:
-    """`--dataset` as an `IterableDataset`: a Hub id (`load_dataset(..., streaming=True)`), a folder or glob of
-    WebDataset tar, parquet or arrow shards; data held in memory or on disk (the built-in digits, an image folder,
-    a `save_to_disk` folder) is streamed from `MAP_STYLE_SHARDS` shards. Returns it and a description."""
-    path = os.path.expanduser(name) if name else None
-    shards = local_data_files(path) if path else None
-    if shards is not None:
-        builder, files = shards
-        try:
-            stream = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
-        except (ValueError, FileNotFoundError) as err:
-            raise DatasetError(f"could not read the {builder} files {name}: {_first_line(err)}") from None
-        return stream, f"{name} ({len(files)} {builder} files, streamed)"
-    if name in (None, BUILTIN_DATASET) or os.path.exists(path):
-        dataset, description = load_pretraining_dataset(name, config_name, split)
-        shards = max(1, min(MAP_STYLE_SHARDS, len(dataset)))
-        return dataset.to_iterable_dataset(num_shards=shards), f"{description}, streamed from {shards} shards"
-    try:
-        return datasets.load_dataset(name, config_name, split=split, streaming=True), f"{name} (streamed)"
-    except Exception as err:  # the Hub client raises many types; the user needs the first line of any of them
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        raise DatasetError(f"could not stream dataset {name!r} from the Hub{offline}: {_first_line(err)}") from None
 
 
 def known_size(stream: datasets.IterableDataset, split: str) -> int | None:
@@ -153,11 +116,12 @@ class StreamingImages(torch.utils.data.IterableDataset):
             node.set_epoch(epoch)
             read = 0
             for batch in node.iter(batch_size=64):
-                for i, value in enumerate(batch[self.image_column]):
+                values = batch[self.image_column]
+                keys = batch.get("__key__") or [None] * len(values)  # WebDataset's sample names, for the skip log
+                for value, key in zip(values, keys, strict=True):
                     read += 1
                     if read <= done:  # replaying the epoch up to the resume point: read, not decoded
                         continue
-                    key = batch.get("__key__", [None] * (i + 1))[i]
                     item = self.transform.sample(value, (read - 1) * nodes + number, epoch, name=key)
                     item["stream_position"] = (worker, epoch, read)
                     yield item
@@ -204,7 +168,6 @@ __all__ = [
     "StreamingImages",
     "check_every_node_has_data",
     "known_size",
-    "load_streaming_dataset",
     "stream_features",
     "streaming_loader",
     "workers_for",

@@ -55,8 +55,8 @@ from .run_folder import (
     no_space_message,
     previous_run_id,
 )
-from .streaming import check_every_node_has_data, known_size, load_streaming_dataset, streaming_loader
-from .transforms import ImageAugmentation
+from .streaming import check_every_node_has_data, known_size, streaming_loader
+from .transforms import ImageAugmentation, normalize_pixels
 
 logger = logging.getLogger("hf_mim.pretrain")
 
@@ -79,13 +79,13 @@ def pretrain(args: PretrainArguments) -> dict:
         set_seed(args.seed)
 
         # ---- data: images, decoded and augmented per sample, with the method's per-sample inputs ------------------
+        raw, description = load_pretraining_dataset(
+            args.dataset, args.dataset_config, args.split, streaming=args.streaming
+        )
+        image_column = find_image_column(raw, args.image_column)
         if args.streaming:
-            raw, description = load_streaming_dataset(args.dataset, args.dataset_config, args.split)
-            image_column = find_image_column(raw, args.image_column)
             num_samples = known_size(raw, args.split)
         else:
-            raw, description = load_pretraining_dataset(args.dataset, args.dataset_config, args.split)
-            image_column = find_image_column(raw, args.image_column)
             check_size(raw, accelerator.num_processes, description)
             num_samples = len(raw)
         # a stream of unknown length is taken for a large dataset by --recipe auto
@@ -168,9 +168,18 @@ def pretrain(args: PretrainArguments) -> dict:
 
         # ---- train -----------------------------------------------------------------------------------------------
         loop = TrainingLoop(
-            accelerator, args, spec, model, optimizer, adversary_optimizer, schedulers, state, max_steps, description
+            accelerator,
+            args,
+            spec,
+            model,
+            optimizer,
+            adversary_optimizer,
+            schedulers,
+            state,
+            max_steps,
+            description,
+            stream=stream,
         )
-        loop.stream = stream
         checkpoint = partial(
             _checkpoint, accelerator, args, state, dict(layout=layout, run_id=run_id, **identity), extra_objects
         )
@@ -216,17 +225,15 @@ def pretrain(args: PretrainArguments) -> dict:
 def _run_length(args: PretrainArguments, batches_per_epoch: int | None) -> tuple[int, int | None, int]:
     """(optimizer steps, epochs, warm-up steps) of the run: --max-steps, else --epochs over the data. A stream
     (`batches_per_epoch` None) has no epoch count of its own."""
-    if batches_per_epoch is None:
-        warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * args.max_steps)
-        return args.max_steps, None, warmup
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / args.grad_accum))
+    stream = batches_per_epoch is None
+    steps_per_epoch = None if stream else max(1, math.ceil(batches_per_epoch / args.grad_accum))
     max_steps = args.max_steps or steps_per_epoch * args.epochs
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.05 * max_steps)
     if warmup >= max_steps and args.warmup_steps is not None:
         raise ValueError(
             f"--warmup-steps={warmup} is invalid: fewer than the run's {max_steps} steps; it would end in warm-up"
         )
-    return max_steps, math.ceil(max_steps / steps_per_epoch), warmup
+    return max_steps, None if stream else math.ceil(max_steps / steps_per_epoch), warmup
 
 
 def end_training(accelerator) -> None:
@@ -415,7 +422,18 @@ class TrainingLoop:
     schedules, logging every `logging_steps` and checkpoints every `checkpointing_steps`."""
 
     def __init__(
-        self, accelerator, args, spec, model, optimizer, adversary_optimizer, schedulers, state, max_steps, source
+        self,
+        accelerator,
+        args,
+        spec,
+        model,
+        optimizer,
+        adversary_optimizer,
+        schedulers,
+        state,
+        max_steps,
+        source,
+        stream=None,
     ):
         self.accelerator, self.args, self.model = accelerator, args, model
         self.optimizer, self.adversary_optimizer, self.schedulers = optimizer, adversary_optimizer, schedulers
@@ -425,14 +443,20 @@ class TrainingLoop:
         self.step = state["step"]
         self.skips = SkipReport(dict(state["skipped"]))
         self.images_seen = 0
-        self.stream = None  # the StreamingImages of a --streaming run
+        self.stream = stream  # the StreamingImages of a --streaming run, else None
 
     def run(self, loader, transform, epochs: int, checkpoint) -> float:
         """Train to `max_steps`; returns the wall time in seconds."""
         from tqdm.auto import tqdm
 
         accelerator, args, state = self.accelerator, self.args, self.state
-        self.augment = transform.augment  # normalises the uint8 batches on the device
+        # the uint8 batches are normalised on the device, with the mean and std moved there once: a copy from
+        # pageable memory every step would make the host wait for the kernels queued before it
+        self.normalize = partial(
+            normalize_pixels,
+            mean=transform.augment.mean.to(accelerator.device),
+            std=transform.augment.std.to(accelerator.device),
+        )
         progress = tqdm(
             total=self.max_steps, initial=self.step, disable=not accelerator.is_local_main_process, desc="pretrain"
         )
@@ -511,7 +535,7 @@ class TrainingLoop:
                 "[rank %d] skipped unreadable image %s: %s", accelerator.process_index, name, self.skips.skipped[name]
             )
         weight = batch.pop("loss_weight")
-        batch["pixel_values"] = self.augment.normalize(batch["pixel_values"])
+        batch["pixel_values"] = self.normalize(batch["pixel_values"])
         if self.adversary is not None:
             self.micro_batches.append((batch, weight))
         with accelerator.accumulate(self.model):

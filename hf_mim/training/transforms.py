@@ -147,6 +147,11 @@ def pil_to_tensor(image: Image.Image, num_channels: int) -> torch.Tensor:
     return pil_to_uint8(image, num_channels).float() / 255.0
 
 
+def normalize_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as the model takes them: x / 255, then (x - mean) / std, with mean and std of shape (C, 1, 1)."""
+    return (pixels.float() / 255.0 - mean) / std
+
+
 class ImageAugmentation:
     """One image's augmentation, MAE's: random resized crop (scale 0.2-1, bicubic), horizontal flip, normalisation,
     every draw from the `generator` it is given. With `train=False`: resize to the model size and normalise only.
@@ -189,8 +194,7 @@ class ImageAugmentation:
         """uint8 pixels (C, H, W) or (B, C, H, W), on any device, as the model takes them: x / 255, then the
         config's mean and std. `hf-mim pretrain` ships uint8 crops from its workers and normalises on the device:
         a quarter of the bytes through the workers' shared memory."""
-        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
-        return (pixels.float() / 255.0 - mean) / std
+        return normalize_pixels(pixels, self.mean.to(pixels.device), self.std.to(pixels.device))
 
     def crop(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
         """(C, H, W) uint8: decoded, cropped (train) or resized, and flipped (train), not normalised."""
@@ -358,6 +362,7 @@ __all__ = [
     "random_resized_crop_box",
     "pil_to_tensor",
     "pil_to_uint8",
+    "normalize_pixels",
     "displayed_size",
     "draft_for_crop",
 ]
