@@ -51,7 +51,8 @@ COMMANDS = {
         description="Write the picture each method declares (its MethodSpec.picture) of some images: MAE / R-MAE / "
         "SimMIM reconstruction.png (image, masked input, reconstruction, reconstruction with visible patches "
         "pasted back), ADIOS masks.png (colour-coded masks), BEiT and the visual tokenizer tokens.png (token maps, "
-        "predicted tokens, decodings), or the panels a method draws itself.",
+        "predicted tokens, decodings), MAE with learned masks also learned_masks.png (scores, a learned and a random "
+        "mask), or the panels a method draws itself.",
         arguments="hf_mim.evaluation.visualize:VisualizeArguments",
         run="hf_mim.cli:_run_visualize",
     ),
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_visualize(args) -> None:
     from .evaluation.visualize import visualize
 
-    path = visualize(
+    paths = visualize(
         args.model,
         args.output_dir,
         images=args.images,
@@ -133,7 +134,8 @@ def _run_visualize(args) -> None:
         seed=args.seed,
         scale=args.scale,
     )
-    print(f"wrote {path}")
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def _run_push(args) -> None:

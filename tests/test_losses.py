@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from hf_mim.modeling.losses import masked_mse_loss, normalize_patches
+from hf_mim.modeling.losses import masked_mse_loss, normalize_patches, per_image_masked_mse_loss
 
 
 def test_masked_mse_on_a_hand_computed_case():
@@ -80,3 +81,17 @@ def test_byol_loss_on_a_hand_computed_case():
     z = torch.tensor([[2.0, 0.0], [-1.0, 0.0]])
     # cos = 1 and -1/sqrt(2): (0 + 2 + sqrt(2)) / 2
     assert abs(byol_loss(p, z).item() - (2 + 2**0.5) / 2) < 1e-6
+
+
+def test_per_image_masked_mse_hand_computed():
+    pred = torch.zeros(2, 3, 1)
+    target = torch.tensor([[[1.0], [2.0], [3.0]], [[2.0], [0.0], [4.0]]])  # squared errors 1, 4, 9 and 4, 0, 16
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    assert per_image_masked_mse_loss(pred, target, mask) == pytest.approx(((1 + 4) / 2 + (0 + 16) / 2) / 2)
+    assert per_image_masked_mse_loss(pred, target, mask) == pytest.approx(masked_mse_loss(pred, target, mask))
+    uneven = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # then the two differ: each image counts once
+    assert per_image_masked_mse_loss(pred, target, uneven) == pytest.approx((14 / 3 + 16) / 2)
+    weights = mask.clone().requires_grad_()
+    per_image_masked_mse_loss(pred, target, weights).backward()
+    # (e - the image's loss) / (B * the image's weight): image 0's loss is 2.5, image 1's 8
+    torch.testing.assert_close(weights.grad, torch.tensor([[-1.5, 1.5, 6.5], [-4.0, -8.0, 8.0]]) / 4)

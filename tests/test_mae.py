@@ -2,6 +2,7 @@ import argparse
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -9,6 +10,7 @@ from transformers import AutoModel, ViTMAEConfig, ViTMAEForPreTraining
 
 from hf_mim import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, patchify
 from hf_mim.convert import ConversionError, convert_checkpoint, convert_mae_checkpoint
+from hf_mim.modeling.masking import learned_mask_counts
 
 from .launch import hf_mim_command
 from .model_tester import TINY_VIT, ModelTesterMixin, PixelsOnly, trainer_args
@@ -476,3 +478,197 @@ def test_mae_bool_masked_pos_must_mask_the_same_count_per_image():
         model(pixel_values=torch.randn(2, 3, 32, 32), bool_masked_pos=mask)
     with pytest.raises(ValueError, match="not both"):
         model(pixel_values=torch.randn(2, 3, 32, 32), bool_masked_pos=mask, noise=torch.rand(2, 16))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learned masks (mask_strategy="learned")
+# ----------------------------------------------------------------------------------------------------------
+
+
+def learned_config(**overrides) -> MAEConfig:
+    return tiny_config(**{"mask_strategy": "learned", **overrides})
+
+
+class TestLearnedMAE(TestMAE):
+    """Every model check again, with the mask model in the model (save/load, Auto classes, gradients to every
+    parameter, one compiled graph, gradient checkpointing, Trainer on pixel values alone)."""
+
+    def get_config(self, **overrides):
+        return learned_config(**overrides)
+
+    def pretraining_inputs(self, config, seed=0):
+        g = torch.Generator().manual_seed(seed + 1)
+        return {
+            "pixel_values": self.pixel_values(config, seed),
+            "noise": torch.rand(self.batch_size, config.num_patches, generator=g),
+            "score_noise": torch.rand(self.batch_size, config.num_patches, generator=g),
+        }
+
+    def check_pretraining_outputs(self, config, outputs, inputs):
+        b, length = self.batch_size, config.num_patches
+        randomly, by_score = learned_mask_counts(length, config.mask_ratio, config.mask_random_ratio)
+        assert outputs.mask.sum(dim=1).tolist() == [randomly + by_score] * b
+        # the random share: the highest-noise patches are masked whatever the scores
+        assert (outputs.mask.gather(1, inputs["noise"].topk(randomly, dim=1).indices) == 1).all()
+        assert outputs.loss == outputs.reconstruction_loss + outputs.mask_penalty
+        assert 0 <= outputs.mask_entropy <= 1 and 0 <= outputs.mask_foreground_overlap <= 1
+        assert outputs.mask_scores.shape == (b, length)
+
+
+def test_learned_masks_give_exactly_maes_loss_for_that_mask():
+    """The straight-through weights are the mask in value: the logits are those of plain MAE given the same mask, bit
+    for bit, the loss too (to rounding: it is summed per image first), and the encoder sees only the visible
+    patches."""
+    torch.manual_seed(0)
+    model = MAEForPreTraining(learned_config()).eval()
+    pixels, g = torch.randn(3, 3, 32, 32), torch.Generator().manual_seed(1)
+    inputs = dict(noise=torch.rand(3, 16, generator=g), score_noise=torch.rand(3, 16, generator=g))
+    out = model(pixels, **inputs, output_hidden_states=True)
+    plain = model(pixels, bool_masked_pos=out.mask.bool(), output_hidden_states=True)
+    assert torch.equal(out.logits, plain.logits)
+    torch.testing.assert_close(out.reconstruction_loss, plain.loss, rtol=1e-6, atol=0)
+    assert out.hidden_states[0].shape[1] == 1 + 16 - 12
+    assert plain.mask_penalty is None  # a given mask bypasses the mask model
+
+
+def test_the_mask_model_sees_a_downsampled_view_and_never_the_encoder():
+    model = MAEForPreTraining(learned_config(mask_model_pixels_per_patch=2))
+    seen = {}
+
+    def record(name):
+        def hook(module, args, output):
+            seen[name] = args[0].shape  # returns None: the output stays
+
+        return hook
+
+    model.mask_model.layers[0].register_forward_hook(record("view"))
+    model.vit.blocks[0].register_forward_hook(record("tokens"))
+    model(torch.randn(2, 3, 32, 32))
+    assert seen == {"view": (2, 3, 8, 8), "tokens": (2, 1 + 4, 32)}  # 2 px per patch of a 4 x 4 grid; 4 visible
+
+
+def test_gradient_reversal_touches_only_the_mask_model():
+    """The encoder and decoder get the reconstruction loss's own gradient whatever the reversal scale; the mask
+    model gets it scaled by minus that scale (plus the penalty's, off here)."""
+    grads = {}
+    for scale in (1.0, 2.0):
+        torch.manual_seed(0)
+        model = MAEForPreTraining(learned_config(gradient_reversal_scale=scale, mask_diversity_weight=0.0))
+        g = torch.Generator().manual_seed(1)
+        pixels = torch.randn(4, 3, 32, 32, generator=g)
+        model(pixels, noise=torch.rand(4, 16, generator=g), score_noise=torch.rand(4, 16, generator=g)).loss.backward()
+        grads[scale] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for name, grad in grads[1.0].items():
+        if name.startswith("mask_model."):
+            torch.testing.assert_close(grads[2.0][name], 2 * grad)
+            assert grad.abs().sum() > 0, name
+        else:
+            assert torch.equal(grads[2.0][name], grad), name
+
+
+def test_mask_model_steps_make_the_reconstruction_harder():
+    """The adversary's side of the min-max: with the rest of a briefly trained MAE fixed, steps of the mask model
+    alone on its gradient (reversed by the forward) raise the reconstruction loss on the same images and noise,
+    and its masks move onto the objects (bright squares on black)."""
+    torch.manual_seed(0)
+    # the penalty off: this is about the adversarial gradient alone (the penalty has its own tests)
+    config = tiny_config(
+        image_size=16, patch_size=4, mask_strategy="learned", mask_random_ratio=0.0, mask_diversity_weight=0.0
+    )
+    model = MAEForPreTraining(config)
+    g = torch.Generator().manual_seed(0)
+    images = torch.full((16, 3, 16, 16), -1.0)
+    for image in images:
+        top, left = torch.randint(0, 9, (2,), generator=g).tolist()
+        image[:, top : top + 8, left : left + 8] = 1.0
+    noise, score_noise = torch.rand(16, 16, generator=g), torch.rand(16, 16, generator=g)
+    rest = torch.optim.Adam([p for n, p in model.named_parameters() if not n.startswith("mask_model.")], lr=3e-3)
+    for _ in range(100):  # the MAE learns with random masks
+        random_masks = torch.rand(16, 16, generator=g).argsort(1) < 12
+        rest.zero_grad()
+        model(images, bool_masked_pos=random_masks).loss.backward()
+        rest.step()
+    adversary = torch.optim.Adam(model.mask_model.parameters(), lr=1e-2)
+    before = model(images, noise=noise, score_noise=score_noise)
+    for _ in range(10):
+        adversary.zero_grad()
+        model(images, noise=noise, score_noise=score_noise).loss.backward()
+        adversary.step()
+    after = model(images, noise=noise, score_noise=score_noise)
+    assert after.reconstruction_loss > 1.2 * before.reconstruction_loss
+    assert after.mask_foreground_overlap > after.foreground_fraction > before.mask_foreground_overlap
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(mask_model_pixels_per_patch=3), "mask_model_pixels_per_patch"),
+        (dict(mask_model_pixels_per_patch=16), "mask_model_pixels_per_patch"),  # more than the 8 px patches
+        (dict(mask_model_channels=0), "mask_model_channels"),
+        (dict(mask_random_ratio=1.0), "mask_random_ratio"),
+        (dict(mask_random_ratio=0.97), "mask_random_ratio"),  # round(12 * 0.97) = 12: no patch left to the scores
+        (dict(mask_temperature=0.0), "mask_temperature"),
+        (dict(mask_diversity_weight=-1.0), "mask_diversity_weight"),
+        (dict(mask_model_learning_rate=float("nan")), "mask_model_learning_rate"),
+        (dict(gradient_reversal_scale=-1.0), "gradient_reversal_scale"),
+        (dict(mask_strategy="learnt"), "mask_strategy"),
+    ],
+)
+def test_learned_mask_fields_are_checked_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"^{field}="):
+        learned_config(**overrides)
+
+
+def test_only_mae_has_learned_masks():
+    from hf_mim import RMAEConfig, SimMIMConfig
+
+    with pytest.raises(ValueError, match="^mask_strategy='learned' is invalid"):
+        RMAEConfig(**TINY, mask_strategy="learned")
+    with pytest.raises(ValueError, match="^mask_strategy='learned' is invalid"):
+        SimMIMConfig(**TINY_VIT, mask_strategy="learned")
+    assert MAEForPreTraining(tiny_config()).mask_model is None
+
+
+def test_the_method_spec_gives_learned_masks_their_adversary_and_picture():
+    from hf_mim.model_cards import card_pictures
+    from hf_mim.modeling.mae import METHOD
+
+    assert METHOD.adversary_for(tiny_config()) is None
+    assert METHOD.adversary_for(learned_config()) is METHOD.adversary and not METHOD.adversary.replays
+    assert [p.file for p in METHOD.pictures(tiny_config())] == ["reconstruction.png"]
+    assert [p.file for p in METHOD.pictures(learned_config())] == ["reconstruction.png", "learned_masks.png"]
+    assert "learned_masks.png" in [name for name, _, _ in card_pictures(learned_config())]
+    model = MAEForPreTraining(learned_config())
+    assert {id(p) for p in METHOD.adversary.parameters(model)} == {id(p) for p in model.mask_model.parameters()}
+
+
+def test_sample_inputs_of_learned_masks_are_seeded():
+    from hf_mim.modeling.mae import sample_mae_inputs
+
+    config = learned_config()
+    a, b = (sample_mae_inputs(config, (4, 4), torch.Generator().manual_seed(3)) for _ in range(2))
+    assert set(a) == {"noise", "score_noise"} and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["noise"], a["score_noise"])
+
+
+def test_visualize_draws_learned_masks_next_to_random_ones(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    MAEForPreTraining(learned_config()).save_pretrained(tmp_path / "model")
+    out = tmp_path / "pictures"
+    run = hf_mim_command(
+        "visualize", ["--model", str(tmp_path / "model"), "--num-images", "3", "--scale", "1", "--output-dir", str(out)]
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"wrote {out / 'reconstruction.png'}" in run.stdout and f"wrote {out / 'learned_masks.png'}" in run.stdout
+    picture = torch.from_numpy(np.array(Image.open(out / "learned_masks.png"))).float()
+    assert picture.shape == (3 * 32, 4 * 32, 3)  # image, scores, learned mask, random mask
+    # of the 16 patches of every image, the learned mask greys the 9 the scores chose and darkens the 3 random ones;
+    # the random mask greys 12
+    patches = picture.view(3, 4, 8, 4, 32, 3).unflatten(4, (4, 8))  # (image, row, y, column, patch column, x, rgb)
+    shades = {}
+    for column in (2, 3):
+        cells = patches[:, :, :, column].permute(0, 1, 3, 2, 4, 5)  # (image, row, patch column, y, x, rgb)
+        shades[column] = [(cells == value).all(dim=(3, 4, 5)).sum(dim=(1, 2)).tolist() for value in (128, 64)]
+    assert shades[2] == [[9, 9, 9], [3, 3, 3]] and shades[3] == [[12, 12, 12], [0, 0, 0]]

@@ -1,7 +1,20 @@
+import math
+
 import pytest
 import torch
 
-from hf_mim.modeling.masking import num_visible_patches, random_masking
+from hf_mim.modeling.losses import reverse_gradient
+from hf_mim.modeling.masking import (
+    foreground_patches,
+    gumbel_from_uniform,
+    learned_mask_counts,
+    learned_masking,
+    num_masked_patches,
+    num_visible_patches,
+    positional_entropy,
+    positional_imbalance,
+    random_masking,
+)
 
 
 @pytest.mark.parametrize("length, ratio", [(196, 0.75), (49, 0.75), (16, 0.5), (10, 0.33), (64, 0.9)])
@@ -58,7 +71,6 @@ from hf_mim.modeling.masking import (  # noqa: E402
     bool_mask_to_indices,
     central_mask,
     mask_patch_mask,
-    num_masked_patches,
     random_patch_mask,
     rectangles_mask,
 )
@@ -176,3 +188,141 @@ def test_bool_mask_to_indices_round_trips():
         bool_mask_to_indices(torch.tensor([[True, False, False], [True, True, False]]))
     with pytest.raises(ValueError, match="at least one must be kept"):
         bool_mask_to_indices(torch.ones(2, 3, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learned masks (MAE's mask_strategy="learned")
+# ----------------------------------------------------------------------------------------------------------
+
+NO_GUMBEL = math.exp(-1.0)  # uniform noise whose Gumbel transform is exactly 0
+
+
+def test_gumbel_from_uniform_is_the_inverse_cdf():
+    u = torch.tensor([NO_GUMBEL, 0.5, 0.0, 1.0])
+    g = gumbel_from_uniform(u)
+    assert g[0].abs() < 1e-6 and g[1] == pytest.approx(-math.log(math.log(2.0)))
+    assert torch.isfinite(g).all()  # the ends are clamped, not infinite
+
+
+def test_learned_masking_hand_computed():
+    """8 patches at ratio 0.5: 4 masked, 1 of them at random (the highest noise), 3 by score (the top scores among
+    the rest, with the Gumbel noise at exactly 0)."""
+    scores = torch.tensor([[0.0, 7.0, 1.0, 6.0, 2.0, 5.0, 3.0, 4.0]])
+    noise = torch.tensor([[0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])  # patch 1, the top score, is the random one
+    out = learned_masking(scores, 0.5, 0.25, 1.0, noise=noise, score_noise=torch.full((1, 8), NO_GUMBEL))
+    assert out.indices.mask.tolist() == [[0, 1, 0, 1, 0, 1, 0, 1]]
+    assert out.learned.tolist() == [[False, False, False, True, False, True, False, True]]  # 6, 5, 4: not patch 1
+    assert out.indices.ids_keep.tolist() == [[0, 2, 4, 6]]
+    assert torch.equal(out.weights, out.indices.mask)
+    # relaxed: sigmoid of the standardised score minus the threshold between the 3rd and 4th of the others
+    standard = (scores - scores.mean()) / scores.var().add(1e-6).sqrt()
+    threshold = (standard[0, 7] + standard[0, 6]) / 2
+    expected = torch.sigmoid(standard - threshold).masked_fill(noise == 0.9, 0.0)
+    torch.testing.assert_close(out.relaxed, expected)
+    torch.testing.assert_close(out.scores, standard)
+
+
+@pytest.mark.parametrize("length, ratio, share", [(196, 0.75, 0.25), (64, 0.75, 0.0), (16, 0.5, 0.5), (10, 0.33, 0.2)])
+def test_learned_masking_counts_are_exact_and_deterministic(length, ratio, share):
+    g = torch.Generator().manual_seed(0)
+    scores, noise, score_noise = (torch.rand(4, length, generator=g) for _ in range(3))
+    out = learned_masking(scores, ratio, share, 0.25, noise=noise, score_noise=score_noise)
+    randomly, by_score = learned_mask_counts(length, ratio, share)
+    assert randomly + by_score == num_masked_patches(length, ratio)
+    assert (out.indices.mask.sum(1) == randomly + by_score).all() and (out.learned.sum(1) == by_score).all()
+    # the random share is exactly the highest-noise patches
+    at_random = out.indices.mask.bool() & ~out.learned
+    if randomly:
+        assert torch.equal(
+            at_random.nonzero(), torch.zeros_like(at_random).scatter_(1, noise.topk(randomly).indices, True).nonzero()
+        )
+    assert out.indices.ids_keep.shape == (4, num_visible_patches(length, ratio))
+    again = learned_masking(scores, ratio, share, 0.25, noise=noise, score_noise=score_noise)
+    assert torch.equal(again.indices.mask, out.indices.mask) and torch.equal(again.relaxed, out.relaxed)
+
+
+def test_learned_masking_follows_the_scores_more_at_lower_temperature():
+    """Gumbel top-k samples: a patch's chance grows with its score. Over many draws the top-scoring patches are
+    masked more often, and more so at a lower temperature; at a high temperature the masks are nearly uniform."""
+    length, draws = 16, 4000
+    scores = torch.linspace(-1, 1, length).expand(draws, length)
+    g = torch.Generator().manual_seed(0)
+    frequency = {}
+    for temperature in (0.1, 1.0, 100.0):
+        noise, score_noise = torch.rand(draws, length, generator=g), torch.rand(draws, length, generator=g)
+        out = learned_masking(scores, 0.5, 0.0, temperature, noise=noise, score_noise=score_noise)
+        frequency[temperature] = out.indices.mask.mean(0)
+    assert frequency[0.1][-4:].min() > 0.99 and frequency[0.1][:4].max() < 0.01
+    assert 0.6 < frequency[1.0][-1] < 0.99 and 0.01 < frequency[1.0][0] < 0.4
+    assert (frequency[100.0] - 0.5).abs().max() < 0.05
+
+
+def test_learned_masking_gradient_raises_the_scores_of_masked_patches_harder_than_average():
+    """Straight-through: the loss, a mean of per-patch errors weighted by `weights`, reaches the scores through the
+    masked patches' weights, with derivative (error - loss) / M. Through a gradient reversal, a descent step on the
+    scores raises a masked patch harder to reconstruct than the average and lowers an easier one."""
+    scores = torch.zeros(1, 6, requires_grad=True)
+    score_noise = torch.tensor([[0.9, 0.8, 0.7, 0.2, 0.3, 0.4]])  # patches 0, 1, 2 masked by score
+    out = learned_masking(
+        scores, 0.5, 0.0, 1.0, noise=torch.rand(1, 6), score_noise=score_noise, reverse=lambda x: reverse_gradient(x)
+    )
+    assert out.indices.mask.tolist() == [[1, 1, 1, 0, 0, 0]]
+    errors = torch.tensor([[3.0, 1.0, 2.0, 9.0, 9.0, 9.0]])  # the visible patches' errors must not count
+    loss = (out.weights * errors).sum() / out.weights.sum()
+    assert loss.item() == 2.0
+    loss.backward()
+    stepped = scores.detach() - 0.1 * scores.grad
+    assert stepped[0, 0] > stepped[0, 2] > stepped[0, 1]  # error 3 above the mean 2, 2 at it, 1 below
+
+
+def test_learned_masking_refuses_bad_inputs():
+    scores = torch.rand(2, 8)
+    with pytest.raises(ValueError, match="score_noise must have shape"):
+        learned_masking(scores, 0.5, 0.0, 1.0, noise=torch.rand(2, 8), score_noise=torch.rand(2, 7))
+    with pytest.raises(ValueError, match="leaves no patch to the scores"):
+        learned_masking(scores, 0.25, 0.9, 1.0, noise=torch.rand(2, 8), score_noise=torch.rand(2, 8))
+
+
+def test_positional_entropy_hand_computed():
+    same = torch.tensor([[1, 0, 0, 0], [1, 0, 0, 0]])
+    spread = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]])
+    half = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0]])  # two of four positions, equally: log 2 / log 4
+    assert positional_entropy(same) == 0.0
+    assert positional_entropy(spread) == pytest.approx(1.0)
+    assert positional_entropy(half) == pytest.approx(0.5)
+
+
+def test_positional_diversity_penalty_spreads_collapsed_masks():
+    """Scores that mask the same places in every image: descending 1 - entropy of the relaxed masks spreads them."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.linspace(0, 1, 16).repeat(8, 1).add(torch.randn(8, 16, generator=g) * 0.01).requires_grad_()
+    optimizer = torch.optim.Adam([scores], lr=0.05)
+    entropies = []
+    for _ in range(60):
+        noise, score_noise = torch.rand(8, 16, generator=g), torch.full((8, 16), NO_GUMBEL)
+        out = learned_masking(scores, 0.5, 0.0, 0.25, noise=noise, score_noise=score_noise)
+        entropies.append(float(positional_entropy(out.learned)))
+        optimizer.zero_grad()
+        (1 - positional_entropy(out.relaxed)).backward()
+        optimizer.step()
+    assert entropies[0] == pytest.approx(0.75)  # the same 8 of 16 positions in every image: log 8 / log 16
+    assert entropies[-1] > 0.9
+
+
+def test_foreground_patches_of_a_bright_shape_on_a_dark_ground():
+    images = torch.full((1, 3, 16, 16), -1.0)
+    images[..., 4:8, 8:16] = 1.0  # patches (1, 2) and (1, 3) of a 4 x 4 grid of 4 px patches
+    assert foreground_patches(images, 4).view(4, 4).nonzero().tolist() == [[1, 2], [1, 3]]
+    images[..., 0, :] = 1.0  # a bright top edge moves the background estimate, not which patches stand out most
+    assert foreground_patches(images, 4).view(4, 4)[1, 2:].all()
+
+
+def test_positional_imbalance_hand_computed():
+    always = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0]])  # frequencies 1, 1, 0, 0 at rate 1/2: the most uneven
+    even = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1]])
+    mixed = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]])  # 1, 1/2, 1/2, 0: variance 1/8 over 1/4
+    assert positional_imbalance(always) == 1.0 and positional_imbalance(even) == 0.0
+    assert positional_imbalance(mixed) == pytest.approx(0.5)
+    # only the counted entries: position 0 masked in its one counted image, position 1 in none of two
+    counted = torch.tensor([[True, True], [False, True]])
+    assert positional_imbalance(torch.tensor([[1, 0], [1, 0]]), counted) == pytest.approx(1.0)

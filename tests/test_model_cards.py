@@ -19,7 +19,7 @@ from hf_mim.model_cards.pictures import (
     reconstruction_error,
     reconstruction_grid,
     save_loss_curve,
-    save_method_picture,
+    save_method_pictures,
 )
 from hf_mim.modeling.auto import SPECS_BY_MODEL_TYPE
 from hf_mim.modeling.base import export_remote_code
@@ -422,9 +422,9 @@ def test_each_method_writes_its_picture_or_none(tmp_path):
     mae = hf_mim.MAEForPreTraining(hf_mim.MAEConfig(**TINY, decoder_hidden_size=32, decoder_num_hidden_layers=1))
     adios = hf_mim.ADIOSForPreTraining(hf_mim.ADIOSConfig(**TINY, num_masks=3, occlusion_base_channels=8))
     cmae = hf_mim.CMAEForPreTraining(hf_mim.CMAEConfig(**TINY))
-    assert save_method_picture(mae, pixels, tmp_path) == "reconstruction.png"
-    assert save_method_picture(adios, pixels, tmp_path) == "masks.png"
-    assert save_method_picture(cmae, pixels, tmp_path) is None
+    assert save_method_pictures(mae, pixels, tmp_path) == ["reconstruction.png"]
+    assert save_method_pictures(adios, pixels, tmp_path) == ["masks.png"]
+    assert save_method_pictures(cmae, pixels, tmp_path) == []
     assert Image.open(tmp_path / "reconstruction.png").size == (4 * 32 * 4, 2 * 32 * 4)
     save_loss_curve([[1, 3.0], [2, 2.0]], tmp_path / "loss.png")
     assert Image.open(tmp_path / "loss.png").size == (600, 350)

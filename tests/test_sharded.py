@@ -90,6 +90,7 @@ def test_pictures_of_a_sharded_run_come_from_the_gathered_weights(tmp_path, monk
         ("mae", {"ACCELERATE_USE_FSDP": "true", "WORLD_SIZE": "2"}, "FSDP on processes without GPUs"),
         ("mae", {"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "2"}, "DeepSpeed on processes without GPUs"),
         ("adios", {"ACCELERATE_USE_DEEPSPEED": "true"}, "adios under DeepSpeed is refused"),
+        ("mae+learned", {"ACCELERATE_USE_DEEPSPEED": "true"}, "mae under DeepSpeed is refused"),
         ("cmae", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "cmae under FSDP1 is refused"),
         ("cmae", {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO stage 3"),
     ],
@@ -97,9 +98,9 @@ def test_pictures_of_a_sharded_run_come_from_the_gathered_weights(tmp_path, monk
 def test_setups_that_would_train_wrongly_are_refused_in_one_line(tmp_path, monkeypatch, method, env, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    if method == "cmae":
-        # the teacher check needs the model, so it comes after the Accelerator, built here without these variables
-        # (with them it would need GPUs or the deepspeed package)
+    if method in ("cmae", "adios", "mae+learned"):
+        # the teacher and adversary checks need the config, so they come after the Accelerator, built here without
+        # these variables (with them it would need GPUs or the deepspeed package)
         real = trainer._accelerator
 
         def plain_accelerator(args):
@@ -117,6 +118,18 @@ def test_setups_that_would_train_wrongly_are_refused_in_one_line(tmp_path, monke
     assert run.returncode == 2, run.stderr[-2000:]
     lines = [line for line in run.stderr.splitlines() if line.startswith("hf-mim ")]
     assert len(lines) == 1 and message in lines[0], run.stderr[-2000:]
+
+
+def test_deepspeed_refuses_only_the_configs_with_an_adversary(monkeypatch):
+    """MAE with random masks has no second optimizer: DeepSpeed is not refused for it, only for learned masks."""
+    from hf_mim import MAEConfig
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setattr(trainer, "needs_cpu_process_group", lambda: False)
+    spec = trainer.method_spec("mae")
+    trainer.check_distributed_setup(spec, MAEConfig())
+    with pytest.raises(ValueError, match="its adversary trains with a second optimizer"):
+        trainer.check_distributed_setup(spec, MAEConfig(mask_strategy="learned"))
 
 
 def test_fsdp2_teacher_setup_is_accepted(tmp_path, monkeypatch):
@@ -140,7 +153,8 @@ def test_fsdp_on_cpu_processes_is_silently_ddp_in_accelerate(tmp_path):
     code = (
         "from accelerate import Accelerator\n"
         "a = Accelerator(cpu=True)\n"
-        "print('TYPE', a.distributed_type.name)\n"
+        # one write per line: print's separate writes of each argument interleave between the two processes
+        "print(f'TYPE {a.distributed_type.name}', flush=True)\n"
         "a.end_training()\n"
     )
     script = tmp_path / "probe.py"

@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import AutoModelForPreTraining
 
 import hf_mim
 from hf_mim.modeling.auto import METHOD_SPECS
@@ -169,17 +170,24 @@ def test_a_labelled_dataset_trains_under_trainers_default_column_pruning(tmp_pat
         Trainer(model=hf_mim.MAEForPreTraining(config), args=args, train_dataset=train).train()
 
 
-def test_the_adversary_learns_at_its_own_rate_and_only_matrices_decay(tmp_path):
-    config = tiny("adios", occlusion_learning_rate=3e-4)
-    model = hf_mim.ADIOSForPreTraining(config)
+@pytest.mark.parametrize(
+    "method, overrides, part",
+    [
+        ("adios", dict(occlusion_learning_rate=3e-4), "occlusion"),
+        ("mae", dict(mask_strategy="learned", mask_model_learning_rate=3e-4), "mask_model"),
+    ],
+)
+def test_the_adversary_learns_at_its_own_rate_and_only_matrices_decay(tmp_path, method, overrides, part):
+    config = tiny(method, **overrides)
+    model = AutoModelForPreTraining.from_config(config)
     trainer = hf_mim.MIMTrainer(model=model, args=trainer_args(tmp_path))
     optimizer = trainer.create_optimizer()
-    occlusion = {id(p) for p in model.occlusion.parameters()}
+    adversary = {id(p) for p in getattr(model, part).parameters()}
     seen = set()
     for group in optimizer.param_groups:
         ids = {id(p) for p in group["params"]}
-        assert ids <= occlusion or not ids & occlusion  # never mixed
-        assert group["lr"] == (3e-4 if ids <= occlusion else 1e-3)
+        assert ids <= adversary or not ids & adversary  # never mixed
+        assert group["lr"] == (3e-4 if ids <= adversary else 1e-3)
         assert all(p.ndim >= 2 for p in group["params"]) == (group["weight_decay"] == 0.05)
         seen |= ids
     assert seen == {id(p) for p in model.parameters() if p.requires_grad}

@@ -210,8 +210,9 @@ def test_pretraining_on_the_builtin_data_never_reads_a_test_image(tmp_path, monk
     assert len(seen["raw"]) == 1437 and not pixels(seen["raw"]) & test
 
 
-# weights; an EMA codebook; an EMA teacher; a second optimizer and its schedule (ADIOS's occlusion model)
-@pytest.mark.parametrize("method", ["mae", "visual-tokenizer", "cmae", "adios"])
+# weights; an EMA codebook; an EMA teacher; a second optimizer and its schedule (ADIOS's occlusion model, MAE's mask
+# model)
+@pytest.mark.parametrize("method", ["mae", "visual-tokenizer", "cmae", "adios", "mae+learned"])
 def test_kill_and_resume_ends_with_the_same_weights(tmp_path, method):
     flags = [
         *method_flags(tmp_path, method),
@@ -439,9 +440,18 @@ def test_resume_in_a_later_epoch_continues_that_epochs_order(tmp_path, monkeypat
 
 
 def method_flags(tmp_path, method):
+    """The flags of a tiny run of `method`; "mae+learned": MAE with learned masks."""
+    method, _, strategy = method.partition("+")
     path = tmp_path / f"{method}.json"
     path.write_text(json.dumps(METHOD_MODELS[method]))
-    return ["--method", method, *TINY_FLAGS, "--config", str(path)]
+    return [
+        "--method",
+        method,
+        *TINY_FLAGS,
+        "--config",
+        str(path),
+        *(["--mask-strategy", strategy] if strategy else []),
+    ]
 
 
 @pytest.mark.parametrize("method", sorted(set(METHOD_MODELS) - {"cmae", "adios"}))  # C-MAE, ADIOS: see below
@@ -470,7 +480,7 @@ def test_each_method_trains_on_the_builtin_data_and_its_loss_falls(tmp_path, met
     assert set(summary["final_metrics"]) == expected_metrics
 
 
-@pytest.mark.parametrize("method", ["mae", "simmim", "beit", "adios"])
+@pytest.mark.parametrize("method", ["mae", "simmim", "beit", "adios", "mae+learned"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, method):
     flags = [*method_flags(tmp_path, method), "--max-steps", "3"]
     single = run_cli(["--output-dir", str(tmp_path / "one"), *flags, "--batch-size", "16"])
@@ -664,8 +674,64 @@ def test_adios_alternates_two_optimizers_under_accumulation(tmp_path):
     assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith("occlusion."))
 
 
+def test_learned_masks_train_the_mask_model_with_its_own_optimizer(tmp_path):
+    """`--mask-strategy learned`: both optimizers step once per optimizer step under accumulation, the second one
+    over the mask model alone; the mask model moves; the mask metrics are logged; the pictures include the learned
+    masks; the saved model reloads with its mask model."""
+    overrides = {**METHOD_MODELS["mae"], "mask_strategy": "learned"}
+    args = tiny_args(tmp_path, max_steps=3, grad_accum=2, checkpointing_steps=1, config_overrides=overrides)
+    summary = pretrain(args)
+    model = AutoModelForPreTraining.from_pretrained(tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-3"
+    states = {
+        name: torch.load(checkpoint / name, weights_only=True)["state"] for name in ("optimizer.bin", "optimizer_1.bin")
+    }
+    for name, state in states.items():
+        assert {int(s["step"]) for s in state.values()} == {3}, name
+    assert len(states["optimizer_1.bin"]) == len(list(model.mask_model.parameters()))
+    assert len(states["optimizer.bin"]) == len(list(model.parameters())) - len(states["optimizer_1.bin"])
+    metrics = summary["final_metrics"]
+    assert set(metrics) == {
+        *("reconstruction_loss", "mask_penalty", "mask_entropy", "mask_imbalance"),
+        *("mask_foreground_overlap", "foreground_fraction"),
+    }
+    assert 0 < metrics["mask_entropy"] <= 1 and 0 <= metrics["mask_imbalance"] <= 1
+    first, last = (load_file(str(tmp_path / "run" / "checkpoints" / f"step-{n}" / "model.safetensors")) for n in (1, 3))
+    for prefix in ("mask_model.", "vit."):
+        assert any(not torch.equal(first[k], last[k]) for k in first if k.startswith(prefix)), prefix
+    reloaded = model.state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in last.items() if k.startswith("mask_model."))
+    assert (tmp_path / "run" / "learned_masks.png").exists() and (tmp_path / "run" / "reconstruction.png").exists()
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "learned_masks.png" in card and "the masks are learned" in card
+
+
 @pytest.mark.parametrize("repo_id", ["../x", "C:\\x", "a/b/c"])
 def test_an_unsafe_push_to_hub_repo_id_fails_before_training(tmp_path, repo_id):
     run = run_cli(["--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--push-to-hub", repo_id])
     assert run.returncode == 2 and "--push-to-hub=" in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "out" / "training_args.json").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("adios", "--mask-strategy='learned' is invalid: --method adios has none; methods that mask: "),
+        ("simmim", "mask_strategy='learned' is invalid: one of ('random', 'mask_patch'"),
+    ],
+)
+def test_mask_strategy_flag_is_checked_in_one_line(tmp_path, method, message):
+    run = run_cli(
+        [
+            *method_flags(tmp_path, method),
+            "--mask-strategy",
+            "learned",
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = [line for line in run.stderr.splitlines() if line.startswith("hf-mim ")]
+    assert len(lines) == 1 and message in lines[0], run.stderr[-2000:]

@@ -1,10 +1,11 @@
 """`hf-mim visualize`: pictures of what a pretrained model does with images it is given.
 
-Each method's picture is the one its `MethodSpec.picture` declares. MAE, R-MAE and SimMIM: reconstruction.png
+Each method's pictures are those its `MethodSpec.pictures(config)` declares. MAE, R-MAE and SimMIM: reconstruction.png
 (image, masked input, reconstruction, reconstruction with the visible patches pasted back; normalised-pixel targets
 de-normalised with the visible patches' statistics). ADIOS: masks.png (the occlusion model's masks, colour-coded).
 BEiT: tokens.png (the tokenizer's token map, the predicted tokens and both decoded); a visual tokenizer: tokens.png
-(token map and decoding). The model card shows the same files.
+(token map and decoding). MAE with learned masks also: learned_masks.png (the mask model's scores, a learned mask
+and a random mask). The model card shows the same files.
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ def visualize(
     mask_ratio: float | None = None,
     seed: int = 0,
     scale: int = 4,
-) -> str:
-    """Write the method's picture of `num_images` images into `output_dir`; returns its path."""
-    from ..model_cards.pictures import save_method_picture
+) -> list[str]:
+    """Write the method's pictures of `num_images` images into `output_dir`; returns their paths."""
+    from ..model_cards.pictures import save_method_pictures
 
     if num_images < 1:
         raise ValueError(f"num_images={num_images!r} is invalid: must be a positive integer")
@@ -122,8 +123,8 @@ def visualize(
     model = load_pretraining_model(model_name_or_path, **overrides)
     pixel_values = load_images(model.config, images, dataset, num_images)
     os.makedirs(output_dir, exist_ok=True)
-    name = save_method_picture(model, pixel_values, output_dir, seed=seed, scale=scale)
-    return os.path.join(output_dir, name)
+    names = save_method_pictures(model, pixel_values, output_dir, seed=seed, scale=scale)
+    return [os.path.join(output_dir, name) for name in names]
 
 
 __all__ = ["VisualizeArguments", "image_files", "load_images", "load_pretraining_model", "visualize"]

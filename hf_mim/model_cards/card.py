@@ -50,7 +50,7 @@ GENERAL_LIMITATIONS = (
 def card_pictures(config) -> list[tuple[str, str, str]]:
     """(file, alt, caption) of every picture a card for this config may show, in the order it shows them."""
     spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
-    own = [(spec.picture.file, spec.picture.alt, spec.picture.caption)] if spec and spec.picture else []
+    own = [(p.file, p.alt, p.caption) for p in spec.pictures(config)] if spec is not None else []
     return [LOSS_CURVE, *own, OCCLUSION_CKA]
 
 

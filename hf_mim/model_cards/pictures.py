@@ -383,18 +383,18 @@ PICTURE_KINDS = {
 }
 
 
-def save_method_picture(
+def save_method_pictures(
     model, pixel_values: torch.Tensor, folder: str | os.PathLike, seed: int = 0, scale: int = 4
-) -> str | None:
-    """The picture the model's method declares (`MethodSpec.picture`), written into `folder`; None for a method
-    without one (C-MAE, whose targets are features, not pixels). Returns the file name."""
+) -> list[str]:
+    """The pictures the model's method declares for its config (`MethodSpec.pictures`), written into `folder`; none
+    for a method without one (C-MAE, whose targets are features, not pixels). Returns the file names."""
     from ..modeling.auto import SPECS_BY_MODEL_TYPE
 
     spec = SPECS_BY_MODEL_TYPE.get(model.config.model_type)
-    if spec is None or spec.picture is None:
-        return None
-    PICTURE_KINDS[spec.picture.kind](model, pixel_values, os.path.join(folder, spec.picture.file), seed, scale)
-    return spec.picture.file
+    pictures = spec.pictures(model.config) if spec is not None else ()
+    for picture in pictures:
+        PICTURE_KINDS[picture.kind](model, pixel_values, os.path.join(folder, picture.file), seed, scale)
+    return [picture.file for picture in pictures]
 
 
 __all__ = [
@@ -410,7 +410,7 @@ __all__ = [
     "reconstruction_grid",
     "save_adios_masks",
     "save_loss_curve",
-    "save_method_picture",
+    "save_method_pictures",
     "save_model_panels",
     "save_reconstructions",
 ]

@@ -33,7 +33,7 @@ from .base import MIMModel, MIMPreTrainedModel
 from .classification import MIMForImageClassification
 from .ema import EMATeacher, EMATeacherFields, build_teacher, validate_ema_fields
 from .heads import MLPHead
-from .losses import byol_loss, gather_across_ranks, nt_xent, simsiam_loss, sparsity_penalty
+from .losses import byol_loss, gather_across_ranks, nt_xent, reverse_gradient, simsiam_loss, sparsity_penalty
 from .spec import TINY_VIT, Adversary, MethodCard, MethodSpec, Picture, Recipe, draw_inputs
 
 
@@ -260,17 +260,6 @@ class OcclusionModel(nn.Module):
         return torch.softmax(self.head(x).float(), dim=1)
 
 
-class _ReverseGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, scale: float):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -ctx.scale * grad, None
-
-
 # -- the models -------------------------------------------------------------------------------------------------------
 
 
@@ -414,9 +403,7 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
             occluding = masks
         else:
             masks = self.occlusion(view_b)
-            occluding = (
-                masks if phase == "occlusion" else _ReverseGradient.apply(masks, self.config.gradient_reversal_scale)
-            )
+            occluding = masks if phase == "occlusion" else reverse_gradient(masks, self.config.gradient_reversal_scale)
 
         if self.config.single_mask:
             if mask_choice is None or tuple(mask_choice.shape) != (batch,):

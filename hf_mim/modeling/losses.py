@@ -26,6 +26,15 @@ def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     return (per_patch * mask).sum() / mask.sum()
 
 
+def per_image_masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`masked_mse_loss` taken per image, then averaged over images: the same value when every image has the same
+    total weight (MAE's masks), but each weight's gradient, `(e_l - loss of its image) / (B * sum of its image's
+    weights)`, compares a patch with its own image only, whatever else the batch (or another process's) holds."""
+    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    weights = weights.to(per_patch.dtype)
+    return ((per_patch * weights).sum(dim=1) / weights.sum(dim=1)).mean()
+
+
 def masked_pixel_l1_loss(
     pred: torch.Tensor, target: torch.Tensor, bool_masked_pos: torch.Tensor, patch_size: int, eps: float = 1e-5
 ) -> torch.Tensor:
@@ -112,6 +121,24 @@ def sparsity_penalty(masks: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
         return (1.0 / (torch.sin(torch.pi * area).clamp_min(0.0) + eps)).mean(dim=0).sum()
 
 
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """`x` in the forward; minus `scale` times the gradient in the backward (Ganin & Lempitsky's gradient reversal):
+    what lets one optimizer train an adversary that maximises the loss the rest minimises (ADIOS's occlusion model,
+    MAE's learned masks under `transformers.Trainer`)."""
+    return _ReverseGradient.apply(x, scale)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient for this rank's slice (SimCLR's GatherLayer)."""
 
@@ -146,6 +173,7 @@ def gather_across_ranks(x: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "masked_mse_loss",
+    "per_image_masked_mse_loss",
     "masked_pixel_l1_loss",
     "masked_cross_entropy",
     "normalize_patches",
@@ -155,6 +183,7 @@ __all__ = [
     "simsiam_loss",
     "sparsity_penalty",
     "gather_across_ranks",
+    "reverse_gradient",
     "NEGATIVES",
     "NORM_PIX_EPS",
 ]

@@ -16,6 +16,9 @@ Strategies (`mask_strategy` in every masking method's config):
 - `"rectangles"`: possibly overlapping random rectangles of up to half the grid's sides until `mask_ratio` of the
   patches are masked (Context Encoders' random blocks).
 
+MAE also takes `"learned"`: a mask model scores the patches and the top-scoring ones are masked
+(`learned_masking`). It is not in `MASK_STRATEGIES`, whose entries draw a mask from a generator alone.
+
 Every strategy except `"central"` masks exactly `num_masked_patches(L, mask_ratio)` patches (SimMIM's counts
 whole mask patches, see `mask_patch_mask`), so one config gives every image the same number of masked patches,
 which lets MAE drop them whatever the strategy.
@@ -24,9 +27,11 @@ which lets MAE drop them whatever the strategy.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from .backbone import MIMConfig, config_error
 
@@ -255,6 +260,152 @@ def central_mask(grid_size: tuple[int, int], mask_ratio: float) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Learned masks: the top-scoring patches, with a relaxation the scores can be trained through
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LearnedMask:
+    """A learned mask, as `learned_masking` returns it.
+
+    indices: the hard mask in MAE's index form.
+    weights: (B, L) float, equal in value to `indices.mask`: the loss's per-patch weights, through which its
+        gradient reaches the scores (straight-through, on the masked patches).
+    relaxed: (B, L) float in (0, 1): the relaxed mask of the scored patches, `sigmoid(perturbed - threshold)`,
+        with gradient to the scores; 0 on the randomly masked patches.
+    learned: (B, L) bool: the patches the scores masked (the others of the mask are random).
+    scores: (B, L) float: the scores, standardised per image, detached.
+    """
+
+    indices: MaskIndices
+    weights: torch.Tensor
+    relaxed: torch.Tensor
+    learned: torch.Tensor
+    scores: torch.Tensor
+
+
+def gumbel_from_uniform(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniform noise in [0, 1] (clamped away from both ends, in float32)."""
+    tiny = torch.finfo(torch.float32).tiny
+    u = uniform.float().clamp(tiny, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def learned_mask_counts(num_patches: int, mask_ratio: float, random_ratio: float) -> tuple[int, int]:
+    """(patches masked at random, patches masked by score): `round(M * random_ratio)` and the rest of the
+    `M = num_masked_patches(L, mask_ratio)`."""
+    masked = num_masked_patches(num_patches, mask_ratio)
+    randomly = round(masked * random_ratio)
+    return randomly, masked - randomly
+
+
+def learned_masking(
+    scores: torch.Tensor,
+    mask_ratio: float,
+    random_ratio: float,
+    temperature: float,
+    *,
+    noise: torch.Tensor,
+    score_noise: torch.Tensor,
+    reverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> LearnedMask:
+    """Mask the top-scoring patches: Gumbel top-k over per-image standardised scores, plus a random share.
+
+    Of the `M = num_masked_patches(L, mask_ratio)` masked patches, `round(M * random_ratio)` are the ones with the
+    highest `noise` (MAE's convention), whatever the scores; the others are the top `K` of
+    `standardise(scores) / temperature + Gumbel(score_noise)` among the rest. The Gumbel perturbation makes this a
+    sample without replacement from the softmax of the scaled scores (the Gumbel top-k trick, Kool et al. 2019),
+    so a patch's chance grows with its score and no patch is certain; the standardisation keeps the scores from
+    growing until the noise stops mattering.
+
+    The hard mask is not differentiable. Its relaxation `sigmoid(perturbed - threshold)` (the threshold halfway
+    between the K-th and (K+1)-th perturbed score) enters the loss straight-through as the masked patches' weights,
+    `weights = mask + mask * (relaxed - relaxed.detach())`, equal to the mask in value. MAE's loss taken per image,
+    the weighted mean `sum(w * e) / sum(w)` of the image's per-patch errors e, has the derivative `(e_l - loss) / M`
+    with respect to a masked patch's weight: a patch harder to reconstruct than its image's average pulls its score
+    up, an easier one down (the gain from masking it, against the image's mean as a baseline). Only masked patches
+    have a reconstruction error, so only they carry this gradient; the Gumbel noise and the random share make every
+    patch masked some of the time. `reverse` (a gradient reversal) is applied to the relaxation on its way into the
+    weights, so that the loss's minimiser and the scores' maximiser share one backward pass.
+
+    scores: (B, L) float; noise, score_noise: (B, L) uniform in [0, 1].
+    """
+    _check_ratio(mask_ratio)
+    batch, length = scores.shape
+    for name, value in (("noise", noise), ("score_noise", score_noise)):
+        if tuple(value.shape) != (batch, length):
+            raise ValueError(
+                f"{name} must have shape (batch, num_patches) = {(batch, length)}, got {tuple(value.shape)}"
+            )
+    randomly, by_score = learned_mask_counts(length, mask_ratio, random_ratio)
+    if by_score < 1:
+        raise ValueError(f"random_ratio={random_ratio} leaves no patch to the scores (mask_ratio={mask_ratio})")
+    scores = scores.float()
+    mean, var = scores.mean(dim=1, keepdim=True), scores.var(dim=1, keepdim=True)
+    standard = (scores - mean) * torch.rsqrt(var + 1e-6)
+    perturbed = standard / temperature + gumbel_from_uniform(score_noise)
+    at_random = torch.zeros(batch, length, dtype=torch.bool, device=scores.device)
+    if randomly:
+        at_random.scatter_(1, noise.topk(randomly, dim=1).indices, True)
+    # the K+1 largest perturbed scores outside the random share (K + 1 <= L - R since at least one patch is kept)
+    ranked = perturbed.detach().masked_fill(at_random, float("-inf")).topk(by_score + 1, dim=1)
+    learned = torch.zeros_like(at_random).scatter_(1, ranked.indices[:, :by_score], True)
+    threshold = (ranked.values[:, by_score - 1] + ranked.values[:, by_score]) / 2
+    relaxed = torch.sigmoid(perturbed - threshold.unsqueeze(1)).masked_fill(at_random, 0.0)
+    mask = learned | at_random
+    # visible first, then masked, each in grid order (what `bool_mask_to_indices` gives, without its checks)
+    ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, : length - randomly - by_score]
+    flowing = reverse(relaxed) if reverse is not None else relaxed
+    hard = mask.float()
+    return LearnedMask(
+        indices=MaskIndices(ids_keep=ids_keep, ids_restore=ids_restore, mask=hard),
+        weights=hard + hard * (flowing - flowing.detach()),
+        relaxed=relaxed,
+        learned=learned,
+        scores=standard.detach(),
+    )
+
+
+def positional_entropy(masks: torch.Tensor) -> torch.Tensor:
+    """How evenly a batch's masks (B, L), hard or relaxed, spread over the L positions: the entropy of the positions'
+    share of the batch's mask, over log L. 1: every position equally often; 0: always the same one."""
+    share = masks.float().sum(dim=0)
+    share = share / share.sum().clamp_min(1e-12)
+    return -(share * torch.log(share.clamp_min(1e-12))).sum() / math.log(masks.shape[1])
+
+
+def positional_imbalance(masks: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+    """How unevenly a batch's masks (B, L), hard or relaxed, fall on the L positions: the variance over positions of
+    each position's masking frequency f_l, over the largest it can be at their mean rate m, m (1 - m). 0: every
+    position is masked equally often; 1: each position is always masked or never. It counts a position that is
+    never masked (always shown) as much as one that always is, which the entropy of the masked positions barely
+    notices. `counted` (B, L) bool: the entries that count (learned masks: not the random share)."""
+    masks = masks.float()
+    if counted is None:
+        frequency = masks.mean(dim=0)
+    else:
+        weight = counted.float()
+        frequency = (masks * weight).sum(dim=0) / weight.sum(dim=0).clamp_min(1.0)
+    rate = frequency.mean()
+    return ((frequency - rate) ** 2).mean() / (rate * (1 - rate)).clamp_min(1e-12)
+
+
+def foreground_patches(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, L) bool: the patches that differ from the image's background more than the image's average patch does.
+    The background is the mean colour of the image's outermost pixel ring, which suits objects on a plain ground
+    (the built-in digits), not cluttered photographs. Used to watch learned masks, not to make them."""
+    images = pixel_values.float()
+    ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1).mean(
+        dim=-1
+    )  # (B, C)
+    distance = (images - ring[..., None, None]).abs().mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    per_patch = F.avg_pool2d(distance, patch_size).flatten(1)  # (B, L)
+    return per_patch > per_patch.mean(dim=1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # A strategy with its parameters, as a config describes it
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -291,7 +442,10 @@ class MaskingSpec:
     def sample(self, grid_size: tuple[int, int], generator: torch.Generator | None = None) -> torch.Tensor:
         """(rows * cols,) boolean mask for one image."""
         if self.strategy not in MASK_STRATEGIES:
-            raise ValueError(f"mask_strategy={self.strategy!r} is invalid: one of {tuple(MASK_STRATEGIES)}")
+            raise ValueError(
+                f"mask_strategy={self.strategy!r} cannot be drawn from a generator: one of {tuple(MASK_STRATEGIES)} "
+                "(learned masks come from the model's mask model)"
+            )
         return MASK_STRATEGIES[self.strategy](self, grid_size, generator)
 
     def sample_batch(
@@ -341,7 +495,8 @@ class MaskedMIMConfig(MIMConfig):
     Args:
         mask_strategy (`str`, *optional*, defaults to `"random"`):
             How patches are chosen: `"random"` (MAE), `"mask_patch"` (SimMIM), `"block"` (BEiT), `"central"` or
-            `"rectangles"` (Context Encoders). See `hf_mim.modeling.masking`.
+            `"rectangles"` (Context Encoders); MAE also takes `"learned"` (a mask model's top-scoring patches, see
+            [`MAEConfig`]). See `hf_mim.modeling.masking`.
         mask_ratio (`float`, *optional*, defaults to 0.75):
             Fraction of patches masked, strictly between 0 and 1. Every strategy but `"central"` masks exactly
             `L - int(L * (1 - mask_ratio))` patches; `"mask_patch"` masks `ceil(squares * mask_ratio)` whole mask
@@ -378,9 +533,13 @@ class MaskedMIMConfig(MIMConfig):
         super().__init__(**kwargs)
         self._validate_masking()
 
+    #: strategies a subclass's model supports beyond `MASK_STRATEGIES` (MAE: "learned")
+    model_mask_strategies: tuple[str, ...] = ()
+
     def _validate_masking(self) -> None:
-        if self.mask_strategy not in MASK_STRATEGIES:
-            raise config_error("mask_strategy", self.mask_strategy, f"one of {tuple(MASK_STRATEGIES)}")
+        allowed = (*MASK_STRATEGIES, *self.model_mask_strategies)
+        if self.mask_strategy not in allowed:
+            raise config_error("mask_strategy", self.mask_strategy, f"one of {allowed}")
         if not isinstance(self.mask_ratio, (int, float)) or not 0.0 < self.mask_ratio < 1.0:
             raise config_error("mask_ratio", self.mask_ratio, "a float strictly between 0 and 1")
         if self.mask_patch_size is not None:
@@ -443,7 +602,14 @@ __all__ = [
     "MaskedMIMConfig",
     "MaskingSpec",
     "MaskIndices",
+    "LearnedMask",
     "block_mask",
+    "foreground_patches",
+    "gumbel_from_uniform",
+    "learned_mask_counts",
+    "learned_masking",
+    "positional_entropy",
+    "positional_imbalance",
     "bool_mask_to_indices",
     "central_mask",
     "mask_patch_mask",

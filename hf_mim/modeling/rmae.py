@@ -74,6 +74,7 @@ class RMAEConfig(MAEConfig):
     """
 
     model_type = "hf_mim_rmae"
+    model_mask_strategies = ()  # learned masks are MAE's only: not built or tested with R-MAE's second branch
 
     def __init__(self, autoencoding_weight: float = 1.0, stop_gradient_full_branch: bool = True, **kwargs):
         self.autoencoding_weight = autoencoding_weight

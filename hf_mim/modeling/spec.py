@@ -124,7 +124,10 @@ class MethodSpec:
         encoder_presets: whether `--model-size` (a ViT width and depth) applies.
         prepare_config: maps the config fields a run asks for to those the config is built with (BEiT reads its
             tokenizer's vocabulary size); None keeps them.
-        adversary: a second player trained against the model with its own optimizer (ADIOS's occlusion model).
+        adversary: a second player trained against the model with its own optimizer (ADIOS's occlusion model,
+            MAE's learned masks); `adversary_for(config)` says whether a config has it.
+        config_pictures: `config_pictures(config) -> tuple[Picture, ...]`: pictures some configs add to the
+            method's (MAE's learned masks); `pictures(config)` gives them all.
     """
 
     name: str
@@ -140,6 +143,17 @@ class MethodSpec:
     encoder_presets: bool = True
     prepare_config: Callable[[dict], dict] | None = None
     adversary: Adversary | None = None
+    config_pictures: Callable[[object], tuple[Picture, ...]] | None = None
+
+    def adversary_for(self, config) -> Adversary | None:
+        """The adversary a model of this config trains against, or None."""
+        adversary = self.adversary
+        return adversary if adversary is not None and adversary.applies(config) else None
+
+    def pictures(self, config) -> tuple[Picture, ...]:
+        """Every picture of a model of this config: the method's, then those the config adds."""
+        own = (self.picture,) if self.picture is not None else ()
+        return own + (tuple(self.config_pictures(config)) if self.config_pictures is not None else ())
 
     @property
     def config_class(self):
@@ -164,7 +178,7 @@ class MethodSpec:
 @dataclass(frozen=True)
 class Adversary:
     """A part of the model trained to maximise what the rest minimises, with its own optimizer, stepped after each
-    main optimizer step on the same micro-batches (ADIOS's alternating min-max).
+    main optimizer step on the same micro-batches (ADIOS's alternating min-max; MAE's learned masks).
 
     Args:
         parameters: `parameters(model) -> list`: the adversary's parameters, which the main optimizer leaves out.
@@ -172,12 +186,18 @@ class Adversary:
         step: `step(accelerator, model, optimizer, micro_batches) -> {metric: tensor}`: the adversary's update on
             the micro-batches (each a (batch, weight) pair) the main optimizer just stepped on; the method's own code.
         main_inputs: keyword arguments of the model's forward in the main step (ADIOS: `phase="encoder"`).
+        applies: `applies(config) -> bool`: whether a model of this config has the adversary (MAE's only with
+            `mask_strategy="learned"`).
+        replays: whether `step` runs the micro-batches again (ADIOS), so that the trainer must keep them; False when
+            it steps on the gradients the main backward already gave the adversary (MAE's learned masks).
     """
 
     parameters: Callable
     learning_rate: Callable
     step: Callable
     main_inputs: dict = field(default_factory=dict)
+    applies: Callable = lambda config: True
+    replays: bool = True
 
 
 def draw_inputs(sample_inputs: Callable, config, grid, batch_size: int, device=None) -> dict:

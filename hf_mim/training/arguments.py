@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..modeling.auto import METHOD_SPECS, method_spec
+from ..modeling.masking import MaskedMIMConfig
 from .data import BUILTIN_DATASET
 from .presets import ENCODER_PRESETS, RECIPES, SMALL_DATASET_IMAGES, SMALL_IMAGE_SIZE, build_config_fields
 
@@ -135,6 +136,13 @@ class PretrainArguments:
             metavar="PATH_OR_REPO",
         ),
     )
+    mask_strategy: str | None = field(
+        default=None,
+        metadata=_help(
+            "the config's mask_strategy, for a method that masks patches: random, mask_patch, block, central, "
+            "rectangles; MAE also learned (a mask model trained against MAE). Default: the method's own"
+        ),
+    )
     config: str | None = field(
         default=None,
         metadata=_help('JSON file of config field overrides, applied last (e.g. {"mask_ratio": 0.6})', metavar="FILE"),
@@ -255,6 +263,9 @@ def validate(args: PretrainArguments) -> None:
         bad("recipe", args.recipe, f"auto or one of {RECIPES}")
     if args.tokenizer is not None and args.method != "beit":
         bad("tokenizer", args.tokenizer, "only used with --method beit")
+    if args.mask_strategy is not None and not issubclass(method_spec(args.method).config_class, MaskedMIMConfig):
+        masking = sorted(name for name, spec in METHOD_SPECS.items() if issubclass(spec.config_class, MaskedMIMConfig))
+        bad("mask_strategy", args.mask_strategy, f"--method {args.method} has none; methods that mask: {masking}")
     for name in ("batch_size", "grad_accum", "logging_steps", "max_non_finite_steps"):
         if getattr(args, name) < 1:
             bad(name, getattr(args, name), "a positive int")
@@ -308,6 +319,8 @@ def build_config(args: PretrainArguments, spec):
         overrides.update(fields)
     if args.tokenizer is not None:
         overrides["tokenizer_name_or_path"] = args.tokenizer
+    if args.mask_strategy is not None and "mask_strategy" not in overrides:  # --config's value wins
+        overrides["mask_strategy"] = args.mask_strategy
     fields = {**ENCODER_PRESETS[args.model_size], "image_size": args.image_size, "patch_size": args.patch_size}
     return build_config_fields(spec, fields, overrides)
 

@@ -110,7 +110,7 @@ class MIMTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         spec = SPECS_BY_MODEL_TYPE.get(getattr(model.config, "model_type", None))
-        adversary = spec.adversary if spec is not None else None
+        adversary = spec.adversary_for(model.config) if spec is not None else None
         theirs = adversary.parameters(model) if adversary is not None else []
         groups = param_groups(model, self.args.weight_decay, exclude=theirs)
         if theirs:

@@ -92,13 +92,14 @@ def pretrain(args: PretrainArguments) -> dict:
         args = resolve_defaults(args, num_samples or SMALL_DATASET_IMAGES)
         validate(args)
         config = build_config(args, spec)
+        check_distributed_setup(spec, config)
         transform, loader, stream = _data(args, spec, config, raw, image_column, accelerator)
 
         # ---- model, optimizers, schedules ----------------------------------------------------------------------
         model = spec.pretraining_class(config)
         if hasattr(model, "teacher"):
             # built now, from the full weights: after prepare, FSDP2 would hand it sharded parameters to copy
-            check_distributed_setup(spec, teacher=True)
+            check_distributed_setup(spec, config, teacher=True)
             model.teacher  # noqa: B018
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -252,14 +253,15 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("true", "1", "yes")
 
 
-def check_distributed_setup(spec, teacher: bool = False) -> None:
+def check_distributed_setup(spec, config=None, teacher: bool = False) -> None:
     """Refuse, in one line, the accelerate setups that would train wrongly, as `accelerate launch` announces them in
     the environment (ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED, FSDP_VERSION, ACCELERATE_DEEPSPEED_ZERO_STAGE):
 
     - FSDP or DeepSpeed on CPU processes: accelerate 1.x shards only on accelerators and would quietly train with
       DDP while the config said otherwise;
-    - a method with an adversary (ADIOS's occlusion model) under DeepSpeed: the adversary has its own optimizer,
-      and a DeepSpeed engine drives exactly one, so its updates would be folded into the model's;
+    - a `config` with an adversary (ADIOS's occlusion model, MAE's learned masks) under DeepSpeed: the adversary
+      has its own optimizer, and a DeepSpeed engine drives exactly one, so its updates would be folded into the
+      model's;
     - `teacher` (C-MAE, ADIOS-BYOL's EMA teacher) under FSDP1 or ZeRO-3: the teacher is updated from the student's
       parameters, which there are flat local shards; FSDP2's DTensors are gathered whole for it."""
     fsdp, deepspeed = _env_flag("ACCELERATE_USE_FSDP"), _env_flag("ACCELERATE_USE_DEEPSPEED")
@@ -269,7 +271,7 @@ def check_distributed_setup(spec, teacher: bool = False) -> None:
             f"{engine} on processes without GPUs is refused: accelerate shards only on accelerators and would train "
             "this run with DDP instead. Launch with --multi_gpu (DDP) on CPUs, or run on GPUs"
         )
-    if deepspeed and spec.adversary is not None:
+    if deepspeed and config is not None and spec.adversary_for(config) is not None:
         raise ValueError(
             f"--method {spec.name} under DeepSpeed is refused: its adversary trains with a second optimizer and a "
             "DeepSpeed engine drives one. Use DDP or FSDP (accelerate config)"
@@ -341,7 +343,7 @@ def _data(args: PretrainArguments, spec, config, raw, image_column: str, acceler
 def _optimizers(model, spec, config, args: PretrainArguments, lr: float):
     """(AdamW of the model, AdamW of the method's adversary or None). The adversary's parameters (ADIOS's
     occlusion model) are left to its own optimizer; it is prepared with the rest, so accelerate checkpoints it."""
-    adversary = spec.adversary
+    adversary = spec.adversary_for(config)
     theirs = adversary.parameters(model) if adversary else []
     optimizer = adamw(param_groups(model, args.weight_decay, exclude=theirs), lr=lr, betas=spec.betas)
     if adversary is None:
@@ -437,8 +439,8 @@ class TrainingLoop:
     ):
         self.accelerator, self.args, self.model = accelerator, args, model
         self.optimizer, self.adversary_optimizer, self.schedulers = optimizer, adversary_optimizer, schedulers
-        self.adversary = spec.adversary
-        self.main_inputs = spec.adversary.main_inputs if spec.adversary else {}
+        self.adversary = spec.adversary_for(accelerator.unwrap_model(model).config)
+        self.main_inputs = self.adversary.main_inputs if self.adversary else {}
         self.state, self.max_steps, self.source = state, max_steps, source
         self.step = state["step"]
         self.skips = SkipReport(dict(state["skipped"]))
@@ -536,7 +538,7 @@ class TrainingLoop:
             )
         weight = batch.pop("loss_weight")
         batch["pixel_values"] = self.normalize(batch["pixel_values"])
-        if self.adversary is not None:
+        if self.adversary is not None and self.adversary.replays:
             self.micro_batches.append((batch, weight))
         with accelerator.accumulate(self.model):
             outputs = self.model(**batch, **self.main_inputs)
@@ -577,6 +579,8 @@ class TrainingLoop:
             if not non_finite:
                 metrics = self.adversary.step(accelerator, self.model, self.adversary_optimizer, self.micro_batches)
                 self.logged.add_metrics(metrics)
+            else:  # an adversary stepping on the main backward's gradients must not keep a skipped step's
+                self.adversary_optimizer.zero_grad(set_to_none=True)
             self.micro_batches = []
         self.current = _Sums(torch.zeros_like(current.loss))
 
@@ -788,7 +792,7 @@ def save_pictures(model, spec, raw, image_column, split, config, summary, output
     first images of `raw`, resized and normalised without augmentation. For a pixel-target method, also returns the
     reconstruction error (`reconstruction_error`) on up to 512 of those images. A picture that fails is logged, not
     fatal: the trained weights matter more than their illustration."""
-    from ..model_cards.pictures import reconstruction_error, save_loss_curve, save_method_picture
+    from ..model_cards.pictures import reconstruction_error, save_loss_curve, save_method_pictures
     from .transforms import ImageAugmentation, open_image
 
     try:
@@ -813,7 +817,7 @@ def save_pictures(model, spec, raw, image_column, split, config, summary, output
         if not images:
             return None
         images = torch.stack(images)
-        save_method_picture(model, images[:8], output_dir)
+        save_method_pictures(model, images[:8], output_dir)
         if pixel_target:
             error = reconstruction_error(model, images)
             return {"split": split, **{k: round(v, 6) if isinstance(v, float) else v for k, v in error.items()}}
