@@ -33,6 +33,11 @@ torch.cuda.max_memory_allocated over the same.
     python benchmarks/bench_throughput.py --sizes small --methods mae --variants fp32 fp32+compile
     python benchmarks/bench_throughput.py --device cuda            # bf16 and bf16+compile, batch 128
     python benchmarks/bench_throughput.py --record                 # also write the table into RESULTS.md
+    python benchmarks/bench_throughput.py --adversaries --sizes small  # MAE's learned masks and ADIOS-s, priced
+
+`--adversaries` prices the methods that train a second model against the first, on the same encoder: MAE with
+random masks, MAE with learned masks (its mask model's forward, backward and own AdamW step included), and ADIOS-s
+(SimCLR; its encoder step, then its occlusion model's step on the same batch, as `hf-mim pretrain` runs them).
 """
 
 from __future__ import annotations
@@ -372,6 +377,98 @@ def bench_group(size: str, method: str, args, device, rows: list[dict]) -> None:
             print(format_row(rows[-1], args), flush=True)
 
 
+def adversary_models(size: str, image_size: int, patch_size: int) -> dict:
+    """{name: (model, inputs maker)} of the `--adversaries` comparison, on one encoder size."""
+    from hf_mim.modeling.adios import ADIOSConfig, ADIOSForPreTraining, sample_adios_inputs
+    from hf_mim.modeling.mae import MAEConfig, MAEForPreTraining, sample_mae_inputs
+
+    dims = dims_for("mae", size, image_size, patch_size)
+    encoder = {
+        k: v for k, v in dims.items() if not k.startswith("decoder") and k not in ("mask_ratio", "norm_pix_loss")
+    }
+    torch.manual_seed(0)
+    return {
+        "mae, random masks": (MAEForPreTraining(MAEConfig(**dims)), sample_mae_inputs),
+        "mae, learned masks": (MAEForPreTraining(MAEConfig(**dims, mask_strategy="learned")), sample_mae_inputs),
+        "adios-s (simclr)": (ADIOSForPreTraining(ADIOSConfig(**encoder, single_mask=True)), sample_adios_inputs),
+    }
+
+
+def adversary_step(model, device, dtype):
+    """One optimizer step as `hf-mim pretrain` takes it: the main AdamW, then the adversary's (MAE's mask model on the
+    main backward's gradients; ADIOS's occlusion model on a second forward and backward)."""
+    from hf_mim.modeling.auto import SPECS_BY_MODEL_TYPE
+
+    model.to(device).train()
+    adversary = SPECS_BY_MODEL_TYPE[model.config.model_type].adversary_for(model.config)
+    theirs = {id(p) for p in adversary.parameters(model)} if adversary else set()
+    settings = dict(lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
+    main = torch.optim.AdamW([p for p in model.parameters() if id(p) not in theirs], **settings)
+    second = torch.optim.AdamW([p for p in model.parameters() if id(p) in theirs], **settings) if theirs else None
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    phases = adversary.main_inputs if adversary else {}
+
+    def step(inputs):
+        with autocast:
+            loss = model(**inputs, **phases).loss
+        loss.backward()
+        main.step()
+        main.zero_grad(set_to_none=True)
+        if second is not None and adversary.replays:  # ADIOS: the occlusion model's own pass
+            with autocast:
+                model(**inputs, phase="occlusion").loss.backward()
+            second.step()
+            model.zero_grad(set_to_none=True)
+        elif second is not None:
+            second.step()
+            second.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def bench_adversaries(size: str, args, device) -> list[str]:
+    """Table lines: each model's median step, and its cost over MAE with random masks."""
+    from hf_mim.modeling.spec import draw_inputs
+
+    grid = (args.image_size // args.patch_size,) * 2
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g).to(device)
+    lines = []
+    for variant in args.variants:
+        dtype, _ = parse_variant(variant)
+        models = adversary_models(size, args.image_size, args.patch_size)
+        steps, inputs = {}, {}
+        for name, (model, sample) in models.items():
+            torch.manual_seed(2)
+            inputs[name] = {"pixel_values": pixels, **draw_inputs(sample, model.config, grid, args.batch_size, device)}
+            steps[name] = adversary_step(model, device, dtype)
+            for _ in range(args.warmup):
+                steps[name](inputs[name])
+        times = {name: [] for name in steps}
+        order = list(steps)
+        for r in range(args.rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                times[name].append(timed(steps[name], inputs[name], device))
+        base = statistics.median(times["mae, random masks"])
+        for name, values in times.items():
+            median = statistics.median(values)
+            parameters = sum(p.numel() for p in models[name][0].parameters()) / 1e6
+            lines.append(
+                f"| ViT-{size[0].upper()}/{args.patch_size} | {variant} | {name} | {parameters:.1f} | "
+                f"{1000 * median:.0f} | {args.batch_size / median:.2f} | {100 * (median / base - 1):+.1f}% |"
+            )
+            print(lines[-1], flush=True)
+        del steps, models
+    return lines
+
+
+ADVERSARY_HEADER = (
+    "| encoder | variant | model | parameters (M) | median step (ms) | images/s | step time vs MAE, random masks |\n"
+    "| --- | --- | --- | ---: | ---: | ---: | ---: |"
+)
+
+
 def format_row(row: dict, args) -> str:
     gemm = args.gemm_rates[row["variant"].split("+")[0]]
     peak = args.peaks[row["variant"].split("+")[0]]
@@ -443,6 +540,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-loader", action="store_true")
     parser.add_argument("--record", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    parser.add_argument("--adversaries", action="store_true", help="instead: MAE's learned masks and ADIOS-s, priced")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -456,6 +554,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     description = machine(device)
     print(f"machine: {description}", flush=True)
+    if args.adversaries:
+        print(ADVERSARY_HEADER, flush=True)
+        table = [line for size in args.sizes for line in bench_adversaries(size, args, device)]
+        text = "\n".join(
+            [
+                f"Command: `python benchmarks/bench_throughput.py {' '.join(sys.argv[1:])}`".replace(" --record", ""),
+                "",
+                f"Machine: {description}; {time.strftime('%Y-%m-%d')}",
+                "",
+                f"Batch {args.batch_size}, {args.image_size} px, {args.warmup} warm-up and {args.rounds} interleaved "
+                "measured steps per model and variant, medians; a step includes every optimizer the run steps.",
+                "",
+                ADVERSARY_HEADER,
+                *table,
+            ]
+        )
+        print("\n" + text)
+        if args.record:
+            record(text, f"adversaries {'cuda' if device.type == 'cuda' else 'cpu'} {' '.join(args.variants)}")
+        return
     precisions = sorted({v.split("+")[0] for v in args.variants})
     gemm_size = 8192 if device.type == "cuda" else 2048
     args.gemm_rates = {p: gemm_tflops(device, DTYPES[p], gemm_size) for p in precisions}

@@ -155,3 +155,49 @@ def test_on_paper_hours_name_their_limit_for_8_and_64_gpus():
     assert all("loader" in row for row in rows) and "GFLOP per image" in out
     hours_8 = float(rows[0].split("|")[-2])
     assert hours_8 == pytest.approx(1_281_167 * 800 / 8 / 1000 / 3600, rel=0.01)
+
+
+def test_throughput_suite_prices_learned_masks_and_adios_on_one_encoder():
+    out = run(
+        "bench_throughput.py",
+        *("--adversaries", "--sizes", "small", "--image-size", "64", "--batch-size", "2", "--rounds", "1"),
+        *("--warmup", "1", "--variants", "fp32", "--threads", "2"),
+    )
+    rows = {
+        line.split("|")[3].strip(): line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ViT-S")
+    }
+    assert set(rows) == {"mae, random masks", "mae, learned masks", "adios-s (simclr)"}
+    assert rows["mae, random masks"][-1].strip() == "+0.0%"
+    assert all(float(cells[5]) > 0 for cells in rows.values())  # images/s
+
+
+def test_learned_mask_benchmark_compares_three_arms_on_held_out_digits(tmp_path):
+    work = tmp_path / "blm"
+    results = BENCHMARKS / "RESULTS.md"
+    before = results.read_text()
+    out = run(
+        "bench_learned_masks.py",
+        *("--seeds", "0", "--epochs", "1", "--ablation-epochs", "0", "--finetune-epochs", "1"),
+        *("--workdir", str(work)),
+    )
+    tables = [
+        [line.split("|")[1:-1] for line in block.splitlines() if line.startswith("| ")] for block in out.split("\n\n")
+    ]
+    tables = [table for table in tables if table]
+    rows = {cells[0].strip(): cells for cells in tables[0]}  # the quality table
+    assert {"random", "learned, equal steps", "random, equal wall time", "random init"} <= set(rows)
+    assert rows["random"][1].strip() == rows["learned, equal steps"][1].strip() == "22"  # one epoch at batch 64
+    cka = {cells[0].strip(): cells for cells in tables[1]}
+    assert len(cka["random init"]) == 1 + 9 and cka["learned, equal steps"][-1].count("±") == 1  # ratios 0.1-0.9
+    masks = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in tables[2]}
+    assert float(masks["random in their place, held-out digits"][0]) == pytest.approx(0.75, abs=0.02)
+    learned = json.loads((work / "learned-0" / "config.json").read_text())
+    assert learned["mask_strategy"] == "learned"
+    # the equal-wall-time arm's steps follow the other two runs' seconds per step
+    summaries = {
+        arm: json.loads((work / arm / "training_summary.json").read_text()) for arm in ("random-0", "learned-0")
+    }
+    per_step = {arm: s["wall_time_seconds"] / s["steps"] for arm, s in summaries.items()}
+    expected = round(22 * per_step["learned-0"] / per_step["random-0"])
+    assert json.loads((work / "random-wall-0" / "training_summary.json").read_text())["steps"] == expected
+    assert results.read_text() == before
