@@ -1,4 +1,6 @@
 import argparse
+import json
+import os
 import subprocess
 import sys
 
@@ -672,3 +674,43 @@ def test_visualize_draws_learned_masks_next_to_random_ones(tmp_path):
         cells = patches[:, :, :, column].permute(0, 1, 3, 2, 4, 5)  # (image, row, patch column, y, x, rgb)
         shades[column] = [(cells == value).all(dim=(3, 4, 5)).sum(dim=(1, 2)).tolist() for value in (128, 64)]
     assert shades[2] == [[9, 9, 9], [3, 3, 3]] and shades[3] == [[12, 12, 12], [0, 0, 0]]
+
+
+def test_learned_masks_load_as_remote_code_without_hf_mim(tmp_path):
+    """A learned-mask MAE saved by hf_mim loads with `trust_remote_code=True` where hf_mim cannot be imported, and
+    gives the same masks and loss for the same inputs."""
+    from safetensors.torch import save_file as save_tensors
+
+    torch.manual_seed(0)
+    model = MAEForPreTraining(learned_config()).eval()
+    model.save_pretrained(tmp_path / "model")
+    g = torch.Generator().manual_seed(1)
+    inputs = {
+        "pixel_values": torch.randn(2, 3, 32, 32, generator=g),
+        "noise": torch.rand(2, 16, generator=g),
+        "score_noise": torch.rand(2, 16, generator=g),
+    }
+    save_tensors(inputs, str(tmp_path / "inputs.safetensors"))
+    with torch.no_grad():
+        expected = model(**inputs)
+    script = f"""
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_mim" or name.startswith("hf_mim."):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForPreTraining
+model = AutoModelForPreTraining.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+with torch.no_grad():
+    out = model(**load_file({str(tmp_path / "inputs.safetensors")!r}))
+print("RESULT " + json.dumps({{"module": type(model).__module__, "loss": out.loss.item(), "mask": out.mask.tolist()}}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["module"].startswith("transformers_modules.")
+    assert result["mask"] == expected.mask.tolist() and result["loss"] == pytest.approx(expected.loss.item(), abs=1e-6)
