@@ -440,11 +440,13 @@ class MAEForPreTraining(MAEPreTrainedModel):
         # Over the scored patches only (the random share is no choice of the mask model's), and in training over
         # the global batch: how often a position is masked is a batch statistic, which should not depend on the
         # process count. Not in eval mode, where one process alone draws pictures: a collective would hang.
+        # One collective for both tensors, and none when the penalty is off.
         at_random = learned.indices.mask.bool() & ~learned.learned
-        gather = gather_across_ranks if self.training else (lambda x: x)
-        penalty = self.config.mask_diversity_weight * positional_imbalance(
-            gather(learned.relaxed), gather((~at_random).float()).bool()
-        )
+        weight = self.config.mask_diversity_weight
+        both = torch.stack([learned.relaxed, (~at_random).to(learned.relaxed.dtype)], dim=1)  # (B, 2, L)
+        if self.training and weight > 0:
+            both = gather_across_ranks(both)
+        penalty = weight * positional_imbalance(both[:, 0], both[:, 1].bool())
         output.reconstruction_loss = output.loss.detach()
         output.loss = output.loss + penalty
         output.mask_penalty = penalty.detach()
