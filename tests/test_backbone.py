@@ -6,12 +6,12 @@ from hf_mim.modeling.backbone import (
     Attention,
     DropPath,
     MIMConfig,
-    ViTEncoder,
     patchify,
     resize_position_embedding,
     sincos_2d_position_embedding,
     unpatchify,
 )
+from hf_mim.modeling.base import ViTEncoder
 
 
 def mae_reference_sincos(embed_dim, grid_size):

@@ -147,3 +147,23 @@ def test_trainer_checkpoints_carry_the_teacher(tmp_path):
     assert resumed.teacher.num_updates == 4  # 2 restored from the checkpoint, 2 after it
     for key, value in straight.teacher.module.state_dict().items():
         torch.testing.assert_close(resumed.teacher.module.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_one_mask_of_transformers_shape_masks_both_views():
+    """A (batch, num_patches) `bool_masked_pos`, the shape transformers' models take, is each view's mask: the same
+    loss as that mask given for both views, and a wrong shape still raises."""
+    torch.manual_seed(0)
+    model = CMAEForPreTraining(tiny_config()).eval()
+    batch = inputs(model.config)
+    one = batch["bool_masked_pos"][:, 0]
+    with torch.no_grad():
+        shared = model(batch["pixel_values"], bool_masked_pos=one, color_jitter=batch["color_jitter"])
+        both = model(
+            batch["pixel_values"],
+            bool_masked_pos=torch.stack([one, one], dim=1),
+            color_jitter=batch["color_jitter"],
+        )
+    assert torch.equal(shared.loss, both.loss)
+    assert torch.equal(shared.bool_masked_pos, torch.stack([one, one], dim=1))
+    with pytest.raises(ValueError, match="2 views"):
+        model(batch["pixel_values"], bool_masked_pos=one[:, :-1], color_jitter=batch["color_jitter"])

@@ -19,7 +19,8 @@ def tiny(**overrides) -> VisualTokenizerConfig:
 @pytest.mark.parametrize(
     "overrides, field",
     [
-        (dict(image_size=24, patch_size=12), "patch_size"),  # not a power of two
+        (dict(image_size=24, patch_size=0), "patch_size"),
+        (dict(image_mean="0.5"), "image_mean"),
         (dict(image_size=18), "image_size"),
         (dict(quantizer="fsq"), "quantizer"),
         (dict(ema_decay=1.0), "ema_decay"),
@@ -243,3 +244,22 @@ def test_trains_with_transformers_trainer(tmp_path):
     trainer = Trainer(model=model, args=trainer_args(tmp_path), train_dataset=PixelsOnly(16, shape=(3, 16, 16)))
     result = trainer.train()
     assert result.global_step == 4 and bool(model.quantizer.initialized)
+
+
+@pytest.mark.parametrize("patch_size, factors", [(4, [2, 2]), (6, [2, 3]), (7, [7]), (12, [2, 2, 3]), (9, [3, 3])])
+def test_any_patch_size_gives_a_token_grid_aligned_with_the_vit(patch_size, factors):
+    """One stage per prime factor of the patch size, 2s first (powers of two keep their VQGAN stages), so a ViT of
+    any patch size gets one token per patch, and the decoder gives the image back at its size."""
+    from hf_mim.modeling.tokenizer import downsampling_factors
+
+    assert downsampling_factors(patch_size) == factors
+    config = tiny(image_size=patch_size * 3, patch_size=patch_size)
+    model = VisualTokenizer(config).eval()
+    pixels = torch.randn(2, 3, patch_size * 3, patch_size * 3)
+    with torch.no_grad():
+        out = model(pixels, output_hidden_states=True)
+    assert out.token_ids.shape == (2, 3, 3) and out.reconstruction.shape == pixels.shape
+    assert len(out.hidden_states) == len(factors) + 2  # the stem, each stage, the last residual block
+    assert [h.shape[-1] for h in out.hidden_states] == [
+        patch_size * 3 // math.prod(factors[:i]) for i in range(len(factors) + 1)
+    ] + [3]

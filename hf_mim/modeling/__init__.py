@@ -2,8 +2,8 @@
 
 import sys as _sys
 
-from .backbone import MIMConfig, ViTEncoder, patchify, unpatchify
-from .base import MIMModel, MIMPreTrainedModel, build_image_processor
+from .backbone import MIMConfig, patchify, unpatchify
+from .base import MIMModel, MIMPreTrainedModel, ViTEncoder, build_image_processor
 from .classification import MIMForImageClassification
 from .ema import EMATeacher
 from .masking import MASK_STRATEGIES, MaskedMIMConfig, MaskIndices, MaskingSpec, random_masking

@@ -28,8 +28,8 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .augment import ColorJitterFields, TwoViewsMixin, sample_view_jitter, validate_color_jitter_fields
-from .backbone import MIMConfig, ViTEncoder, config_error, pool, to_2tuple
-from .base import MIMModel, MIMPreTrainedModel
+from .backbone import MIMConfig, config_error, pool, to_2tuple
+from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .ema import EMATeacher, EMATeacherFields, build_teacher, validate_ema_fields
 from .heads import MLPHead
@@ -56,6 +56,9 @@ class ADIOSForPreTrainingOutput(ModelOutput):
             Each view's colour-jitter factors.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The encoder's hidden states for the first (unmasked) view.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The encoder's attention weights for the first view, each block's `(batch_size, num_heads, tokens,
+            tokens)`, when `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -64,6 +67,7 @@ class ADIOSForPreTrainingOutput(ModelOutput):
     masks: torch.FloatTensor | None = None
     color_jitter: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 logger = logging.getLogger(__name__)
@@ -293,7 +297,7 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
 
     def __init__(self, config: ADIOSConfig):
         super().__init__(config)
-        self.vit = ViTEncoder(config)
+        self.vit = ViTEncoder.part_of(config)
         self.occlusion = OcclusionModel(config)
         self.projector = MLPHead(config.hidden_size, config.projection_hidden_size, config.projection_size)
         self.predictor = (
@@ -321,11 +325,15 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
         """What the occlusion optimizer trains (everything else is the encoder side's)."""
         return list(self.occlusion.parameters())
 
-    def _embed(self, pixel_values, interpolate_pos_encoding, output_hidden_states=False):
-        hidden, hidden_states, _ = self.vit(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
+    def _embed(self, pixel_values, interpolate_pos_encoding, output_hidden_states=False, output_attentions=False):
+        """Projections (B, projection_size), and the encoder's hidden states and attentions when asked for."""
+        hidden, hidden_states, attentions = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        return self.projector(pool(hidden, self.config.pooling)), hidden_states
+        return self.projector(pool(hidden, self.config.pooling)), hidden_states, attentions
 
     def _target(self, pixel_values, interpolate_pos_encoding):
         teacher = self.teacher
@@ -362,6 +370,7 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> ADIOSForPreTrainingOutput | tuple:
         r"""
         Args:
@@ -381,6 +390,9 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
                 Also return the encoder's hidden states for the first view.
             return_dict (`bool`, *optional*):
                 Return an [`ADIOSForPreTrainingOutput`] rather than a tuple.
+            output_attentions (`bool`, *optional*):
+                Also return the encoder's attention weights for the first view, each block's
+                `(batch_size, num_heads, tokens, tokens)`; `config.output_attentions` when not given.
         """
         if phase is not None and phase not in ADIOS_PHASES:
             raise ValueError(f"phase={phase!r} is invalid: None or one of {ADIOS_PHASES}")
@@ -414,8 +426,10 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
             # (K * B, C, H, W), mask-major: one encoder pass for all masks
             keep = (1 - occluding.to(view_b.dtype)).transpose(0, 1).unsqueeze(2)
             masked = (view_b.unsqueeze(0) * keep).flatten(0, 1)
-        z_a, hidden_states = self._embed(view_a, interpolate_pos_encoding, output_hidden_states)
-        z_m, _ = self._embed(masked, interpolate_pos_encoding)
+        z_a, hidden_states, attentions = self._embed(
+            view_a, interpolate_pos_encoding, output_hidden_states, self._attention_flag(output_attentions)
+        )
+        z_m, _, _ = self._embed(masked, interpolate_pos_encoding)
         similarity = self._similarity(z_a, z_m, view_a, masked, interpolate_pos_encoding)
         penalty = self.config.sparsity_weight * sparsity_penalty(masks, self.config.sparsity_eps)
 
@@ -434,6 +448,7 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
             masks=masks,
             color_jitter=color_jitter,
             hidden_states=hidden_states,
+            attentions=attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -1,4 +1,5 @@
-"""The ViT encoder every hf_mim method shares.
+"""The pieces of the ViT encoder every hf_mim method shares (the encoder itself, a `PreTrainedModel`, is in
+`base.py`).
 
 Parameter names follow timm and facebookresearch/mae (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
 ``blocks.N.attn.qkv``, ...) so that official checkpoints map onto it by prefixing alone.
@@ -9,13 +10,13 @@ Shape conventions: B batch, C channels, L patches on the grid, K visible patches
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 POSITION_EMBEDDING_TYPES = ("sincos", "learned")
 # Upper bounds on what a config may describe: 10x ViT-22B's parameters, and 16x the patches of a 1,024 px image in
@@ -53,13 +54,24 @@ class ImageFieldsMixin:
             # subclass that only renames (`model_type = "my_mae"`) keeps its parent's `__init__`.
             cls.__init__ = next(base.__dict__["__init__"] for base in cls.__mro__[1:] if "__init__" in base.__dict__)
 
-    def _set_normalization(self, image_mean: Sequence[float] | None, image_std: Sequence[float] | None) -> None:
+    def _set_normalization(
+        self, image_mean: Sequence[float] | float | None, image_std: Sequence[float] | float | None
+    ) -> None:
         if image_mean is None:
             image_mean = IMAGENET_MEAN if self.num_channels == 3 else (0.5,) * self.num_channels
         if image_std is None:
             image_std = IMAGENET_STD if self.num_channels == 3 else (0.5,) * self.num_channels
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
+        for field, value in (("image_mean", image_mean), ("image_std", image_std)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                # one value for every channel, as image processors take it (num_channels is checked later)
+                channels = self.num_channels if isinstance(self.num_channels, int) and self.num_channels > 0 else 1
+                value = [value] * channels
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise config_error(field, value, "a float or one float per channel")
+            try:
+                setattr(self, field, [float(v) for v in value])
+            except (TypeError, ValueError):
+                raise config_error(field, value, "a float or one float per channel") from None
 
     def _validate_image_fields(self) -> None:
         if not isinstance(self.patch_size, int) or isinstance(self.patch_size, bool) or self.patch_size < 1:
@@ -146,10 +158,11 @@ class MIMConfig(ImageFieldsMixin, PretrainedConfig):
         pooling (`str`, *optional*, defaults to `"cls"`):
             How `pooler_output` and the classification head summarise the tokens: `"cls"` (the CLS token) or
             `"mean"` (the mean of the patch tokens, MAE's fine-tuning choice).
-        image_mean (`list[float]`, *optional*, defaults to the ImageNet mean):
-            Per-channel mean used to normalise images in pretraining; one value per channel. Written to
-            `preprocessor_config.json` and used to de-normalise reconstructions.
-        image_std (`list[float]`, *optional*, defaults to the ImageNet standard deviation):
+        image_mean (`list[float]` or `float`, *optional*, defaults to the ImageNet mean):
+            Per-channel mean used to normalise images in pretraining; one value per channel, or one float for all
+            (stored as a list). Written to `preprocessor_config.json` and used to de-normalise reconstructions.
+            Without it, images of other than 3 channels take 0.5.
+        image_std (`list[float]` or `float`, *optional*, defaults to the ImageNet standard deviation):
             Per-channel standard deviation, as `image_mean`.
     """
 
@@ -422,9 +435,13 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-class Block(nn.Module):
+class Block(GradientCheckpointingLayer):
     """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); LayerScale only when
-    `layer_scale_init_value` > 0."""
+    `layer_scale_init_value` > 0.
+
+    A `GradientCheckpointingLayer`, transformers' unit of activation checkpointing: `activation_checkpointing_enable`
+    (with its `activation_checkpointing_kwargs` and `every_n_layers`) switches every block of the model, encoder and
+    decoder alike, as it switches every `ViTMAELayer` of transformers' ViTMAE."""
 
     def __init__(
         self,
@@ -458,26 +475,16 @@ class Block(nn.Module):
 
 class BlockStack(nn.ModuleList):
     """A sequence of blocks (a `ModuleList`, so keys read `blocks.0.attn.qkv...` as in timm and MAE) run with
-    optional activation checkpointing and per-block hidden states.
-
-    The `gradient_checkpointing` attribute is what `PreTrainedModel.gradient_checkpointing_enable` switches.
-    """
-
-    def __init__(self, blocks: list[Block]):
-        super().__init__(blocks)
-        self.gradient_checkpointing = False
+    per-block hidden states and attention weights. Activation checkpointing is each block's own (`Block`)."""
 
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False):
         """(B, N, D) -> (B, N, D), the input and each block's output when `output_hidden_states`, and each block's
         attention weights (B, heads, N, N) when `output_attentions`."""
         hidden_states = (x,) if output_hidden_states else None
         attentions = () if output_attentions else None
-        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self:
-            if checkpoint:
-                x, weights = self._gradient_checkpointing_func(block.__call__, x, output_attentions)
-            else:
-                x, weights = block(x, output_attentions)
+            # positional: a checkpointed block passes its tensor inputs to the checkpoint function as *args
+            x, weights = block(x, output_attentions)
             if output_hidden_states:
                 hidden_states = hidden_states + (x,)
             if output_attentions:
@@ -494,7 +501,9 @@ def build_blocks(
     drop_path_rate: float = 0.0,
     layer_scale_init_value: float = 0.0,
 ) -> BlockStack:
-    rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [drop_path_rate] * depth
+    # on the CPU whatever the default device: under `torch.device("meta")` (accelerate's init_empty_weights,
+    # transformers' loading) a meta tensor has no values to read
+    rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist() if depth > 1 else [drop_path_rate] * depth
     return BlockStack(
         [
             Block(
@@ -515,136 +524,9 @@ def build_blocks(
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The encoder
-# --------------------------------------------------------------------------------------------------------------
-
-
-class EncoderOutput(NamedTuple):
-    """What the encoder returns: `last_hidden_state` (B, N, D) after the final norm; `hidden_states`, the input
-    then each block's output, when asked for; `attentions`, each block's (B, heads, N, N) weights, when asked for."""
-
-    last_hidden_state: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-class ViTEncoder(nn.Module):
-    """The shared ViT: patch embedding, CLS token, position embeddings, pre-norm blocks, final LayerNorm.
-
-    Three stages, usable separately by methods that need to act between them:
-
-    - `embed(pixel_values)`: patch tokens with their position embeddings (B, L, D), and the CLS token (B, 1, D);
-      given `bool_masked_pos` and a `mask_token`, masked patches' embeddings are replaced by the mask token
-      before the position embeddings are added (SimMIM, BEiT);
-    - a method may drop tokens (MAE) here;
-    - `forward_tokens(tokens)`: the blocks and the final norm on whatever sequence it is given.
-
-    `forward` composes them, optionally keeping only the patches `ids_keep` (B, K).
-    """
-
-    def __init__(self, config: MIMConfig):
-        super().__init__()
-        self.config = config
-        self.patch_size = config.patch_size
-        self.grid_size = config.grid_size
-        self.patch_embed = PatchEmbed(config.num_channels, config.hidden_size, config.patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        table = torch.zeros(1, 1 + config.num_patches, config.hidden_size)
-        if config.position_embedding_type == "learned":
-            self.pos_embed = nn.Parameter(table)
-        else:
-            # A persistent buffer: saved with the weights, so a checkpoint reloads exactly what it was trained
-            # with, yet never seen by optimizers, weight decay or DDP's gradient buckets.
-            self.register_buffer("pos_embed", table, persistent=True)
-        self.blocks = build_blocks(
-            config,
-            config.hidden_size,
-            config.num_hidden_layers,
-            config.num_attention_heads,
-            config.intermediate_size,
-            config.drop_path_rate,
-            config.layer_scale_init_value,
-        )
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def input_grid(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> tuple[int, int]:
-        """Validate `pixel_values` and return its patch grid (rows, cols)."""
-        expected_c = self.config.num_channels
-        expected_h, expected_w = to_2tuple(self.config.image_size)
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != expected_c:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {expected_c}, height, width), got {tuple(pixel_values.shape)}"
-            )
-        height, width = pixel_values.shape[-2:]
-        if interpolate_pos_encoding:
-            if height % self.patch_size or width % self.patch_size:
-                raise ValueError(
-                    f"pixel_values of {height}x{width} pixels cannot be cut into {self.patch_size}x{self.patch_size} "
-                    "patches: both sides must be multiples of patch_size"
-                )
-        elif (height, width) != (expected_h, expected_w):
-            raise ValueError(
-                f"pixel_values have size {height}x{width} but the model expects {expected_h}x{expected_w}; "
-                "resize the images or pass interpolate_pos_encoding=True"
-            )
-        return height // self.patch_size, width // self.patch_size
-
-    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        return resize_position_embedding(self.pos_embed, self.grid_size, grid)
-
-    def embed(
-        self,
-        pixel_values: torch.Tensor,
-        interpolate_pos_encoding: bool = False,
-        bool_masked_pos: torch.Tensor | None = None,
-        mask_token: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch tokens with position embeddings (B, L, D) and the CLS token with its own (B, 1, D). Where
-        `bool_masked_pos` (B, L) is True the patch embedding is replaced by `mask_token` (1, 1, D) first."""
-        grid = self.input_grid(pixel_values, interpolate_pos_encoding)
-        pos = self.position_embedding(grid)
-        tokens = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))
-        if bool_masked_pos is not None:
-            if mask_token is None:
-                raise ValueError("bool_masked_pos needs a mask_token to put in place of the masked patches")
-            if tuple(bool_masked_pos.shape) != tuple(tokens.shape[:2]):
-                raise ValueError(
-                    f"bool_masked_pos must have shape (batch, num_patches) = {tuple(tokens.shape[:2])}, "
-                    f"got {tuple(bool_masked_pos.shape)}"
-                )
-            tokens = torch.where(bool_masked_pos.bool().unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
-        tokens = tokens + pos[:, 1:]
-        cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1)
-        return tokens, cls
-
-    def forward_tokens(
-        self, x: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
-    ) -> EncoderOutput:
-        """Blocks then final norm on a (B, N, D) sequence."""
-        x, hidden_states, attentions = self.blocks(x, output_hidden_states, output_attentions)
-        return EncoderOutput(self.norm(x), hidden_states, attentions)
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        ids_keep: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-        bool_masked_pos: torch.Tensor | None = None,
-        mask_token: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> EncoderOutput:
-        """Encode all patches, or only `ids_keep` (B, K), masked ones replaced by `mask_token` where
-        `bool_masked_pos`. `last_hidden_state` is (B, 1 + K, D), after the final norm."""
-        tokens, cls = self.embed(pixel_values, interpolate_pos_encoding, bool_masked_pos, mask_token)  # (B, L, D)
-        if ids_keep is not None:  # (B, L, D) -> (B, K, D): the kept patches, in ids_keep's order
-            tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return self.forward_tokens(torch.cat([cls, tokens], dim=1), output_hidden_states, output_attentions)
-
-
 def init_vit_weights(module: nn.Module, config: MIMConfig, init) -> None:
-    """MAE's initialisation for the modules defined here; `init` is `transformers.initialization`.
+    """MAE's initialisation for the modules defined here (the encoder's own tokens: `base.ViTEncoder`); `init` is
+    `transformers.initialization`.
 
     Going through `transformers.initialization` (not `torch.nn.init`) matters: from_pretrained builds the model
     on the meta device and calls this only for tensors the checkpoint lacks, skipping those flagged as loaded.
@@ -666,12 +548,6 @@ def init_vit_weights(module: nn.Module, config: MIMConfig, init) -> None:
             init.zeros_(module.bias)
     elif isinstance(module, LayerScale):
         init.constant_(module.gamma, module.init_value)
-    elif isinstance(module, ViTEncoder):
-        init.normal_(module.cls_token, std=config.initializer_range)
-        if config.position_embedding_type == "learned":
-            init.trunc_normal_(module.pos_embed, std=config.initializer_range)
-        else:
-            init.copy_(module.pos_embed, sincos_2d_position_embedding(config.hidden_size, config.grid_size)[None])
 
 
 def pool(last_hidden_state: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -685,7 +561,6 @@ def pool(last_hidden_state: torch.Tensor, pooling: str) -> torch.Tensor:
 
 __all__ = [
     "MIMConfig",
-    "ViTEncoder",
     "Block",
     "LayerScale",
     "BlockStack",

@@ -1,4 +1,5 @@
-"""The `PreTrainedModel` base every hf_mim model derives from, and the shared downstream encoder."""
+"""The `PreTrainedModel` base every hf_mim model derives from, the shared ViT encoder (the base model every hf_mim
+class holds), and the downstream encoder model."""
 
 from __future__ import annotations
 
@@ -7,13 +8,24 @@ import logging
 import os
 import shutil
 import sys
+from typing import NamedTuple
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .backbone import MIMConfig, ViTEncoder, init_vit_weights, pool, to_2tuple
+from .backbone import (
+    MIMConfig,
+    PatchEmbed,
+    build_blocks,
+    init_vit_weights,
+    pool,
+    resize_position_embedding,
+    sincos_2d_position_embedding,
+    to_2tuple,
+)
 from .heads import init_head_weights
 from .masking import sample_mask
 from .spec import draw_inputs
@@ -77,11 +89,34 @@ def build_image_processor(config: MIMConfig):
     )
 
 
+class MaskTokenEncoding(NamedTuple):
+    """What `encode_with_mask_tokens` returns: `last_hidden_state` (B, 1 + L, D); `hidden_states` and `attentions`
+    when asked for (else None); the `bool_masked_pos` (B, L) used; the patch `grid` (rows, cols)."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+    bool_masked_pos: torch.Tensor
+    grid: tuple[int, int]
+
+
 class MIMPreTrainedModel(PreTrainedModel):
     """Weight initialisation, gradient checkpointing and saving conventions shared by all hf_mim models.
 
     The encoder always lives under `vit.`, in every model class, so any checkpoint's encoder loads into any other
     class of the same method (pretraining -> AutoModel -> classification) without prefix juggling.
+
+    Where hf_mim differs from transformers' ViT and ViTMAE on purpose (`tests/test_transformers_common.py` checks
+    each of these):
+
+    - Linear layers and the patch projection are Xavier-uniform with zero biases, as facebookresearch/mae's
+      `_init_weights` draws them, where transformers' ViT draws normal(0, `initializer_range`) (its ViTMAE makes the
+      patch projection alone Xavier). `initializer_range` sets the CLS and mask tokens and learned position tables.
+    - The fine-tuning head of `MIMForImageClassification` is trunc_normal(std 2e-5), MAE's, so that a new head
+      barely moves the pretrained features at first.
+    - The visual tokenizer's convolutions keep PyTorch's default (Kaiming-uniform), as convolutional autoencoders do.
+    - Fixed sin-cos position tables are persistent buffers (saved, never trained), not frozen parameters.
+    - `layer_norm_eps` defaults to MAE's 1e-6, not ViTMAE's 1e-12.
     """
 
     config_class = MIMConfig
@@ -97,6 +132,13 @@ class MIMPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         init_vit_weights(module, self.config, init)
         init_head_weights(module, self.config, init)
+        if isinstance(module, ViTEncoder):
+            config = self.config
+            init.normal_(module.cls_token, std=config.initializer_range)
+            if config.position_embedding_type == "learned":
+                init.trunc_normal_(module.pos_embed, std=config.initializer_range)
+            else:
+                init.copy_(module.pos_embed, sincos_2d_position_embedding(config.hidden_size, config.grid_size)[None])
 
     def _output_flags(self, output_hidden_states: bool | None, return_dict: bool | None) -> tuple[bool, bool]:
         """Per-call flags, falling back to the config's, as transformers models do."""
@@ -147,22 +189,24 @@ class MIMPreTrainedModel(PreTrainedModel):
         bool_masked_pos: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool = False,
-    ):
+        output_attentions: bool | None = None,
+    ) -> MaskTokenEncoding:
         """SimMIM / BEiT style encoding: every patch is seen, masked ones as `self.mask_token`. Without
-        `bool_masked_pos`, masks are drawn from the config's strategy. Returns (last_hidden_state (B, 1 + L, D),
-        hidden states or None, bool_masked_pos (B, L), grid (rows, cols))."""
+        `bool_masked_pos`, masks are drawn from the config's strategy; without `output_attentions`, the config
+        says."""
         grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
         if bool_masked_pos is None:  # drawn per image, as the data pipeline draws it
             drawn = draw_inputs(sample_mask, self.config, grid, pixel_values.shape[0], pixel_values.device)
             bool_masked_pos = drawn["bool_masked_pos"]
-        hidden, hidden_states, _ = self.vit(
+        hidden, hidden_states, attentions = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
             bool_masked_pos=bool_masked_pos,
             mask_token=self.mask_token,
+            output_attentions=self._attention_flag(output_attentions),
         )
-        return hidden, hidden_states, bool_masked_pos, grid
+        return MaskTokenEncoding(hidden, hidden_states, attentions, bool_masked_pos, grid)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters that should not be weight-decayed (timm convention): tokens, position tables,
@@ -172,6 +216,152 @@ class MIMPreTrainedModel(PreTrainedModel):
             for name, param in self.named_parameters()
             if param.ndim < 2 or name.endswith(("cls_token", "mask_token", "pos_embed"))
         }
+
+
+class EncoderOutput(NamedTuple):
+    """What the encoder returns: `last_hidden_state` (B, N, D) after the final norm; `hidden_states`, the input
+    then each block's output, when asked for; `attentions`, each block's (B, heads, N, N) weights, when asked for."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class ViTEncoder(MIMPreTrainedModel):
+    """The shared ViT: patch embedding, CLS token, position embeddings, pre-norm blocks, final LayerNorm.
+
+    It is transformers' *base model* of every hf_mim class: each holds it under `base_model_prefix` (`vit`), so
+    `model.base_model` is this `PreTrainedModel`, and `model.base_model.save_pretrained(folder)` writes the encoder
+    alone (keys without the `vit.` prefix, which loading into any class of the method adds back, reporting the
+    class's own parts as missing). A model that holds it builds it with `ViTEncoder.part_of(config)`.
+
+    Three stages, usable separately by methods that need to act between them:
+
+    - `embed(pixel_values)`: patch tokens with their position embeddings (B, L, D), and the CLS token (B, 1, D);
+      given `bool_masked_pos` and a `mask_token`, masked patches' embeddings are replaced by the mask token
+      before the position embeddings are added (SimMIM, BEiT);
+    - a method may drop tokens (MAE) here;
+    - `forward_tokens(tokens)`: the blocks and the final norm on whatever sequence it is given.
+
+    `forward` composes them, optionally keeping only the patches `ids_keep` (B, K).
+    """
+
+    def __init__(self, config: MIMConfig, initialize: bool = True):
+        super().__init__(config)
+        self.patch_size = config.patch_size
+        self.grid_size = config.grid_size
+        self.patch_embed = PatchEmbed(config.num_channels, config.hidden_size, config.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        if config.position_embedding_type == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.num_patches, config.hidden_size))
+        else:
+            # A persistent buffer: saved with the weights, so a checkpoint reloads exactly what it was trained
+            # with, yet never seen by optimizers, weight decay or DDP's gradient buckets. Its values are set here
+            # (as transformers sets a buffer's) and again by _init_weights for a model built on the meta device.
+            table = sincos_2d_position_embedding(config.hidden_size, config.grid_size)[None]
+            # in the default dtype, as a factory function would make it (from_pretrained(dtype=...) sets it)
+            self.register_buffer("pos_embed", table.to(torch.get_default_dtype()), persistent=True)
+        self.blocks = build_blocks(
+            config,
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.drop_path_rate,
+            config.layer_scale_init_value,
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self._initialize = initialize
+        self.post_init()
+        self._initialize = True  # from_pretrained initialises the weights a checkpoint lacks through init_weights
+
+    @classmethod
+    def part_of(cls, config: MIMConfig) -> ViTEncoder:
+        """The encoder of a model that holds it. Its weights are initialised by the holder's `post_init`, in the
+        order a plain submodule's are: a seed gives the same weights as when the encoder was not a `PreTrainedModel`,
+        and no weight is drawn twice."""
+        return cls(config, initialize=False)
+
+    def init_weights(self):
+        if self._initialize:
+            super().init_weights()
+
+    def get_input_embeddings(self):
+        return self.patch_embed
+
+    def input_grid(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> tuple[int, int]:
+        """Validate `pixel_values` and return its patch grid (rows, cols)."""
+        expected_c = self.config.num_channels
+        expected_h, expected_w = to_2tuple(self.config.image_size)
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != expected_c:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {expected_c}, height, width), got {tuple(pixel_values.shape)}"
+            )
+        height, width = pixel_values.shape[-2:]
+        if interpolate_pos_encoding:
+            if height % self.patch_size or width % self.patch_size:
+                raise ValueError(
+                    f"pixel_values of {height}x{width} pixels cannot be cut into {self.patch_size}x{self.patch_size} "
+                    "patches: both sides must be multiples of patch_size"
+                )
+        elif (height, width) != (expected_h, expected_w):
+            raise ValueError(
+                f"pixel_values have size {height}x{width} but the model expects {expected_h}x{expected_w}; "
+                "resize the images or pass interpolate_pos_encoding=True"
+            )
+        return height // self.patch_size, width // self.patch_size
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        return resize_position_embedding(self.pos_embed, self.grid_size, grid)
+
+    def embed(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens with position embeddings (B, L, D) and the CLS token with its own (B, 1, D). Where
+        `bool_masked_pos` (B, L) is True the patch embedding is replaced by `mask_token` (1, 1, D) first."""
+        grid = self.input_grid(pixel_values, interpolate_pos_encoding)
+        pos = self.position_embedding(grid)
+        tokens = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))
+        if bool_masked_pos is not None:
+            if mask_token is None:
+                raise ValueError("bool_masked_pos needs a mask_token to put in place of the masked patches")
+            if tuple(bool_masked_pos.shape) != tuple(tokens.shape[:2]):
+                raise ValueError(
+                    f"bool_masked_pos must have shape (batch, num_patches) = {tuple(tokens.shape[:2])}, "
+                    f"got {tuple(bool_masked_pos.shape)}"
+                )
+            tokens = torch.where(bool_masked_pos.bool().unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+        tokens = tokens + pos[:, 1:]
+        cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1)
+        return tokens, cls
+
+    def forward_tokens(
+        self, x: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> EncoderOutput:
+        """Blocks then final norm on a (B, N, D) sequence."""
+        x, hidden_states, attentions = self.blocks(x, output_hidden_states, output_attentions)
+        return EncoderOutput(self.norm(x), hidden_states, attentions)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        """Encode all patches, or only `ids_keep` (B, K), masked ones replaced by `mask_token` where
+        `bool_masked_pos`. `last_hidden_state` is (B, 1 + K, D), after the final norm."""
+        tokens, cls = self.embed(pixel_values, interpolate_pos_encoding, bool_masked_pos, mask_token)  # (B, L, D)
+        if ids_keep is not None:  # (B, L, D) -> (B, K, D): the kept patches, in ids_keep's order
+            tokens = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return self.forward_tokens(torch.cat([cls, tokens], dim=1), output_hidden_states, output_attentions)
 
 
 class MIMModel(MIMPreTrainedModel):
@@ -187,7 +377,7 @@ class MIMModel(MIMPreTrainedModel):
 
     def __init__(self, config: MIMConfig):
         super().__init__(config)
-        self.vit = ViTEncoder(config)
+        self.vit = ViTEncoder.part_of(config)
         self.post_init()
 
     def forward(
@@ -216,8 +406,11 @@ class MIMModel(MIMPreTrainedModel):
 
 
 __all__ = [
+    "EncoderOutput",
+    "MaskTokenEncoding",
     "MIMPreTrainedModel",
     "MIMModel",
+    "ViTEncoder",
     "build_image_processor",
     "export_remote_code",
     "HUB_HOOKS",

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .backbone import ViTEncoder, channel_column, config_error
-from .base import MIMModel, MIMPreTrainedModel
+from .backbone import channel_column, config_error
+from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .losses import masked_cross_entropy
 from .masking import MaskedMIMConfig, sample_mask
@@ -43,6 +43,9 @@ class BEiTForPreTrainingOutput(ModelOutput):
             Fraction of masked positions whose most likely token is the label.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             Encoder input then each block's output.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Each encoder block's attention weights, `(batch_size, num_heads, tokens, tokens)`, when
+            `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -51,6 +54,7 @@ class BEiTForPreTrainingOutput(ModelOutput):
     bool_masked_pos: torch.BoolTensor | None = None
     accuracy: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 logger = logging.getLogger(__name__)
@@ -70,9 +74,9 @@ class BEiTConfig(MaskedMIMConfig):
             loaded with `from_pretrained` never read it again. Kept as a record of where the tokenizer came from.
         tokenizer_config (`dict`, *optional*):
             The tokenizer's configuration ([`VisualTokenizerConfig`] as a dict), filled in when the model is built.
-            When neither this nor `tokenizer_name_or_path` is set, the model builds a randomly initialised, frozen
-            tokenizer from this config's image fields and `vocab_size`: the model runs, but its targets are
-            meaningless. That is a smoke-test setting only, and the model warns.
+            When neither this nor `tokenizer_name_or_path` is set, the model builds a small, randomly initialised,
+            frozen tokenizer from this config's image fields and `vocab_size` (`default_tokenizer_config`): the
+            model runs, but its targets are meaningless. That is a smoke-test setting only, and the model warns.
         mask_strategy (`str`, *optional*, defaults to `"block"`):
             BEiT's block-wise masking; any strategy of [`MaskedMIMConfig`] works.
         mask_ratio (`float`, *optional*, defaults to 0.4):
@@ -130,11 +134,16 @@ class BEiTConfig(MaskedMIMConfig):
             )
 
     def default_tokenizer_config(self) -> VisualTokenizerConfig:
+        """The random tokenizer of a config that names none: a small one (8 channels, 8-dimensional codes, no
+        residual blocks), since its untrained codes carry no information at any size."""
         return VisualTokenizerConfig(
             image_size=self.image_size,
             patch_size=self.patch_size,
             num_channels=self.num_channels,
             vocab_size=self.vocab_size,
+            embedding_dim=8,
+            hidden_channels=8,
+            num_res_blocks=0,
             image_mean=self.image_mean,
             image_std=self.image_std,
         )
@@ -165,7 +174,7 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
 
     def __init__(self, config: BEiTConfig, tokenizer: VisualTokenizer | None = None):
         super().__init__(config)
-        self.vit = ViTEncoder(config)
+        self.vit = ViTEncoder.part_of(config)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
 
@@ -184,7 +193,12 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         if source is not None:
             config.check_tokenizer(source.config)
             config.tokenizer_config = source.config.to_fields()
-        self.tokenizer = VisualTokenizer(VisualTokenizerConfig.from_dict(config.tokenizer_config))
+        # the tokenizer holds its own config: it follows this model's attention implementation, as transformers'
+        # submodels follow their parent's (it has no attention of its own)
+        tokenizer_config = VisualTokenizerConfig.from_dict(
+            config.tokenizer_config, attn_implementation=config._attn_implementation
+        )
+        self.tokenizer = VisualTokenizer(tokenizer_config)
         self.tokenizer.requires_grad_(False)
         self.post_init()
         if source is not None:
@@ -245,6 +259,7 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> BEiTForPreTrainingOutput | tuple:
         r"""
         Args:
@@ -263,6 +278,9 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
                 Also return the encoder's hidden states.
             return_dict (`bool`, *optional*):
                 Return a [`BEiTForPreTrainingOutput`] rather than a tuple.
+            output_attentions (`bool`, *optional*):
+                Also return the encoder's attention weights, each block's `(batch_size, num_heads, tokens, tokens)`;
+                `config.output_attentions` when not given.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
         grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
@@ -274,10 +292,11 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
                 raise ValueError(f"the tokenizer gives {tuple(labels.shape)} tokens but the patch grid is {shape}")
         else:
             self._check_labels(labels, shape)
-        hidden, hidden_states, bool_masked_pos, _ = self.encode_with_mask_tokens(
-            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states
+        encoded = self.encode_with_mask_tokens(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states, output_attentions
         )
-        logits = self.lm_head(hidden[:, 1:])
+        bool_masked_pos = encoded.bool_masked_pos
+        logits = self.lm_head(encoded.last_hidden_state[:, 1:])
         loss = masked_cross_entropy(logits, labels, bool_masked_pos)
         mask = bool_masked_pos.bool()
         hits = (logits.detach().argmax(-1) == labels) & mask
@@ -288,7 +307,8 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
             labels=labels,
             bool_masked_pos=bool_masked_pos,
             accuracy=accuracy,
-            hidden_states=hidden_states,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
 

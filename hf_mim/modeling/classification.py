@@ -7,8 +7,8 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .backbone import MIMConfig, ViTEncoder, pool
-from .base import MIMPreTrainedModel
+from .backbone import MIMConfig, pool
+from .base import MIMPreTrainedModel, ViTEncoder
 
 
 class MIMForImageClassification(MIMPreTrainedModel):
@@ -24,7 +24,7 @@ class MIMForImageClassification(MIMPreTrainedModel):
     def __init__(self, config: MIMConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vit = ViTEncoder(config)
+        self.vit = ViTEncoder.part_of(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 

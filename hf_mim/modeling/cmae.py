@@ -23,8 +23,8 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .augment import ColorJitterFields, TwoViewsMixin, sample_view_jitter, validate_color_jitter_fields
-from .backbone import ViTEncoder, config_error
-from .base import MIMModel, MIMPreTrainedModel
+from .backbone import config_error
+from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .ema import EMATeacher, EMATeacherFields, build_teacher, validate_ema_fields
 from .heads import MLPHead
@@ -45,12 +45,16 @@ class CMAEForPreTrainingOutput(ModelOutput):
             Each view's colour-jitter factors.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The online encoder's hidden states for the first view.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The online encoder's attention weights for the first view, each block's
+            `(batch_size, num_heads, tokens, tokens)`, when `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
     bool_masked_pos: torch.BoolTensor | None = None
     color_jitter: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 logger = logging.getLogger(__name__)
@@ -140,7 +144,7 @@ class CMAEForPreTraining(TwoViewsMixin, CMAEPreTrainedModel):
 
     def __init__(self, config: CMAEConfig):
         super().__init__(config)
-        self.vit = ViTEncoder(config)
+        self.vit = ViTEncoder.part_of(config)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.projector = MLPHead(config.hidden_size, config.projection_hidden_size, config.projection_size)
         self.predictor = MLPHead(config.projection_size, config.projection_hidden_size, config.projection_size)
@@ -177,13 +181,15 @@ class CMAEForPreTraining(TwoViewsMixin, CMAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> CMAEForPreTrainingOutput | tuple:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
                 Normalised images; both views are made from them.
             bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, 2, num_patches)`, *optional*):
-                Each view's mask (True = masked). Drawn from the configured strategy when not given.
+                Each view's mask (True = masked). A `(batch_size, num_patches)` mask, transformers' shape, masks
+                both views alike. Drawn from the configured strategy when not given.
             color_jitter (`torch.FloatTensor` of shape `(batch_size, 2, 4)`, *optional*):
                 Each view's brightness, contrast and saturation factors and hue shift. Drawn when not given.
             interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
@@ -192,6 +198,9 @@ class CMAEForPreTraining(TwoViewsMixin, CMAEPreTrainedModel):
                 Also return the online encoder's hidden states for the first view.
             return_dict (`bool`, *optional*):
                 Return a [`CMAEForPreTrainingOutput`] rather than a tuple.
+            output_attentions (`bool`, *optional*):
+                Also return the online encoder's attention weights for the first view, each block's
+                `(batch_size, num_heads, tokens, tokens)`; `config.output_attentions` when not given.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
         grid = self.vit.input_grid(pixel_values, interpolate_pos_encoding)
@@ -200,6 +209,8 @@ class CMAEForPreTraining(TwoViewsMixin, CMAEPreTrainedModel):
             drawn = draw_inputs(sample_cmae_inputs, self.config, grid, batch, pixel_values.device)
             bool_masked_pos = drawn["bool_masked_pos"] if bool_masked_pos is None else bool_masked_pos
             color_jitter = drawn["color_jitter"] if color_jitter is None else color_jitter
+        if tuple(bool_masked_pos.shape) == (batch, grid[0] * grid[1]):  # one mask for both views
+            bool_masked_pos = bool_masked_pos.unsqueeze(1).expand(-1, 2, -1)
         if tuple(bool_masked_pos.shape) != (batch, 2, grid[0] * grid[1]):
             raise ValueError(
                 f"bool_masked_pos must have shape (batch, 2 views, num_patches) = {(batch, 2, grid[0] * grid[1])}, "
@@ -207,13 +218,18 @@ class CMAEForPreTraining(TwoViewsMixin, CMAEPreTrainedModel):
             )
         views = self.make_views(pixel_values, color_jitter)
 
-        predictions, all_hidden = [], None
+        output_attentions = self._attention_flag(output_attentions)
+        predictions, first = [], None
         for v in range(2):
-            hidden, hidden_states, _, _ = self.encode_with_mask_tokens(
-                views[v], bool_masked_pos[:, v], interpolate_pos_encoding, output_hidden_states and v == 0
+            encoded = self.encode_with_mask_tokens(
+                views[v],
+                bool_masked_pos[:, v],
+                interpolate_pos_encoding,
+                output_hidden_states and v == 0,
+                output_attentions and v == 0,
             )
-            all_hidden = hidden_states if v == 0 else all_hidden
-            predictions.append(self.predictor(self.projector(hidden[:, 1:])))
+            first = encoded if v == 0 else first
+            predictions.append(self.predictor(self.projector(encoded.last_hidden_state[:, 1:])))
 
         teacher = self.teacher
         if teacher.device != pixel_values.device:
@@ -240,7 +256,11 @@ class CMAEForPreTraining(TwoViewsMixin, CMAEPreTrainedModel):
                     _STALE_TEACHER_FORWARDS,
                 )
         output = CMAEForPreTrainingOutput(
-            loss=loss, bool_masked_pos=bool_masked_pos, color_jitter=color_jitter, hidden_states=all_hidden
+            loss=loss,
+            bool_masked_pos=bool_masked_pos,
+            color_jitter=color_jitter,
+            hidden_states=first.hidden_states,
+            attentions=first.attentions,
         )
         return output if return_dict else output.to_tuple()
 

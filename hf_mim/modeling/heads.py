@@ -23,7 +23,8 @@ class MAEDecoder(nn.Module):
         self.embed = nn.Linear(config.hidden_size, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         # Fixed sincos like the encoder's; a buffer for the same reasons (see ViTEncoder).
-        self.register_buffer("pos_embed", torch.zeros(1, 1 + config.num_patches, dim), persistent=True)
+        table = sincos_2d_position_embedding(dim, config.grid_size)[None].to(torch.get_default_dtype())
+        self.register_buffer("pos_embed", table, persistent=True)
         self.blocks = build_blocks(
             config,
             dim,

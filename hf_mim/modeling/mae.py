@@ -9,20 +9,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers.utils import ModelOutput
 
-from .backbone import ViTEncoder, config_error, patchify, to_2tuple, unpatchify
-from .base import MIMModel, MIMPreTrainedModel
+from .backbone import config_error, patchify, to_2tuple, unpatchify
+from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .heads import MAEDecoder
 from .losses import gather_across_ranks, masked_mse_loss, normalize_patches, per_image_masked_mse_loss, reverse_gradient
 from .masking import (
     LearnedMask,
     MaskedMIMConfig,
+    MaskIndices,
     bool_mask_to_indices,
     foreground_patches,
     learned_mask_counts,
@@ -49,6 +51,9 @@ class MAEForPreTrainingOutput(ModelOutput):
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             Encoder input then each encoder block's output, each `(batch_size, 1 + num_visible, hidden_size)`,
             when `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Each encoder block's attention weights, `(batch_size, num_heads, 1 + num_visible, 1 + num_visible)`,
+            when `output_attentions=True` (transformers' ViTMAE returns the encoder's too).
         reconstruction_loss, mask_penalty, mask_entropy, mask_imbalance, mask_foreground_overlap, foreground_fraction
             (`torch.FloatTensor` of shape `()`, *optional*):
             With `mask_strategy="learned"` only: the reconstruction loss alone (`loss` adds the penalty); the mask
@@ -66,6 +71,7 @@ class MAEForPreTrainingOutput(ModelOutput):
     mask: torch.FloatTensor | None = None
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     mask_penalty: torch.FloatTensor | None = None
     mask_entropy: torch.FloatTensor | None = None
@@ -73,6 +79,18 @@ class MAEForPreTrainingOutput(ModelOutput):
     mask_foreground_overlap: torch.FloatTensor | None = None
     foreground_fraction: torch.FloatTensor | None = None
     mask_scores: torch.FloatTensor | None = None
+
+
+class MaskedEncoding(NamedTuple):
+    """What MAE's masked encoder gives: `latent` (B, 1 + K, D); the `MaskIndices` used; the `LearnedMask` with
+    `mask_strategy="learned"` (else None); the patch `grid`; `hidden_states` and `attentions` when asked for."""
+
+    latent: torch.Tensor
+    masking: MaskIndices
+    learned: LearnedMask | None
+    grid: tuple[int, int]
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
 
 
 class MAEConfig(MaskedMIMConfig):
@@ -114,9 +132,10 @@ class MAEConfig(MaskedMIMConfig):
             raw logits are not images: de-normalise them with the visible patches' statistics to look at them.
         mask_model_channels (`int`, *optional*, defaults to 32):
             `"learned"` only: width of the mask model's convolutions.
-        mask_model_pixels_per_patch (`int`, *optional*, defaults to 4):
+        mask_model_pixels_per_patch (`int`, *optional*):
             `"learned"` only: the mask model sees the image resized to this many pixels per patch side (56 x 56 for
-            224 px images of 16 px patches); a power of 2 no larger than `patch_size`.
+            224 px images of 16 px patches); a power of 2 no larger than `patch_size`. Defaults to 4, or, for
+            patches under 4 px, the largest power of 2 that fits (2 for 2 px and 3 px patches).
         mask_random_ratio (`float`, *optional*, defaults to 0.25):
             `"learned"` only: share of each image's masked patches chosen uniformly at random rather than by the
             scores, in [0, 1); at least one masked patch must be left to the scores.
@@ -155,7 +174,7 @@ class MAEConfig(MaskedMIMConfig):
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
         mask_model_channels: int = 32,
-        mask_model_pixels_per_patch: int = 4,
+        mask_model_pixels_per_patch: int | None = None,
         mask_random_ratio: float = 0.25,
         mask_temperature: float = 0.25,
         mask_diversity_weight: float = 1.0,
@@ -176,6 +195,8 @@ class MAEConfig(MaskedMIMConfig):
         self.mask_model_learning_rate = mask_model_learning_rate
         self.gradient_reversal_scale = gradient_reversal_scale
         super().__init__(mask_ratio=mask_ratio, **kwargs)
+        if self.mask_model_pixels_per_patch is None:  # patch_size is a positive int by now
+            self.mask_model_pixels_per_patch = min(4, 1 << (self.patch_size.bit_length() - 1))
         self._validate_mae()
         self._validate_mask_model()
 
@@ -277,7 +298,7 @@ class MAEForPreTraining(MAEPreTrainedModel):
 
     def __init__(self, config: MAEConfig):
         super().__init__(config)
-        self.vit = ViTEncoder(config)
+        self.vit = ViTEncoder.part_of(config)
         self.decoder = MAEDecoder(config)
         self.mask_model = MaskModel(config) if getattr(config, "learned_masks", False) else None
         self.post_init()
@@ -309,15 +330,23 @@ class MAEForPreTraining(MAEPreTrainedModel):
     ):
         """Embed, drop the masked patches, encode the rest. Returns latent (B, 1 + K, D), mask, ids_restore, grid,
         hidden states."""
-        latent, masking, _, grid, hidden_states = self._encode(
+        encoded = self._encode(
             pixel_values, noise, interpolate_pos_encoding, output_hidden_states, bool_masked_pos, score_noise
         )
-        return latent, masking.mask, masking.ids_restore, grid, hidden_states
+        return encoded.latent, encoded.masking.mask, encoded.masking.ids_restore, encoded.grid, encoded.hidden_states
 
     def _encode(
-        self, pixel_values, noise, interpolate_pos_encoding, output_hidden_states, bool_masked_pos, score_noise
-    ):
-        """forward_encoder's work; also returns the `LearnedMask` (or None) the loss and metrics need."""
+        self,
+        pixel_values,
+        noise,
+        interpolate_pos_encoding,
+        output_hidden_states,
+        bool_masked_pos,
+        score_noise,
+        output_attentions=None,
+    ) -> MaskedEncoding:
+        """forward_encoder's work; also gives the `LearnedMask` (or None) the loss and metrics need, and the
+        attentions (when `output_attentions`, or the config, says)."""
         tokens, cls = self.vit.embed(pixel_values, interpolate_pos_encoding)  # (B, L, D), (B, 1, D)
         batch, length, dim = tokens.shape
         learned = None
@@ -328,9 +357,11 @@ class MAEForPreTraining(MAEPreTrainedModel):
             masking = self.masking(batch, length, pixel_values, noise, bool_masked_pos)  # ids_keep (B, K)
         visible = torch.gather(tokens, 1, masking.ids_keep.unsqueeze(-1).expand(-1, -1, dim))  # (B, K, D)
         # (B, 1 + K, D): only the visible patches (and CLS) pass through the encoder
-        latent, hidden_states, _ = self.vit.forward_tokens(torch.cat([cls, visible], dim=1), output_hidden_states)
+        latent, hidden_states, attentions = self.vit.forward_tokens(
+            torch.cat([cls, visible], dim=1), output_hidden_states, self._attention_flag(output_attentions)
+        )
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        return latent, masking, learned, grid, hidden_states
+        return MaskedEncoding(latent, masking, learned, grid, hidden_states, attentions)
 
     def learned_masking(self, pixel_values, noise=None, score_noise=None) -> LearnedMask:
         """The mask model's masks of this batch (`mask_strategy="learned"`), from the given noise or noise drawn
@@ -395,6 +426,7 @@ class MAEForPreTraining(MAEPreTrainedModel):
         return_dict: bool | None = None,
         bool_masked_pos: torch.Tensor | None = None,
         score_noise: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
     ) -> MAEForPreTrainingOutput | tuple:
         r"""
         Args:
@@ -418,18 +450,28 @@ class MAEForPreTraining(MAEPreTrainedModel):
             score_noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
                 `mask_strategy="learned"` only: uniform noise in [0, 1], made Gumbel noise on the mask model's scores.
                 Drawn when not given.
+            output_attentions (`bool`, *optional*):
+                Also return the encoder's attention weights over the visible patches; `config.output_attentions`
+                when not given.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        latent, masking, learned, grid, hidden_states = self._encode(
-            pixel_values, noise, interpolate_pos_encoding, output_hidden_states, bool_masked_pos, score_noise
-        )
-        logits = self.forward_decoder(latent, masking.ids_restore, grid)
+        encoded = self._encode(
+            pixel_values, noise, interpolate_pos_encoding, output_hidden_states, bool_masked_pos, score_noise,
+            output_attentions,
+        )  # fmt: skip
+        masking, learned = encoded.masking, encoded.learned
+        logits = self.forward_decoder(encoded.latent, masking.ids_restore, encoded.grid)
         if learned is None:
             loss = self.forward_loss(pixel_values, logits, masking.mask)
         else:  # weights equal to the mask, through which the loss reaches the mask model
             loss = self.forward_loss(pixel_values, logits, learned.weights, per_image=True)
         output = MAEForPreTrainingOutput(
-            loss=loss, logits=logits, mask=masking.mask, ids_restore=masking.ids_restore, hidden_states=hidden_states
+            loss=loss,
+            logits=logits,
+            mask=masking.mask,
+            ids_restore=masking.ids_restore,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         if learned is not None:
             self._add_mask_model_outputs(output, learned, pixel_values)

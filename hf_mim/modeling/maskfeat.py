@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .backbone import ViTEncoder, channel_column, config_error
-from .base import MIMModel, MIMPreTrainedModel
+from .backbone import channel_column, config_error
+from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .losses import masked_mse_loss
 from .masking import MaskedMIMConfig, sample_mask
@@ -39,6 +39,9 @@ class MaskFeatForPreTrainingOutput(ModelOutput):
             The mask used, True for masked patches (drawn by the model when not given).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             Encoder input then each block's output, each `(batch_size, 1 + num_patches, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Each encoder block's attention weights, `(batch_size, num_heads, tokens, tokens)`, when
+            `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -46,6 +49,7 @@ class MaskFeatForPreTrainingOutput(ModelOutput):
     hog: torch.FloatTensor | None = None
     bool_masked_pos: torch.BoolTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class MaskFeatConfig(MaskedMIMConfig):
@@ -60,9 +64,11 @@ class MaskFeatConfig(MaskedMIMConfig):
             MaskFeat's ratio for images (Table 5 of the paper).
         hog_nbins (`int`, *optional*, defaults to 9):
             Orientation bins of each histogram, over the unsigned gradient angle [0, pi).
-        hog_cell_size (`int`, *optional*, defaults to 8):
+        hog_cell_size (`int`, *optional*):
             Side of a HOG cell in pixels; it must divide `patch_size`, and each patch's target holds
-            `(patch_size // hog_cell_size) ** 2` cells, each channel's histogram L2-normalised per cell.
+            `(patch_size // hog_cell_size) ** 2` cells, each channel's histogram L2-normalised per cell. Defaults to
+            the paper's 8 where it divides `patch_size`, else the largest divisor of `patch_size` below 8 (4 for 4 px
+            patches, 7 for 14 px).
         hog_gaussian_window (`bool`, *optional*, defaults to `True`):
             Weight each pixel's gradient by a Gaussian over its patch (std half the patch), as mmpretrain does.
 
@@ -81,11 +87,13 @@ class MaskFeatConfig(MaskedMIMConfig):
         mask_strategy: str = "block",
         mask_ratio: float = 0.4,
         hog_nbins: int = 9,
-        hog_cell_size: int = 8,
+        hog_cell_size: int | None = None,
         hog_gaussian_window: bool = True,
         **kwargs,
     ):
         super().__init__(mask_strategy=mask_strategy, mask_ratio=mask_ratio, **kwargs)
+        if hog_cell_size is None:
+            hog_cell_size = default_hog_cell_size(self.patch_size)
         self.hog_nbins = hog_nbins
         self.hog_cell_size = hog_cell_size
         self.hog_gaussian_window = hog_gaussian_window
@@ -98,6 +106,11 @@ class MaskFeatConfig(MaskedMIMConfig):
     def hog_size(self) -> int:
         """Target values per patch."""
         return self.num_channels * self.hog_nbins * (self.patch_size // self.hog_cell_size) ** 2
+
+
+def default_hog_cell_size(patch_size: int) -> int:
+    """MaskFeat's 8 px HOG cells where they divide the patch, else the largest divisor of the patch below 8."""
+    return max(size for size in range(1, min(8, patch_size) + 1) if patch_size % size == 0)
 
 
 class HOG(nn.Module):
@@ -162,7 +175,7 @@ class MaskFeatForPreTraining(MaskFeatPreTrainedModel):
 
     def __init__(self, config: MaskFeatConfig):
         super().__init__(config)
-        self.vit = ViTEncoder(config)
+        self.vit = ViTEncoder.part_of(config)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.head = nn.Linear(config.hidden_size, config.hog_size)
         window = config.patch_size if config.hog_gaussian_window else None
@@ -184,6 +197,7 @@ class MaskFeatForPreTraining(MaskFeatPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> MaskFeatForPreTrainingOutput | tuple:
         r"""
         Args:
@@ -197,16 +211,24 @@ class MaskFeatForPreTraining(MaskFeatPreTrainedModel):
                 Also return the encoder's hidden states.
             return_dict (`bool`, *optional*):
                 Return a [`MaskFeatForPreTrainingOutput`] rather than a tuple.
+            output_attentions (`bool`, *optional*):
+                Also return the encoder's attention weights, each block's `(batch_size, num_heads, tokens, tokens)`;
+                `config.output_attentions` when not given.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        hidden, hidden_states, bool_masked_pos, _ = self.encode_with_mask_tokens(
-            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states
+        encoded = self.encode_with_mask_tokens(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states, output_attentions
         )
-        logits = self.head(hidden[:, 1:])  # (B, L, hog_size)
+        logits = self.head(encoded.last_hidden_state[:, 1:])  # (B, L, hog_size)
         hog = self.hog_targets(pixel_values)
-        loss = masked_mse_loss(logits, hog, bool_masked_pos)
+        loss = masked_mse_loss(logits, hog, encoded.bool_masked_pos)
         output = MaskFeatForPreTrainingOutput(
-            loss=loss, logits=logits, hog=hog, bool_masked_pos=bool_masked_pos, hidden_states=hidden_states
+            loss=loss,
+            logits=logits,
+            hog=hog,
+            bool_masked_pos=encoded.bool_masked_pos,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .backbone import MIMConfig, config_error
+from .backbone import MIMConfig, config_error, to_2tuple
 
 # BEiT gives up on placing a block after this many tries (MaskingGenerator._mask)
 _BLOCK_ATTEMPTS = 10
@@ -537,6 +537,15 @@ class MaskedMIMConfig(MIMConfig):
     model_mask_strategies: tuple[str, ...] = ()
 
     def _validate_masking(self) -> None:
+        if self.num_patches < 2:
+            sides = to_2tuple(self.image_size)
+            fits = max(p for p in range(1, self.patch_size) if all(side % p == 0 and side // p >= 2 for side in sides))
+            raise config_error(
+                "patch_size",
+                self.patch_size,
+                f"cuts image_size={self.image_size} into {self.num_patches} patch; masking needs at least 2 (one "
+                f"masked, one visible): patch_size={fits} fits",
+            )
         allowed = (*MASK_STRATEGIES, *self.model_mask_strategies)
         if self.mask_strategy not in allowed:
             raise config_error("mask_strategy", self.mask_strategy, f"one of {allowed}")

@@ -46,6 +46,8 @@ class RMAEForPreTrainingOutput(ModelOutput):
             MSE between the full reconstruction and the (normalised, with `norm_pix_loss`) pixels, over all patches.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The masked view's encoder hidden states.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The masked view's encoder attention weights, when `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -56,6 +58,7 @@ class RMAEForPreTrainingOutput(ModelOutput):
     consistency_loss: torch.FloatTensor | None = None
     autoencoding_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class RMAEConfig(MAEConfig):
@@ -117,15 +120,19 @@ class RMAEForPreTraining(MAEForPreTraining):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
     ) -> RMAEForPreTrainingOutput | tuple:
         r"""
-        Arguments as [`MAEForPreTraining.forward`]: `noise` or `bool_masked_pos` fix the masked view's mask.
+        Arguments as [`MAEForPreTraining.forward`]: `noise` or `bool_masked_pos` fix the masked view's mask;
+        `output_hidden_states` and `output_attentions` return the masked view's encoder states and weights.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        latent, mask, ids_restore, grid, hidden_states = self.forward_encoder(
-            pixel_values, noise, interpolate_pos_encoding, output_hidden_states, bool_masked_pos
-        )
-        logits = self.forward_decoder(latent, ids_restore, grid)
+        encoded = self._encode(
+            pixel_values, noise, interpolate_pos_encoding, output_hidden_states, bool_masked_pos, None,
+            output_attentions,
+        )  # fmt: skip
+        mask, ids_restore = encoded.masking.mask, encoded.masking.ids_restore
+        logits = self.forward_decoder(encoded.latent, ids_restore, encoded.grid)
         full_logits = self.forward_full(pixel_values, interpolate_pos_encoding)
         anchor = full_logits.detach() if self.config.stop_gradient_full_branch else full_logits
         consistency_loss = masked_mse_loss(logits, anchor, mask)
@@ -142,7 +149,8 @@ class RMAEForPreTraining(MAEForPreTraining):
             ids_restore=ids_restore,
             consistency_loss=consistency_loss.detach(),
             autoencoding_loss=autoencoding_loss.detach(),
-            hidden_states=hidden_states,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
 

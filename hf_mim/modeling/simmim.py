@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .backbone import ViTEncoder, config_error
-from .base import MIMModel, MIMPreTrainedModel
+from .backbone import config_error
+from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .heads import PixelShuffleHead
 from .losses import masked_pixel_l1_loss
@@ -36,12 +36,16 @@ class SimMIMForPreTrainingOutput(ModelOutput):
             The mask used, True for masked patches (drawn by the model when not given).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             Encoder input then each block's output, each `(batch_size, 1 + num_patches, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Each encoder block's attention weights, `(batch_size, num_heads, tokens, tokens)`, when
+            `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
     reconstruction: torch.FloatTensor | None = None
     bool_masked_pos: torch.BoolTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class SimMIMConfig(MaskedMIMConfig):
@@ -127,7 +131,7 @@ class SimMIMForPreTraining(SimMIMPreTrainedModel):
 
     def __init__(self, config: SimMIMConfig):
         super().__init__(config)
-        self.vit = ViTEncoder(config)
+        self.vit = ViTEncoder.part_of(config)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.decoder = PixelShuffleHead(config.hidden_size, config.encoder_stride, config.num_channels)
         self.post_init()
@@ -139,6 +143,7 @@ class SimMIMForPreTraining(SimMIMPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> SimMIMForPreTrainingOutput | tuple:
         r"""
         Args:
@@ -153,15 +158,22 @@ class SimMIMForPreTraining(SimMIMPreTrainedModel):
                 Also return the encoder's hidden states.
             return_dict (`bool`, *optional*):
                 Return a [`SimMIMForPreTrainingOutput`] rather than a tuple.
+            output_attentions (`bool`, *optional*):
+                Also return the encoder's attention weights, each block's `(batch_size, num_heads, tokens, tokens)`;
+                `config.output_attentions` when not given.
         """
         output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
-        hidden, hidden_states, bool_masked_pos, grid = self.encode_with_mask_tokens(
-            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states
+        encoded = self.encode_with_mask_tokens(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_hidden_states, output_attentions
         )
-        reconstruction = self.decoder(hidden, grid)
-        loss = masked_pixel_l1_loss(reconstruction, pixel_values, bool_masked_pos, self.config.patch_size)
+        reconstruction = self.decoder(encoded.last_hidden_state, encoded.grid)
+        loss = masked_pixel_l1_loss(reconstruction, pixel_values, encoded.bool_masked_pos, self.config.patch_size)
         output = SimMIMForPreTrainingOutput(
-            loss=loss, reconstruction=reconstruction, bool_masked_pos=bool_masked_pos, hidden_states=hidden_states
+            loss=loss,
+            reconstruction=reconstruction,
+            bool_masked_pos=encoded.bool_masked_pos,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -2,7 +2,7 @@
 
 BEiT predicts the visual tokens of masked patches; the original borrows DALL-E's tokenizer. `VisualTokenizer` is a
 small convolutional autoencoder whose bottleneck is one discrete code per ViT patch: the encoder downsamples by
-`patch_size` (a power of two), so an image maps to a (rows, cols) grid of ids aligned with the ViT's patch grid.
+`patch_size`, so an image maps to a (rows, cols) grid of ids aligned with the ViT's patch grid.
 
 Two quantizers:
 
@@ -54,6 +54,10 @@ class VisualTokenizerOutput(ModelOutput):
             effective use, between 1 and `vocab_size`.
         codebook_usage (`torch.FloatTensor` of shape `()`):
             Fraction of the vocabulary the batch used (across processes when distributed).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The encoder's feature maps, `(batch_size, channels, height, width)` each, when
+            `output_hidden_states=True`: the stem's, then each downsampling stage's, then the last residual block's
+            (at the token grid), as transformers' convolutional models return theirs.
     """
 
     loss: torch.FloatTensor | None = None
@@ -63,6 +67,7 @@ class VisualTokenizerOutput(ModelOutput):
     quantization_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
     codebook_usage: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 QUANTIZERS = ("vq_ema", "gumbel")
@@ -77,8 +82,9 @@ class VisualTokenizerConfig(ImageFieldsMixin, PretrainedConfig):
         image_size (`int` or `tuple[int, int]`, *optional*, defaults to 224):
             Resolution of the images it is trained on; the token grid is `image_size / patch_size`.
         patch_size (`int`, *optional*, defaults to 16):
-            Downsampling factor, one token per `patch_size` x `patch_size` pixels: the ViT's patch size. A power of
-            two (one stride-2 stage each).
+            Downsampling factor, one token per `patch_size` x `patch_size` pixels: the ViT's patch size. One stage
+            per prime factor: a stride-2 convolution for each factor 2, then a non-overlapping convolution for each
+            odd prime (6 px patches: 2 then 3).
         num_channels (`int`, *optional*, defaults to 3):
             Channels of the images.
         vocab_size (`int`, *optional*, defaults to 8192):
@@ -113,9 +119,9 @@ class VisualTokenizerConfig(ImageFieldsMixin, PretrainedConfig):
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the codebook's initialisation before the first batch re-initialises it
             (`"vq_ema"`), or of the code embeddings (`"gumbel"`).
-        image_mean (`list[float]`, *optional*, defaults to the ImageNet mean):
-            Per-channel mean of the normalisation the tokenizer's inputs carry.
-        image_std (`list[float]`, *optional*, defaults to the ImageNet standard deviation):
+        image_mean (`list[float]` or `float`, *optional*, defaults to the ImageNet mean):
+            Per-channel mean of the normalisation the tokenizer's inputs carry (one float: the same for all).
+        image_std (`list[float]` or `float`, *optional*, defaults to the ImageNet standard deviation):
             Per-channel standard deviation, as `image_mean`.
     """
 
@@ -170,8 +176,6 @@ class VisualTokenizerConfig(ImageFieldsMixin, PretrainedConfig):
         self._require_positive_ints("vocab_size", "embedding_dim", "hidden_channels")
         if self.vocab_size < 2:
             raise config_error("vocab_size", self.vocab_size, "at least 2 codes")
-        if self.patch_size & (self.patch_size - 1):
-            raise config_error("patch_size", self.patch_size, "a power of two (one stride-2 stage per factor 2)")
         if not isinstance(self.num_res_blocks, int) or self.num_res_blocks < 0:
             raise config_error("num_res_blocks", self.num_res_blocks, "a non-negative int")
         if self.quantizer not in QUANTIZERS:
@@ -238,6 +242,15 @@ def _code_statistics(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def initial_codebook(config: VisualTokenizerConfig) -> torch.Tensor:
+    """The EMA codebook before training's first batch replaces it with encoder outputs: normal draws of std
+    `initializer_range` from a generator of its own (seed 0), so that building the quantizer and re-initialising it
+    (a model built on the meta device) give the same codes, and the global generator is left alone."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (config.vocab_size, config.embedding_dim)
+    return torch.randn(shape, generator=generator, device="cpu") * config.initializer_range
+
+
 class EMAVectorQuantizer(nn.Module):
     """Nearest-code quantization with an EMA-learned codebook (buffers, no gradients) and a straight-through
     estimator. (B, D, h, w) -> quantized (B, D, h, w), ids (B, h, w), commitment loss, perplexity, usage."""
@@ -250,18 +263,23 @@ class EMAVectorQuantizer(nn.Module):
         self.commitment_cost = config.commitment_cost
         self.dead_code_threshold = config.dead_code_threshold
         vocab, dim = config.vocab_size, config.embedding_dim
-        self.register_buffer("embedding", torch.zeros(vocab, dim))
+        # on the default device and in the default dtype, as a factory function would make it (meta device under
+        # transformers' loading, its dtype under from_pretrained(dtype=...))
+        like = torch.empty(0)
+        self.register_buffer("embedding", initial_codebook(config).to(like.device, like.dtype))
         self.register_buffer("cluster_size", torch.zeros(vocab))
         self.register_buffer("embed_sum", torch.zeros(vocab, dim))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        codebook = self.embedding
+        # float32 whatever the model's dtype (`model.half()` casts buffers too): half-precision distances between
+        # nearby codes would pick the wrong one
+        codebook, flat = self.embedding.float(), flat.float()
         distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.pow(2).sum(1)[None]
         return distances.argmin(dim=1)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) ids -> (B, D, h, w) code vectors."""
+        """(B, h, w) ids -> (B, D, h, w) code vectors, in the codebook's dtype."""
         return self.embedding[ids].permute(0, 3, 1, 2)
 
     @torch.no_grad()
@@ -272,18 +290,20 @@ class EMAVectorQuantizer(nn.Module):
             return
         picks = flat[torch.randint(flat.shape[0], (n,), device=flat.device)].clone()
         picks = _broadcast_from_main(picks)
-        self.embedding[codes] = picks
+        self.embedding[codes] = picks.to(self.embedding.dtype)
         self.cluster_size[codes] = count
-        self.embed_sum[codes] = picks * count
+        self.embed_sum[codes] = (picks * count).to(self.embed_sum.dtype)
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> None:
-        sums = _all_reduce_sum(torch.zeros_like(self.embed_sum).index_add_(0, ids, flat))
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.epsilon) / (total + self.vocab_size * self.epsilon) * total
-        self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(1))
+        # in float32 (flat is), written back in the buffers' dtype
+        sums = _all_reduce_sum(flat.new_zeros(self.embed_sum.shape).index_add_(0, ids, flat))
+        self.cluster_size.mul_(self.decay).add_(counts.to(self.cluster_size.dtype), alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums.to(self.embed_sum.dtype), alpha=1 - self.decay)
+        cluster_size = self.cluster_size.float()
+        total = cluster_size.sum()
+        smoothed = (cluster_size + self.epsilon) / (total + self.vocab_size * self.epsilon) * total
+        self.embedding.copy_(self.embed_sum.float() / smoothed.unsqueeze(1))
         if self.dead_code_threshold > 0:
             self._restart(self.cluster_size < self.dead_code_threshold, flat, 2 * self.dead_code_threshold)
 
@@ -300,7 +320,7 @@ class EMAVectorQuantizer(nn.Module):
             self._restart(torch.ones_like(self.cluster_size, dtype=torch.bool), flat.detach(), 1.0)
             self.initialized.fill_(True)
         ids = self.nearest(flat.detach())
-        quantized = self.embedding[ids]
+        quantized = self.embedding[ids].float()
         counts = _code_counts(ids, self.vocab_size)
         if self.training:
             counts = _all_reduce_sum(counts)
@@ -369,9 +389,27 @@ class ResBlock(nn.Module):
         return x + self.conv2(F.silu(self.norm2(h)))
 
 
+def downsampling_factors(patch_size: int) -> list[int]:
+    """The prime factors of `patch_size`, 2s first: one encoder stage (and one decoder stage) each."""
+    factors, rest, prime = [], patch_size, 2
+    while rest > 1:
+        while rest % prime == 0:
+            factors.append(prime)
+            rest //= prime
+        prime += 1
+    return factors
+
+
 def _stage_widths(config: VisualTokenizerConfig) -> list[int]:
-    stages = int(math.log2(config.patch_size))
+    stages = len(downsampling_factors(config.patch_size))
     return [config.hidden_channels * min(2**i, 4) for i in range(stages + 1)]
+
+
+def _downsample(in_channels: int, out_channels: int, factor: int) -> nn.Conv2d:
+    # a 4x4 stride-2 convolution halves (VQGAN's); an odd prime factor is cut in non-overlapping squares
+    if factor == 2:
+        return nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1)
+    return nn.Conv2d(in_channels, out_channels, factor, stride=factor)
 
 
 def _res_blocks(channels: int, count: int) -> list[nn.Module]:
@@ -379,22 +417,32 @@ def _res_blocks(channels: int, count: int) -> list[nn.Module]:
 
 
 def build_encoder(config: VisualTokenizerConfig, out_channels: int) -> nn.Sequential:
-    widths = _stage_widths(config)
+    widths, factors = _stage_widths(config), downsampling_factors(config.patch_size)
     layers: list[nn.Module] = [nn.Conv2d(config.num_channels, widths[0], 3, padding=1)]
-    for i in range(len(widths) - 1):
+    for i, factor in enumerate(factors):
         layers += _res_blocks(widths[i], config.num_res_blocks)
-        layers.append(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1))
+        layers.append(_downsample(widths[i], widths[i + 1], factor))
     layers += _res_blocks(widths[-1], config.num_res_blocks)
     layers += [_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], out_channels, 1)]
     return nn.Sequential(*layers)
+
+
+def encoder_state_layers(config: VisualTokenizerConfig) -> list[int]:
+    """Indices of the encoder layers whose outputs are its `hidden_states`: the stem, each downsampling, and the
+    last residual block (the features the bottleneck is computed from)."""
+    per_stage = config.num_res_blocks + 1
+    stages = len(downsampling_factors(config.patch_size))
+    return [0] + [per_stage * (i + 1) for i in range(stages)] + [per_stage * stages + config.num_res_blocks]
 
 
 def build_decoder(config: VisualTokenizerConfig) -> nn.Sequential:
     widths = _stage_widths(config)
     layers: list[nn.Module] = [nn.Conv2d(config.embedding_dim, widths[-1], 3, padding=1)]
     layers += _res_blocks(widths[-1], config.num_res_blocks)
+    factors = downsampling_factors(config.patch_size)
     for i in reversed(range(len(widths) - 1)):
-        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i + 1], widths[i], 3, padding=1)]
+        upsample = nn.Upsample(scale_factor=factors[i], mode="nearest")
+        layers += [upsample, nn.Conv2d(widths[i + 1], widths[i], 3, padding=1)]
         layers += _res_blocks(widths[i], config.num_res_blocks)
     layers += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], config.num_channels, 3, padding=1)]
     return nn.Sequential(*layers)
@@ -424,6 +472,7 @@ class VisualTokenizer(MIMPreTrainedModel):
         self.encoder = build_encoder(config, config.embedding_dim if vq else config.vocab_size)
         self.quantizer = EMAVectorQuantizer(config) if vq else GumbelQuantizer(config)
         self.decoder = build_decoder(config)
+        self._state_layers = encoder_state_layers(config)
         self.post_init()
 
     @torch.no_grad()
@@ -439,7 +488,7 @@ class VisualTokenizer(MIMPreTrainedModel):
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=self.config.initializer_range)
         elif isinstance(module, EMAVectorQuantizer):
-            init.normal_(module.embedding, std=self.config.initializer_range)
+            init.copy_(module.embedding, initial_codebook(self.config))
             init.zeros_(module.cluster_size)
             init.zeros_(module.embed_sum)
             init.zeros_(module.initialized)
@@ -460,9 +509,17 @@ class VisualTokenizer(MIMPreTrainedModel):
             raise ValueError(f"pixel_values of {height}x{width} pixels are not divisible into {p}x{p} patches")
         return height // p, width // p
 
-    def quantize(self, pixel_values: torch.Tensor):
+    def quantize(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
+        """The quantizer's outputs (quantized, ids, loss, perplexity, usage), then the encoder's hidden states
+        (None unless asked for)."""
         self.check_pixel_values(pixel_values)
-        return self.quantizer(self.encoder(pixel_values))
+        features, hidden_states = pixel_values, () if output_hidden_states else None
+        keep = set(self._state_layers) if output_hidden_states else ()
+        for index, layer in enumerate(self.encoder):
+            features = layer(features)
+            if index in keep:
+                hidden_states = hidden_states + (features,)
+        return *self.quantizer(features), hidden_states
 
     @torch.no_grad()
     def get_codebook_indices(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -498,16 +555,26 @@ class VisualTokenizer(MIMPreTrainedModel):
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self.set_training_step(step)
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> VisualTokenizerOutput | tuple:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> VisualTokenizerOutput | tuple:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
                 Normalised images; sides multiples of `patch_size`.
+            output_hidden_states (`bool`, *optional*):
+                Also return the encoder's feature maps (see [`VisualTokenizerOutput`]); `config.output_hidden_states`
+                when not given.
             return_dict (`bool`, *optional*):
                 Return a [`VisualTokenizerOutput`] rather than a tuple.
         """
-        _, return_dict = self._output_flags(False, return_dict)
-        quantized, ids, quantization_loss, perplexity, usage = self.quantize(pixel_values)
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
+        quantized, ids, quantization_loss, perplexity, usage, hidden_states = self.quantize(
+            pixel_values, output_hidden_states
+        )
         reconstruction = self.decoder(quantized)
         reconstruction_loss = F.mse_loss(reconstruction.float(), pixel_values.float())
         loss = reconstruction_loss + quantization_loss
@@ -519,6 +586,7 @@ class VisualTokenizer(MIMPreTrainedModel):
             quantization_loss=quantization_loss.detach(),
             perplexity=perplexity,
             codebook_usage=usage,
+            hidden_states=hidden_states,
         )
         return output if return_dict else output.to_tuple()
 

@@ -102,7 +102,10 @@ def pretrain(args: PretrainArguments) -> dict:
             check_distributed_setup(spec, config, teacher=True)
             model.teacher  # noqa: B018
         if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # every Block (a GradientCheckpointingLayer), non-reentrant, transformers' default; the older name on
+            # transformers releases before its rename (the new one warns for the old)
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
         world = accelerator.num_processes
         effective_batch = args.batch_size * args.grad_accum * world
         lr = args.lr if args.lr is not None else args.base_lr * effective_batch / 256
