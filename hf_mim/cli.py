@@ -105,6 +105,22 @@ def _parser_class():
     return DataclassParser
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each flag's help as its field writes it: "(default: X)" is added only where the help names no default of its
+    own and there is one to show (argparse's ArgumentDefaultsHelpFormatter, which HfArgumentParser uses, appends it
+    to every flag, "(default: None)" and a second "(default: ...)" included); a `--no-X` flag that HfArgumentParser
+    adds for a boolean field defaulting to True says it turns `--X` off rather than repeating its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if isinstance(action, argparse._StoreFalseAction) and any(o.startswith("--no") for o in action.option_strings):
+            return f"turn --{action.dest.replace('_', '-')} off"
+        shown = action.default not in (None, argparse.SUPPRESS) and action.option_strings
+        if shown and "default" not in help_text and "%(default)" not in help_text:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-mim", description="Masked-image-modeling pretraining as Hugging Face models."
@@ -117,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=command.help,
             description=command.description,
             dataclass_types=[_load(command.arguments)],
+            formatter_class=HelpFormatter,
         )
     return parser
 

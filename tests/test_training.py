@@ -368,6 +368,27 @@ def test_help_documents_every_flag():
         assert flag in run.stdout, flag
 
 
+@pytest.mark.parametrize("command", ["pretrain", "evaluate", "visualize", "push", "convert"])
+def test_help_shows_each_default_once(command):
+    """A default appears once per flag, and only where there is one: argparse's ArgumentDefaultsHelpFormatter (what
+    HfArgumentParser uses) appended "(default: None)" and a second "(default: ...)" to helps that give their own."""
+    from hf_mim.cli import build_parser
+
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    text = subcommands[command].format_help()
+    flags = [action for action in subcommands[command]._actions if action.option_strings]
+    assert "(default: None)" not in text
+    for action in flags:
+        shown = subcommands[command].formatter_class("x")._get_help_string(action)
+        assert shown.count("(default:") <= 1, shown
+    negations = [a for a in flags if any(o.startswith("--no") for o in a.option_strings) and a.const is False]
+    for negation in negations:
+        positive = next(a for a in flags if a.dest == negation.dest and a is not negation)
+        assert negation.help == positive.help  # as HfArgumentParser builds them ...
+        rendered = subcommands[command].formatter_class("x")._get_help_string(negation)
+        assert rendered != positive.help and f"--{negation.dest.replace('_', '-')}" in rendered  # ... not as shown
+
+
 def test_two_processes_survive_bad_images(tmp_path, tiny_config_file):
     folder = write_image_folder(tmp_path / "images", copies=2)  # 26 files, 4 of them unreadable
     run = run_two_processes(
