@@ -14,3 +14,23 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# The markers transformers' common tests carry (tests/test_transformers_common.py), which transformers' own conftest
+# registers; under --strict-markers an unregistered one fails collection.
+TRANSFORMERS_MARKERS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "torch_compile_test",
+    "is_training_test",
+    "is_staging_test",
+    "is_pipeline_test",
+    "order",
+)
+
+
+def pytest_configure(config):
+    for marker in TRANSFORMERS_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: used by transformers' common tests")
