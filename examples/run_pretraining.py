@@ -30,8 +30,16 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import SchedulerType, get_last_checkpoint
 
 import hf_mim
+from hf_mim.loading import load_checked
 from hf_mim.modeling.auto import METHOD_SPECS, method_spec
-from hf_mim.training.arguments import PretrainArguments, build_config, resolve_defaults, setup_logging, validate
+from hf_mim.training.arguments import (
+    PretrainArguments,
+    build_config,
+    one_line,
+    resolve_defaults,
+    setup_logging,
+    validate,
+)
 from hf_mim.training.data import (
     BUILTIN_DATASET,
     builtin_digits,
@@ -42,7 +50,7 @@ from hf_mim.training.data import (
 )
 from hf_mim.training.hf_trainer import MIMTrainer, cpu_process_group_if_needed
 from hf_mim.training.presets import ENCODER_PRESETS
-from hf_mim.training.run_folder import check_output_dir
+from hf_mim.training.run_folder import check_not_in_dataset, check_output_dir
 
 logger = logging.getLogger("hf_mim.examples.run_pretraining")
 
@@ -160,10 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         given = flags_given(parser, argv)
     setup_logging(training_args.process_index == 0)
-    # as `hf-mim pretrain`: a new or empty folder, an hf_mim run's, or a resume; never someone else's files
-    check_output_dir(
-        Path(training_args.output_dir), data_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint)
-    )
+    # as `hf-mim pretrain`: a new or empty folder or an hf_mim run's, resumed or not; never someone else's files
+    check_not_in_dataset(Path(training_args.output_dir), data_args.dataset)
+    check_output_dir(Path(training_args.output_dir), data_args.overwrite_output_dir, flag="--output_dir")
     from transformers import set_seed
 
     set_seed(training_args.seed)
@@ -193,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     recipe_args = resolve_defaults(recipe_args, len(raw))
     validate(recipe_args)
     if model_args.model_name_or_path:
-        model = spec.pretraining_class.from_pretrained(model_args.model_name_or_path)
+        # as strictly as hf-mim's commands load a checkpoint: safetensors, no code from the folder, every tensor
+        model = load_checked(spec.pretraining_class, model_args.model_name_or_path)
     else:
         model = spec.pretraining_class(build_config(recipe_args, spec))
     apply_recipe(training_args, recipe_args, spec, given)
@@ -236,5 +244,16 @@ def main(argv: list[str] | None = None) -> dict:
     return result.metrics
 
 
+def run(argv: list[str] | None = None) -> int:
+    """`main` as a command: what a user can fix (a bad flag or value, a folder, a checkpoint) is one line on stderr
+    and exit status 2, as `hf-mim pretrain` does."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as err:
+        print(f"run_pretraining.py: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -87,8 +87,9 @@ _WRITTEN = ("config.json", "model.safetensors", "model.safetensors.index.json", 
 
 
 def check_destination(src: Path, dst: str | os.PathLike) -> None:
-    """Refuse a `dst` whose files would overwrite the source: the same folder, or a folder holding the source file
-    under a name the save writes. Raises ConversionError before anything is read or written."""
+    """Refuse a `dst` whose files would overwrite the source (the same folder, or a folder holding the source file
+    under a name the save writes) or another model (a folder holding any file the save writes). Raises
+    ConversionError before anything is read or written."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if src.is_dir():
         clash = dst == src
@@ -97,6 +98,14 @@ def check_destination(src: Path, dst: str | os.PathLike) -> None:
     if clash:
         raise ConversionError(
             f"dst={str(dst)!r} would overwrite the source {str(src)!r}; allowed: a folder other than the source's"
+        )
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"dst={str(dst)!r} is a file; allowed: a new or empty folder")
+    held = sorted(n for n in _WRITTEN if (dst / n).exists()) if dst.is_dir() else []
+    if held:
+        # another model's weights and config would be replaced, and its card and pictures would then describe them
+        raise ConversionError(
+            f"dst={str(dst)!r} already holds a model ({', '.join(held)}); allowed: a new or empty folder"
         )
 
 

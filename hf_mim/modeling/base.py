@@ -40,35 +40,45 @@ logger = logging.getLogger(__name__)
 HUB_HOOKS: dict = {}
 
 
-def export_remote_code(config, save_directory: str | os.PathLike) -> list[str]:
-    """Copy the modeling files a config's method needs into `save_directory`, flat, and set `config.auto_map`.
-
-    The files are the method file (whose `METHOD.auto_classes` names the Auto class of each model class) and every
-    file it imports relatively, recursively; they import only torch, transformers and the standard library; their
-    `from .x import y` imports resolve in the flat upload as they do in the package. Works from the installed
-    package and from a remote-code copy alike, so a model loaded without hf_mim saves and re-shares the same way.
-    Returns the copied file names (empty, with a warning, for a config class whose module declares no `METHOD`).
-    """
+def remote_code_sources(config_class) -> tuple[list[str], dict[str, str]]:
+    """(source files, auto_map) of the modeling code a config class's method needs for `trust_remote_code`
+    loading: the method file (whose `METHOD.auto_classes` names the Auto class of each model class) and every file
+    it imports relatively, recursively. Empty for a config class whose module declares no `METHOD`."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
-    method = getattr(sys.modules[type(config).__module__], "METHOD", None)
+    method = getattr(sys.modules[config_class.__module__], "METHOD", None)
     auto_classes = getattr(method, "auto_classes", None)
     if not auto_classes:
-        logger.warning(
-            "%s has no METHOD in its module: saved without remote code, so loading it needs hf_mim",
-            type(config).__name__,
-        )
-        return []
+        return [], {}
     files, auto_map = set(), {}
     for auto_name, cls in auto_classes.items():
         source = inspect.getfile(cls)
         auto_map[auto_name] = f"{os.path.splitext(os.path.basename(source))[0]}.{cls.__name__}"
         files.add(source)
         files.update(get_relative_import_files(source))
+    return sorted(files), auto_map
+
+
+def export_remote_code(config, save_directory: str | os.PathLike) -> list[str]:
+    """Copy the modeling files a config's method needs (`remote_code_sources`) into `save_directory`, flat, and set
+    `config.auto_map`.
+
+    The files import only torch, transformers and the standard library; their `from .x import y` imports resolve
+    in the flat upload as they do in the package. Works from the installed package and from a remote-code copy
+    alike, so a model loaded without hf_mim saves and re-shares the same way. Returns the copied file names (empty,
+    with a warning, for a config class whose module declares no `METHOD`).
+    """
+    files, auto_map = remote_code_sources(type(config))
+    if not files:
+        logger.warning(
+            "%s has no METHOD in its module: saved without remote code, so loading it needs hf_mim",
+            type(config).__name__,
+        )
+        return []
     config.auto_map = auto_map
     os.makedirs(save_directory, exist_ok=True)
     names = []
-    for source in sorted(files):
+    for source in files:
         name = os.path.basename(source)
         shutil.copyfile(source, os.path.join(save_directory, name))
         names.append(name)
@@ -413,6 +423,7 @@ __all__ = [
     "ViTEncoder",
     "build_image_processor",
     "export_remote_code",
+    "remote_code_sources",
     "HUB_HOOKS",
     "PREPROCESSOR_CONFIG",
 ]

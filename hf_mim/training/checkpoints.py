@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .arguments import one_line
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
@@ -44,7 +46,7 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` atomically. Must be called on every process (save_state is collective). A full disk
     (or any write error) on any process stops every process alike, with the last checkpoint kept named."""
-    from .run_folder import is_no_space, no_space_message
+    from .run_folder import is_no_space, is_write_failure, no_space_message
 
     root = checkpoint_root(output_dir)
     run_id = trainer_state.get("run_id")
@@ -67,12 +69,15 @@ def save_checkpoint(
                 if p.is_file()
             }
             _write_synced(tmp / MANIFEST, json.dumps(files, indent=2))
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - raised on one process, it would leave the others waiting in the reduce
+        if not is_write_failure(err):
+            logger.exception("checkpoint %s failed", final)
         last = next(iter(reversed(list_checkpoints(output_dir, run_id))), None)
         problem = (
             no_space_message(root, _size(tmp), last)
-            if is_no_space(err)
-            else f"could not write checkpoint {final}: {err}; the last checkpoint kept is {last}"
+            if is_no_space(err, root)
+            else f"could not write checkpoint {final}: {type(err).__name__}: {one_line(err)}; the last checkpoint "
+            f"kept is {last}"
         )
     failed = accelerator.reduce(torch.tensor(float(problem is not None), device=accelerator.device), "sum").item()
     if failed:

@@ -1,8 +1,15 @@
 """The output folder of an `hf-mim pretrain` run: whose it is, who is writing it, and how its final model lands.
 
 - **Ownership.** A folder holding files that no hf-mim run wrote (someone's model, their notes) is refused unless
-  `--overwrite-output-dir` or `--resume-from-checkpoint` says otherwise, as transformers' example scripts do. A run
-  records itself in `training_args.json` (with a `run_id`), which is how a later run recognises the folder as one.
+  `--overwrite-output-dir` says otherwise, as transformers' example scripts do; asking to resume changes nothing
+  there (a checkpoint of another folder would be resumed into someone's files). A run records itself in
+  `training_args.json` (with a `run_id`), which is how a later run recognises the folder as one.
+- **Only its own files.** A run replaces and removes only what hf-mim writes (`written_by_hf_mim_for`): the model, its
+  records, pictures and modeling code, a generated card. A user's script, plot or hand-written README.md beside
+  them is never touched, `--overwrite-output-dir` or not.
+- **The previous model stays until the new one is in place.** A re-run sets the previous `training_args.json` aside
+  (restored if the run fails) and removes the previous run's other files only once the new model has been moved
+  in.
 - **One writer.** `.hf_mim.lock` (pid, host, run id) is created exclusively before anything is written; a second run
   on the same folder refuses in one line. A lock whose process is gone (same host) is taken over.
 - **Atomic, ordered final save.** The model and its records are written into a staging folder inside the output
@@ -16,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -38,6 +46,8 @@ RUN_OUTPUTS = (
 )
 # Moved into place last, in this order: a folder whose summary is there holds a whole model.
 RECORDS_LAST = ("README.md", TRAINING_SUMMARY)
+#: Where a re-run keeps the previous run's training_args.json until its own model is in place.
+PREVIOUS_ARGS = ".hf_mim.previous-args.json"
 
 
 class RunFolderError(ValueError):
@@ -46,6 +56,19 @@ class RunFolderError(ValueError):
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def check_not_in_dataset(folder: Path, dataset: str | None) -> None:
+    """Refuse an output folder that is a local dataset's folder or lies inside it: the run would write among the
+    images it reads, and list its own pictures and checkpoints as training data."""
+    if not dataset or not os.path.isdir(dataset):
+        return
+    data, out = Path(dataset).resolve(), Path(folder).resolve()
+    if out == data or out.is_relative_to(data):
+        raise RunFolderError(
+            f"--output-dir {folder} is inside --dataset {dataset}; allowed: a folder outside the dataset's (the run "
+            "would write among the images it reads)"
+        )
 
 
 def written_by_hf_mim(folder: Path) -> bool:
@@ -71,18 +94,37 @@ def previous_run_id(folder: Path) -> str | None:
         return None
 
 
-def check_output_dir(folder: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse a file, or a non-empty folder no hf-mim run wrote, unless told to overwrite or resume."""
+_TRAINER_CHECKPOINT = re.compile(r"checkpoint-\d+")
+_STEP_FOLDER = re.compile(r"(\.tmp-)?step-\d+(\.\w+)?")
+
+
+def _is_checkpoint_folder(path: Path) -> bool:
+    """`checkpoints/` of `hf-mim pretrain` runs (step-N folders only), or a `checkpoint-N` folder of Trainer: a folder
+    holding only these (a checkpoint copied in to be resumed) is a run's folder, and the run adds files beside them."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    if path.name == "checkpoints":
+        return all(p.is_dir() and _STEP_FOLDER.fullmatch(p.name) for p in path.iterdir())
+    return _TRAINER_CHECKPOINT.fullmatch(path.name) is not None and (path / "trainer_state.json").is_file()
+
+
+def check_output_dir(folder: Path, overwrite: bool, flag: str = "--output-dir") -> None:
+    """Refuse a file, or a non-empty folder no hf-mim run wrote, unless told to overwrite. A resume is no reason to
+    write into someone's folder: the checkpoint may be another folder's."""
     if folder.exists() and not folder.is_dir():
-        raise RunFolderError(f"--output-dir {folder} is a file; allowed: a new or empty folder, or an hf-mim run's")
-    if not folder.is_dir() or overwrite or resume:
+        raise RunFolderError(f"{flag} {folder} is a file; allowed: a new or empty folder, or an hf-mim run's")
+    if not folder.is_dir() or overwrite:
         return
-    others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+    others = sorted(
+        p.name for p in folder.iterdir() if p.name not in (LOCK_FILE, PREVIOUS_ARGS) and not _is_checkpoint_folder(p)
+    )
     if others and not written_by_hf_mim(folder):
+        overwrite_flag = "--overwrite_output_dir" if "_" in flag else "--overwrite-output-dir"
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise RunFolderError(
-            f"--output-dir {folder} holds files no hf-mim run wrote ({shown}); allowed: a new or empty folder, or "
-            "one an hf-mim run wrote. Pass --overwrite-output-dir to write into it anyway"
+            f"{flag} {folder} holds files no hf-mim run wrote ({shown}); allowed: a new or empty folder, or "
+            f"one an hf-mim run wrote. Pass {overwrite_flag} to write into it anyway (only the files hf-mim "
+            "writes are replaced)"
         )
 
 
@@ -145,43 +187,110 @@ class RunLock:
             self.held = False
 
 
-def clear_previous_outputs(folder: Path) -> list[str]:
-    """Remove what an earlier run of this folder wrote at its top level (model, records, pictures, modeling
-    code, a generated card); checkpoints stay, scoped by their run id. Only for folders an hf-mim run wrote."""
+def is_generated_card(path: Path) -> bool:
     from ..model_cards.card import GENERATED_MARKER
 
-    removed = []
+    return path.is_file() and GENERATED_MARKER in path.read_text(encoding="utf-8", errors="replace")
+
+
+def previous_outputs(folder: Path) -> list[str]:
+    """What an earlier run of this folder wrote at its top level, by name (`written_by_hf_mim_for` its config;
+    README.md only where it is a generated card): what a re-run may replace or, once its model is in, remove."""
+    from ..model_cards.card import folder_config, is_weight_shard, written_by_hf_mim_for
+
+    names = written_by_hf_mim_for(folder_config(folder))
+    found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if not path.is_file() or path.is_symlink():
+        if not path.is_file() or path.is_symlink() or not (path.name in names or is_weight_shard(path.name)):
             continue
-        generated_card = path.name == "README.md" and GENERATED_MARKER in path.read_text(errors="replace")
-        if path.name in RUN_OUTPUTS or path.suffix in (".png", ".py") or generated_card:
-            path.unlink()
-            removed.append(path.name)
-    return removed
+        if path.name == "README.md" and not is_generated_card(path):
+            continue
+        found.append(path.name)
+    return found
+
+
+def set_aside_previous_args(folder: Path) -> bool:
+    """Keep the previous run's training_args.json aside while a new run of this folder trains (its own must be
+    there for a resume to find); `restore_previous_args` puts it back if the run fails."""
+    path = folder / TRAINING_ARGS
+    if not path.is_file():
+        return False
+    os.replace(path, folder / PREVIOUS_ARGS)
+    return True
+
+
+def restore_previous_args(folder: Path) -> None:
+    aside = folder / PREVIOUS_ARGS
+    if aside.is_file():
+        os.replace(aside, folder / TRAINING_ARGS)
+
+
+def forget_previous_args(folder: Path) -> None:
+    (folder / PREVIOUS_ARGS).unlink(missing_ok=True)
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def no_space_message(folder: Path, needed: int, last_checkpoint: Path | None) -> str:
-    usage = shutil.disk_usage(folder if folder.exists() else folder.parent)
-    kept = f"the last checkpoint kept is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
-    return (
-        f"no space left on the disk of {folder} ({usage.free / 1e6:.0f} MB free, about {needed / 1e6:.0f} MB "
-        f"needed); {kept}. Free some space and resume with --resume-from-checkpoint latest"
+    existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), Path("/"))
+    usage = shutil.disk_usage(existing)
+    then = (
+        f"the last checkpoint kept is {last_checkpoint}. Free some space and resume with --resume-from-checkpoint "
+        "latest"
+        if last_checkpoint
+        else "no checkpoint was written. Free some space and run again"
+    )
+    return f"no space left on the disk of {folder} ({_bytes(usage.free)} free, about {_bytes(needed)} needed); {then}"
+
+
+_WRITER_FAILURES = ("no space left", "os error 28", "disk quota", "inline_container", "pytorchstreamwriter")
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """Whether `err` is a failure to write a file: an OSError, or what safetensors (SafetensorError) and torch.save
+    (RuntimeError from its zip writer) raise for one, a full disk included."""
+    if isinstance(err, OSError):
+        return True
+    text = str(err).lower()
+    return type(err).__name__ == "SafetensorError" or (
+        isinstance(err, RuntimeError) and any(sign in text for sign in _WRITER_FAILURES)
     )
 
 
-def is_no_space(err: OSError) -> bool:
-    return err.errno in (errno.ENOSPC, errno.EDQUOT)
+def is_no_space(err: BaseException, folder: Path | None = None) -> bool:
+    """Whether a write failed for want of space. torch's zip writer says only that a write fell short
+    ("unexpected pos"), so for it the disk of `folder` is asked how much is left."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err).lower()
+    if any(sign in text for sign in _WRITER_FAILURES[:3]):
+        return True
+    if folder is not None and is_write_failure(err):
+        existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), None)
+        return existing is not None and shutil.disk_usage(existing).free < 16 * 2**20
+    return False
 
 
-def move_into_place(staging: Path, folder: Path) -> None:
+def move_into_place(staging: Path, folder: Path, stale: list[str] = ()) -> list[str]:
     """Move every file of `staging` into `folder` (os.replace: atomic per file), the records last, then remove
-    `staging`."""
+    `staging` and the `stale` names (an earlier run's files the new one did not write again). A README.md a person
+    wrote (no generated-card marker) is kept, and the generated card not moved over it. Returns the names kept."""
     names = sorted(p.name for p in staging.iterdir())
+    kept = []
+    if "README.md" in names and (folder / "README.md").exists() and not is_generated_card(folder / "README.md"):
+        (staging / "README.md").unlink()
+        names.remove("README.md")
+        kept.append("README.md")
     ordered = [n for n in names if n not in RECORDS_LAST] + [n for n in RECORDS_LAST if n in names]
     for name in ordered:
         os.replace(staging / name, folder / name)
     staging.rmdir()
+    for name in stale:
+        if name not in names:
+            (folder / name).unlink(missing_ok=True)
+    return kept
 
 
 __all__ = [
@@ -189,8 +298,14 @@ __all__ = [
     "RunFolderError",
     "RunLock",
     "check_output_dir",
-    "clear_previous_outputs",
+    "check_not_in_dataset",
+    "forget_previous_args",
+    "is_generated_card",
     "is_no_space",
+    "is_write_failure",
+    "previous_outputs",
+    "restore_previous_args",
+    "set_aside_previous_args",
     "move_into_place",
     "new_run_id",
     "no_space_message",

@@ -47,13 +47,18 @@ from .presets import SMALL_DATASET_IMAGES
 from .run_folder import (
     RunFolderError,
     RunLock,
+    check_not_in_dataset,
     check_output_dir,
-    clear_previous_outputs,
+    forget_previous_args,
     is_no_space,
+    is_write_failure,
     move_into_place,
     new_run_id,
     no_space_message,
+    previous_outputs,
     previous_run_id,
+    restore_previous_args,
+    set_aside_previous_args,
 )
 from .streaming import check_every_node_has_data, known_size, streaming_loader
 from .transforms import ImageAugmentation, normalize_pixels
@@ -75,6 +80,7 @@ def pretrain(args: PretrainArguments) -> dict:
     check_distributed_setup(spec)  # before accelerate builds (or silently replaces) the engine it was asked for
     accelerator = _accelerator(args)
     run_id, lock = _claim_output_dir(accelerator, args)
+    saved = False
     try:
         set_seed(args.seed)
 
@@ -203,6 +209,7 @@ def pretrain(args: PretrainArguments) -> dict:
         # process was still saving, and with 2 CPU processes the main one then blocked for good at teardown. The
         # broadcast is that barrier, and tells every process whether the save failed, so that all stop alike.
         save_problem = _broadcast(accelerator, save_problem)
+        saved = save_problem is None
         del model, optimizer, adversary_optimizer, loader, schedulers, loop, unwrapped
         end_training(accelerator)
         if accelerator.is_main_process:
@@ -223,7 +230,20 @@ def pretrain(args: PretrainArguments) -> dict:
         return summary
     finally:
         if lock is not None:
+            if not saved:
+                _keep_previous_run(Path(args.output_dir), run_id)
             lock.release()
+
+
+def _keep_previous_run(folder: Path, run_id: str | None) -> None:
+    """After a run that saved no model: the folder goes back to the earlier run whose model it still holds (its
+    `training_args.json` restored), unless this run wrote checkpoints, which a resume must be able to find."""
+    from .checkpoints import list_checkpoints
+
+    if run_id is not None and list_checkpoints(folder, run_id):
+        logger.info("%s keeps this run's training_args.json: its checkpoints can be resumed", folder)
+        return
+    restore_previous_args(folder)
 
 
 def _run_length(args: PretrainArguments, batches_per_epoch: int | None) -> tuple[int, int | None, int]:
@@ -388,15 +408,14 @@ def _resume(accelerator, args: PretrainArguments, run_id, layout: dict, identity
 
 
 def _start_records(accelerator, args: PretrainArguments, run_id: str, resume_path) -> None:
-    """The output folder for a new run (the previous run's outputs cleared, where the folder is an hf-mim run's
-    or the user said to overwrite), `training_args.json`, and the trackers."""
+    """The output folder for a new run, `training_args.json`, and the trackers. A new run in a folder of an earlier
+    one sets that run's `training_args.json` aside (restored if this run saves no model) and leaves its model, card
+    and pictures in place: `_save_final` replaces them only once the new model is there."""
     if accelerator.is_main_process:
         folder = Path(args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        if resume_path is None:
-            removed = clear_previous_outputs(folder)
-            if removed:
-                logger.info("removed the previous run's %s from %s", ", ".join(removed), folder)
+        if resume_path is None and set_aside_previous_args(folder):
+            logger.info("%s holds an earlier run: its files stay until this run's model is saved", folder)
         write_atomic(folder / "training_args.json", json.dumps({**asdict(args), "run_id": run_id}, indent=2))
     if args.report_to != "none":
         accelerator.init_trackers("hf-mim", config={k: v for k, v in asdict(args).items() if not isinstance(v, dict)})
@@ -662,7 +681,8 @@ def _claim_output_dir(accelerator, args: PretrainArguments):
     lock = None
     if accelerator.is_main_process:
         try:
-            check_output_dir(folder, args.overwrite_output_dir, bool(args.resume_from_checkpoint))
+            check_not_in_dataset(folder, args.dataset)
+            check_output_dir(folder, args.overwrite_output_dir)
             # resuming: the run this folder records, if any (None lets `latest` take the newest checkpoint there
             # and adopt its run); else a new run
             run_id = previous_run_id(folder) if args.resume_from_checkpoint else new_run_id()
@@ -711,6 +731,7 @@ def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, con
         drawn = spec.pretraining_class(config)
         drawn.load_state_dict(state_dict)
     staging = folder / f".tmp-final-{run_id}"
+    stale = previous_outputs(folder)
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
@@ -724,13 +745,21 @@ def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, con
             from .callbacks import TEACHER_FILE, save_teacher
 
             save_teacher(unwrapped.teacher, str(staging / TEACHER_FILE))
-        move_into_place(staging, folder)
-    except OSError as err:
+        stale = [name for name in stale if not (staging / name).exists()]
+        kept_files = move_into_place(staging, folder, stale)
+    except Exception as err:  # noqa: BLE001 - safetensors and torch.save report a full disk as their own errors
         shutil.rmtree(staging, ignore_errors=True)
-        if is_no_space(err):
+        if not is_write_failure(err):
+            raise
+        if is_no_space(err, folder):
             needed = sum(t.numel() * t.element_size() for t in state_dict.values())
             return no_space_message(folder, needed, last)
         return f"could not save the model in {folder}: {one_line(err)}; {kept}"
+    forget_previous_args(folder)
+    if stale:
+        logger.info("removed the previous run's %s from %s (this run did not write them)", ", ".join(stale), folder)
+    if kept_files:
+        logger.info("kept %s in %s: written by a person, not regenerated", ", ".join(kept_files), folder)
     return None
 
 
@@ -777,9 +806,15 @@ def _check_resumable(path: Path, saved: dict, layout: dict, identity: dict) -> N
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """`path` holds its old text or the new one, never a part: written beside it, then renamed over it. A failed
+    write (a full disk) leaves no temporary file behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _held_out_images(args: PretrainArguments):
