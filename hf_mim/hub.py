@@ -22,34 +22,21 @@ from .model_cards.card import (
     GENERATED_MARKER,
     TRAINER_STATE,
     TRAINING_SUMMARY,
+    folder_config,
+    is_weight_shard,
     model_card_for_folder,
     validate_model_card,
     weight_files,
     write_model_card,
+    written_by_hf_mim_for,
 )
 from .modeling import base as _base
 
 logger = logging.getLogger(__name__)
 
-# Top-level files of a model folder that go to the Hub; anything else (checkpoints/, optimizer states, pickles) stays.
-UPLOAD_FILES = frozenset(
-    {
-        "config.json",
-        "preprocessor_config.json",
-        "README.md",
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "ema_teacher.safetensors",
-        "training_args.json",
-        TRAINING_SUMMARY,
-        TRAINER_STATE,
-        "eval_results.json",
-    }
-)
 # What a run recorded beside its weights (besides its *.png pictures): carried along when a model loaded from that
 # folder is pushed unchanged.
 RUN_RECORDS = (TRAINING_SUMMARY, "training_args.json", TRAINER_STATE, "eval_results.json", "ema_teacher.safetensors")
-_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
@@ -75,7 +62,9 @@ def check_repo_id(repo_id, field: str = "repo_id") -> str:
     problem = _unsafe(repo_id)
     if problem is None and ".." in repo_id:
         problem = "it contains '..'"
-    elif problem is None and (repo_id.count("/") > 1 or not all(_REPO_PART.match(part) for part in repo_id.split("/"))):
+    elif problem is None and (
+        repo_id.count("/") > 1 or not all(_REPO_PART.fullmatch(part) for part in repo_id.split("/"))
+    ):
         problem = "it is not 'name' or 'namespace/name' of letters, digits, '-', '_' and '.' (at most 96 each)"
     elif problem is None and (repo_id.endswith((".git", ".")) or "--" in repo_id):
         problem = "it ends in '.git' or '.', or contains '--'"
@@ -95,9 +84,14 @@ def check_path_in_repo(path, field: str = "path_in_repo") -> str:
     return path
 
 
-def files_to_upload(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(uploaded, left out) top-level file names of a model folder. Raises ValueError for a folder with no
-    safetensors weights: pickled weights are never uploaded and never converted silently."""
+def files_to_upload(
+    folder: str | os.PathLike, include: list[str] | tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """(uploaded, left out) top-level file names of a model folder: the files hf_mim writes for this model
+    (`written_by_hf_mim_for` its config: weights, configs, run records, the pictures its card shows), plus the
+    top-level files named in `include`. Anything else (a scan dropped into the folder, a script, modeling code,
+    which `push_folder` exports fresh) is left out. Raises ValueError for a folder with no safetensors weights:
+    pickled weights are never uploaded and never converted silently."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder={str(folder)!r} is not a directory")
@@ -111,12 +105,16 @@ def files_to_upload(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
             + (f" (only pickle files: {pickles}, which hf_mim never uploads)" if pickles else "")
             + "; save it with save_pretrained, which writes safetensors"
         )
+    for name in include:
+        check_path_in_repo(name, "--include")
+        if "/" in name or not (folder / name).is_file():
+            raise ValueError(f"--include {name!r} is invalid: allowed: the name of a file at the top of {folder}")
+        if name.endswith(PICKLE_SUFFIXES):
+            raise ValueError(f"--include {name!r} is invalid: pickle files are never uploaded (unpickling runs code)")
+    ours = {name for name in written_by_hf_mim_for(folder_config(folder)) if not name.endswith(".py")}
     uploaded, left_out = [], []
     for name in names:
-        # Modeling code is not taken from the folder (a training script beside the weights is no business of the
-        # repo): push_folder exports it fresh.
-        keep = (folder / name).is_file() and not name.endswith(PICKLE_SUFFIXES)
-        keep = keep and (name in UPLOAD_FILES or bool(_SHARD.match(name)) or name.endswith(".png"))
+        keep = (folder / name).is_file() and (name in ours or is_weight_shard(name) or name in include)
         (uploaded if keep else left_out).append(name)
     for name in uploaded:
         check_path_in_repo(name)
@@ -156,7 +154,7 @@ def check_file_type(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
         if name.endswith(".png"):
-            ok = head == _PNG_SIGNATURE
+            ok = head == _PNG_SIGNATURE and _decodes_as_png(path)
         elif name.endswith(".safetensors"):
             size = int.from_bytes(head, "little") if len(head) == 8 else -1
             ok = 1 < size <= path.stat().st_size - 8
@@ -178,6 +176,22 @@ def check_file_type(path: Path) -> None:
         raise ValueError(f"{path} is not a {kind}, as its name says; refusing to upload it")
 
 
+def _decodes_as_png(path: Path) -> bool:
+    """Whether a file is a whole PNG image, decoded: its signature alone would let any file through."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                return False
+            image.verify()  # chunk CRCs
+        with Image.open(path) as image:
+            image.load()  # the pixel data itself (verify does not decompress it)
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
+        return False
+    return True
+
+
 @dataclass
 class PushArguments:
     """What `hf-mim push` takes; the CLI is generated from these fields, their defaults and their help."""
@@ -194,6 +208,13 @@ class PushArguments:
         default=None, metadata={"help": "the Hub id these weights were fine-tuned from, for the card"}
     )
     token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN or the stored login)"})
+    include: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "more top-level files of the folder to upload (only what hf_mim wrote goes up otherwise; the "
+            "rest is listed as left out)"
+        },
+    )
 
 
 def push_folder(
@@ -209,24 +230,30 @@ def push_folder(
     license: str | None = None,
     base_model: str | None = None,
     tags: list[str] | None = None,
+    include: list[str] | tuple[str, ...] = (),
 ):
     """Upload a saved model folder to `repo_id` in one commit; returns huggingface_hub's `CommitInfo`.
+
+    Goes up: what hf_mim wrote for this model (`files_to_upload`) and the files named in `include`; the folder must
+    load as it will on the Hub (its weights fit config.json) before anything is sent.
 
     The modeling code and config.json's `auto_map` are written fresh from the installed hf_mim; README.md is
     regenerated for `repo_id` (with `license`, `base_model` and extra `tags`) unless the folder holds a card a person
     wrote, and is validated before any upload."""
     from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
     from transformers import AutoConfig
 
     check_repo_id(repo_id)
     if base_model is not None:
         check_repo_id(base_model, "base_model")
-    uploaded, left_out = files_to_upload(folder)
+    uploaded, left_out = files_to_upload(folder, include)
     folder = Path(folder)
     if left_out:
-        logger.info("not uploaded from %s: %s", folder, ", ".join(left_out))
-    # hf_mim is imported here, so AutoConfig resolves the model_type locally, without trust_remote_code
-    config = AutoConfig.from_pretrained(folder)
+        logger.info("not uploaded from %s (name them with --include to add them): %s", folder, ", ".join(left_out))
+    # hf_mim is imported here, so AutoConfig resolves the model_type locally; never the folder's own code
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    check_loads(folder, config)
     with tempfile.TemporaryDirectory() as staging:
         code = _base.export_remote_code(config, staging)
         config.save_pretrained(staging)
@@ -248,15 +275,30 @@ def push_folder(
         ]
         api = HfApi()
         repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        return api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or f"Upload {(config.architectures or ['model'])[0]} with hf_mim",
-            commit_description=commit_description,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-        )
+        try:
+            return api.create_commit(
+                repo_id,
+                operations,
+                commit_message=commit_message or f"Upload {(config.architectures or ['model'])[0]} with hf_mim",
+                commit_description=commit_description,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+            )
+        except RevisionNotFoundError:
+            raise ValueError(
+                f"--revision {revision!r}: {repo_id} has no such branch; create it first "
+                "(huggingface_hub's HfApi.create_branch), or leave --revision out to push to main"
+            ) from None
+
+
+def check_loads(folder: Path, config) -> None:
+    """Refuse to upload a folder that would not load: every tensor of the model its config.json describes must be
+    in the weights, with its shape (weights that do not fit an edited config.json would publish a repository
+    nobody can load). Raises `CheckpointError` (a ValueError)."""
+    from .loading import load_checked, model_class_for
+
+    load_checked(model_class_for(config), folder, config=config)
 
 
 def push_model(
@@ -379,10 +421,10 @@ __all__ = [
     "check_link_target",
     "check_path_in_repo",
     "check_repo_id",
+    "check_loads",
     "files_to_upload",
     "push_folder",
     "push_model",
     "base_model_of",
     "carry_run_records",
-    "UPLOAD_FILES",
 ]

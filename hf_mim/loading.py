@@ -21,6 +21,9 @@ class CheckpointError(ValueError):
 def from_safetensors(model_class, name_or_path: str | os.PathLike, **kwargs):
     """(model, loading info) of `model_class.from_pretrained(name_or_path, **kwargs)` read from safetensors only; a
     pickle-only folder, an unreadable file or tensors of the wrong shape raise `CheckpointError`."""
+    # never the folder's own code: a "y" on stdin would otherwise answer transformers' prompt to run it
+    kwargs.setdefault("trust_remote_code", False)
+    _check_model_type(model_class, name_or_path, kwargs)
     try:
         return model_class.from_pretrained(name_or_path, use_safetensors=True, output_loading_info=True, **kwargs)
     except SafetensorError as err:
@@ -54,10 +57,41 @@ def load_checked(model_class, name_or_path: str | os.PathLike, *, new_prefixes: 
     return model
 
 
+def model_class_for(config):
+    """The class a saved config describes (its `architectures[0]`, among its method's classes), else AutoModel."""
+    from transformers import AutoModel
+
+    from .modeling.auto import SPECS_BY_MODEL_TYPE
+
+    spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
+    name = (getattr(config, "architectures", None) or [None])[0]
+    classes = {cls.__name__: cls for cls in (spec.auto_classes.values() if spec is not None else ())}
+    return classes.get(name, AutoModel)
+
+
+def _check_model_type(model_class, name_or_path, kwargs) -> None:
+    """A concrete class (`MAEForPreTraining`) builds its own config from any config.json, with a warning only: a
+    folder of another model type (or one whose type only its own code defines) is refused instead."""
+    config_class = getattr(model_class, "config_class", None)
+    expected = getattr(config_class, "model_type", None)
+    if not expected or kwargs.get("config") is not None:
+        return
+    try:
+        fields, _ = config_class.get_config_dict(name_or_path)
+    except (OSError, ValueError):
+        return  # from_pretrained says what is missing
+    found = fields.get("model_type")
+    if found != expected:
+        raise CheckpointError(
+            f"{name_or_path} holds a model of type {found!r}, not {expected!r} ({model_class.__name__}); load it "
+            "with the class of its own method"
+        )
+
+
 def _pickle_files(name_or_path) -> list[str]:
     if not os.path.isdir(name_or_path):
         return []
     return sorted(n for n in os.listdir(name_or_path) if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")))
 
 
-__all__ = ["CheckpointError", "from_safetensors", "load_checked"]
+__all__ = ["CheckpointError", "from_safetensors", "load_checked", "model_class_for"]

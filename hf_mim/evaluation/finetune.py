@@ -145,7 +145,7 @@ def finetune(
         overrides["pooling"] = pooling
     set_seed(seed)
     if random_init:
-        config = AutoConfig.from_pretrained(model_name_or_path, **overrides)
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=False, **overrides)
         model = AutoModelForImageClassification.from_config(config)
     else:
         from ..loading import load_checked

@@ -43,7 +43,7 @@ def load_encoder(name_or_path: str | os.PathLike, random_init: bool = False, see
 
     import hf_mim  # noqa: F401  (registers hf_mim's classes with the Auto classes)
 
-    config = AutoConfig.from_pretrained(name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
     if not isinstance(config, MIMConfig):
         hint = " (convert it with `hf-mim convert`)" if config.model_type in ("vit_mae", "vit") else ""
         raise ValueError(

@@ -46,7 +46,7 @@ def load_pretraining_model(name_or_path: str | os.PathLike, **config_overrides):
 
     from ..modeling.auto import SPECS_BY_MODEL_TYPE
 
-    config = AutoConfig.from_pretrained(name_or_path, **config_overrides)
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False, **config_overrides)
     spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
     if spec is None or spec.picture is None:
         pictured = sorted(s.name for s in SPECS_BY_MODEL_TYPE.values() if s.picture is not None)
@@ -61,13 +61,25 @@ def load_pretraining_model(name_or_path: str | os.PathLike, **config_overrides):
 
 
 def image_files(paths: list[str]) -> list[Path]:
+    """The image files of `--images`: files given by name, and the regular files with an image suffix under the
+    folders given. A named pipe or device is never opened (reading one waits for a writer, for ever), nor a link
+    out of its folder."""
     files = []
     for name in paths:
         path = Path(name).expanduser()
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            root = path.resolve()
+            files += sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and p.resolve().is_relative_to(root)
+            )
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise ValueError(
+                f"--images {name} is invalid: not a regular file (a pipe or device?); allowed: image files"
+            )
         else:
             raise FileNotFoundError(f"--images {name}: no such file or folder")
     if not files:
@@ -119,6 +131,8 @@ def visualize(
 
     if num_images < 1:
         raise ValueError(f"num_images={num_images!r} is invalid: must be a positive integer")
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise ValueError(f"--scale {scale!r} is invalid: allowed: a positive int (pixels per image pixel)")
     overrides = {} if mask_ratio is None else {"mask_ratio": mask_ratio}
     model = load_pretraining_model(model_name_or_path, **overrides)
     pixel_values = load_images(model.config, images, dataset, num_images)

@@ -181,8 +181,7 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         source = tokenizer
         if source is None and config.tokenizer_config is None:
             if config.tokenizer_name_or_path:
-                # safetensors only: a tokenizer folder someone handed over must not be unpickled
-                source = VisualTokenizer.from_pretrained(config.tokenizer_name_or_path, use_safetensors=True)
+                source = load_tokenizer(config.tokenizer_name_or_path)
             else:
                 logger.warning(
                     "BEiTConfig has no tokenizer: building a random frozen one. Its tokens carry no information; "
@@ -313,11 +312,42 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def tokenizer_config_of(path: str) -> VisualTokenizerConfig:
+    """The config of the visual tokenizer saved at `path`; a ValueError naming the path when config.json is of
+    another model type (a pretrained MAE's folder would otherwise load as a tokenizer config with defaults)."""
+    fields, _ = VisualTokenizerConfig.get_config_dict(path)
+    model_type = fields.get("model_type")
+    if model_type != VisualTokenizerConfig.model_type:
+        raise ValueError(
+            f"tokenizer_name_or_path={path!r} is invalid: its config.json has model_type={model_type!r}; allowed: a "
+            f"visual tokenizer ({VisualTokenizerConfig.model_type!r}), trained with `hf-mim pretrain --method "
+            "visual-tokenizer`"
+        )
+    return VisualTokenizerConfig.from_dict(fields)
+
+
+def load_tokenizer(path: str) -> VisualTokenizer:
+    """A trained visual tokenizer, as strictly as hf_mim loads any checkpoint: its own model type, safetensors only
+    (a folder someone handed over must not be unpickled), no code from the folder, and every tensor from the file
+    (missing ones would leave a random tokenizer, and BEiT would learn to predict noise)."""
+    config = tokenizer_config_of(path)
+    tokenizer, info = VisualTokenizer.from_pretrained(
+        path, config=config, use_safetensors=True, trust_remote_code=False, output_loading_info=True
+    )
+    missing = sorted(info["missing_keys"]) + sorted(info.get("mismatched_keys") or [])
+    if missing:
+        raise ValueError(
+            f"tokenizer_name_or_path={path!r} is invalid: {len(missing)} of the tokenizer's tensors are not in its "
+            f"weights (for example {', '.join(map(str, missing[:3]))}); allowed: a complete trained visual tokenizer"
+        )
+    return tokenizer
+
+
 def _with_tokenizer_vocabulary(fields: dict) -> dict:
     """The head predicts the tokenizer's vocabulary: a run naming a tokenizer takes its `vocab_size`."""
     path = fields.get("tokenizer_name_or_path")
     if path and "vocab_size" not in fields:
-        return {**fields, "vocab_size": VisualTokenizerConfig.from_pretrained(path).vocab_size}
+        return {**fields, "vocab_size": tokenizer_config_of(path).vocab_size}
     return fields
 
 
