@@ -115,7 +115,7 @@ class HelpFormatter(argparse.HelpFormatter):
         help_text = action.help or ""
         if isinstance(action, argparse._StoreFalseAction) and any(o.startswith("--no") for o in action.option_strings):
             return f"turn --{action.dest.replace('_', '-')} off"
-        shown = action.default not in (None, argparse.SUPPRESS) and action.option_strings
+        shown = action.default not in (None, argparse.SUPPRESS, [], ()) and action.option_strings
         if shown and "default" not in help_text and "%(default)" not in help_text:
             help_text += " (default: %(default)s)"
         return help_text
@@ -167,6 +167,7 @@ def _run_push(args) -> None:
         commit_message=args.commit_message,
         license=args.license,
         base_model=args.base_model,
+        include=args.include,
     )
     print(f"pushed {args.output_dir} to {commit.commit_url}")
 
@@ -196,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     from .training.trainer import TrainingError
 
     command = COMMANDS[namespace.command]
+    empty = _empty_values(namespace)
+    if empty:
+        print(
+            f"hf-mim {namespace.command}: error: {empty} is empty; allowed: a path, id or value (an unset shell "
+            "variable?). Leave the flag out for its default",
+            file=sys.stderr,
+        )
+        return 2
     # One rule for every command: what a user can fix (a bad value, file, folder or dataset, a full disk, a run that
     # cannot go on) is one line on stderr and exit status 2. ValueError covers DatasetError, ConversionError,
     # CheckpointError and RunFolderError; OSError covers missing files, read-only folders and full disks.
@@ -206,10 +215,39 @@ def main(argv: list[str] | None = None) -> int:
             **{f.name: given[f.name] for f in dataclasses.fields(arguments_class) if f.name in given}
         )
         _load(command.run)(args)
-    except (ValueError, OSError, TrainingError) as err:
-        print(f"hf-mim {namespace.command}: error: {one_line(err)}", file=sys.stderr)
+    except (ValueError, OSError, TrainingError, *_network_errors()) as err:
+        message = one_line(err)
+        if isinstance(err, _network_errors()) and not isinstance(err, OSError):
+            from huggingface_hub import constants
+
+            message = f"cannot reach the Hub at {constants.ENDPOINT}: {message}"
+        print(f"hf-mim {namespace.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _empty_values(namespace: argparse.Namespace) -> str | None:
+    """The first argument given as an empty or blank string (also inside a list), named as its flag: an unset shell
+    variable would otherwise become the current folder, the built-in data or no value at all."""
+    for name, value in vars(namespace).items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            return (
+                name.upper()
+                if name in ("output_dir", "repo_id") and namespace.command == "push"
+                else ("--" + name.replace("_", "-"))
+            )
+    return None
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """huggingface_hub's transport errors (a refused connection, a timeout), which are not OSErrors: the HTTP
+    library's base error, whichever library this huggingface_hub uses."""
+    try:
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        return ()
+    return tuple(c for c in HfHubHTTPError.__mro__[1:] if c.__name__ == "HTTPError")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,12 @@ def find_label_column(dataset: datasets.Dataset, requested: str | None = None) -
 
 def _as_class_labels(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
     feature = dataset.features[column]
+    unlabelled = sum(1 for v in dataset[column] if v is None or (isinstance(v, int) and v < 0))
+    if unlabelled:
+        raise DatasetError(
+            f"label column {column!r} has {unlabelled} of {len(dataset)} rows without a label (None, or -1 for a "
+            "ClassLabel); allowed: a label on every row (drop the unlabelled rows first)"
+        )
     if isinstance(feature, datasets.ClassLabel):
         return dataset
     if not isinstance(feature, datasets.Value) or not (
@@ -112,6 +118,12 @@ def load_labelled_splits(
     for split, part in (("train", train), ("test", test)):
         if len(part) == 0:
             raise DatasetError(f"the {split} split of {description} is empty")
+    present = sorted(set(train[column]))
+    if len(present) < 2:
+        # every protocol would score 100% whatever the features are
+        raise DatasetError(
+            f"label column {column!r} of {description} holds {len(present)} class; allowed: at least 2 classes"
+        )
     return LabelledSplits(
         train=train,
         test=test,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -153,18 +154,38 @@ def validate(args: EvaluateArguments) -> None:
         bad("mask-ratios", args.mask_ratios, "ratios strictly between 0 and 1")
     if args.mixed_precision not in ("no", "fp16", "bf16"):
         bad("mixed-precision", args.mixed_precision, "no, fp16 or bf16")
+    if args.drop_path is not None and not 0.0 <= args.drop_path < 1.0:
+        bad("drop-path", args.drop_path, "a probability in [0, 1)")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        bad("label-smoothing", args.label_smoothing, "a number in [0, 1); 0 turns it off")
+    for flag in ("linear_lr", "finetune_lr"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value > 0):
+            bad(flag.replace("_", "-"), value, "a positive, finite number")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        bad("weight-decay", args.weight_decay, "a finite number, 0 or more")
 
 
 def _settings(args: EvaluateArguments, protocol: str, pooling: str) -> str:
+    # the seed draws the held-out split, the label subset and the probe: another seed is another figure
     low = f", {args.labels_per_class} labels/class" if args.labels_per_class else ""
+    low += f", seed {args.seed}" if args.seed else ""
     where = f"block {args.block}, " if args.block else ""
     if protocol == "knn":
         return f"k={args.knn_k}, T={args.knn_temperature:g}, {where}{pooling}{low}"
+    # every setting that changes the figure is in the key, so that a result replaces only one of the same recipe
     if protocol == "linear":
-        return f"{where}{pooling}, {args.linear_epochs} epochs{low}"
+        return (
+            f"{where}{pooling}, {args.linear_epochs} epochs, lr {args.linear_lr:g}, batch {args.linear_batch_size}{low}"
+        )
     layer_decay = f", layer decay {args.layer_decay:g}" if args.layer_decay < 1 else ""
     crop = "" if list(args.crop_scale) == [0.08, 1.0] else f", crop {args.crop_scale[0]:g}-{args.crop_scale[1]:g}"
-    return f"{args.finetune_epochs:g} epochs{layer_decay}{crop}{low}"
+    drop_path = f", drop path {args.drop_path:g}" if args.drop_path is not None else ""
+    pool = f", {args.pooling}" if args.pooling else ""
+    return (
+        f"{args.finetune_epochs:g} epochs, lr {args.finetune_lr:g}, batch {args.finetune_batch_size}, weight decay "
+        f"{args.weight_decay:g}, label smoothing {args.label_smoothing:g}{layer_decay}{drop_path}{crop}{pool}{low}"
+    )
 
 
 def _dataset_key(splits, args: EvaluateArguments) -> str:
@@ -215,6 +236,10 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     from .protocols import check_block, extract_features, knn_scores, linear_probe, load_encoder, load_metric
 
     validate(args)
+    if args.save_to_model:
+        for model_name in args.model:
+            if Path(model_name).is_dir():
+                existing_results(Path(model_name))
     datasets.disable_progress_bars()  # one "Flattening the indices" bar per split and model otherwise
     accelerator = _accelerator(args)
     main = accelerator.is_main_process
@@ -390,19 +415,42 @@ def _occlusion_cka(encoder, splits, args, accelerator, pooling: str) -> torch.Te
     return cka_table(full, occluded)
 
 
+def existing_results(folder: Path) -> list[dict]:
+    """The results an earlier evaluation merged into `folder`'s eval_results.json (none when there is no file); a
+    ValueError naming the file when it is not the `{"results": [...]}` hf_mim writes. Checked before anything is
+    evaluated, not after."""
+    from ..model_cards.card import EVAL_RESULTS
+
+    path = folder / EVAL_RESULTS
+    if not path.exists():
+        return []
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); fix or remove it, or pass --no-save-to-model") from None
+    results = content.get("results") if isinstance(content, dict) else None
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise ValueError(
+            f'{path} holds a JSON {type(content).__name__}, not {{"results": [...]}} as hf_mim writes it; fix or '
+            "remove it, or pass --no-save-to-model"
+        )
+    return results
+
+
 def _save_to_models(rows: list[dict], entries, cka_dir: Path | None) -> None:
     from ..model_cards.card import EVAL_RESULTS
+    from ..training.trainer import write_atomic
 
     for model_name, random_init in entries:
         folder = Path(model_name)
         if random_init or not folder.is_dir():
             continue
         path = folder / EVAL_RESULTS
-        existing = json.loads(path.read_text()).get("results", []) if path.exists() else []
+        existing = existing_results(folder)
         mine = [{k: v for k, v in r.items() if k not in ("model", "source")} for r in rows if r["source"] == model_name]
         keys = {_result_key(r) for r in mine}
         merged = [r for r in existing if _result_key(r) not in keys] + mine
-        path.write_text(json.dumps({"results": merged}, indent=2))
+        write_atomic(path, json.dumps({"results": merged}, indent=2))
         if cka_dir is not None:
             shutil.copyfile(cka_dir / "cka.png", folder / "occlusion_cka.png")
         logger.info("results written to %s", path)

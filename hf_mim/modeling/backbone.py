@@ -9,6 +9,7 @@ Shape conventions: B batch, C channels, L patches on the grid, K visible patches
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -73,7 +74,37 @@ class ImageFieldsMixin:
             except (TypeError, ValueError):
                 raise config_error(field, value, "a float or one float per channel") from None
 
+    def _check_field_types(self) -> None:
+        """Refuse a field of another type than its `__init__` annotation allows: `{"norm_pix_loss": "false"}` in a
+        JSON config would store the string, which reads as true; 0.5 for an int field would be cut. bool, int,
+        float (an int is a float here) and str annotations are checked, with `| None` allowing None."""
+        checks = {
+            "bool": lambda v: isinstance(v, bool),
+            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+        }
+        seen = set()
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None or not issubclass(cls, ImageFieldsMixin):
+                continue
+            for name, parameter in inspect.signature(init).parameters.items():
+                annotation = parameter.annotation
+                if name in seen or not isinstance(annotation, str) or not hasattr(self, name):
+                    continue
+                seen.add(name)
+                kinds = [part.strip() for part in annotation.split("|")]
+                optional = "None" in kinds
+                kinds = [kind for kind in kinds if kind != "None"]
+                if len(kinds) != 1 or kinds[0] not in checks:
+                    continue
+                value = getattr(self, name)
+                if not (checks[kinds[0]](value) or (optional and value is None)):
+                    raise config_error(name, value, f"a {kinds[0]}" + (" or null" if optional else ""))
+
     def _validate_image_fields(self) -> None:
+        self._check_field_types()
         if not isinstance(self.patch_size, int) or isinstance(self.patch_size, bool) or self.patch_size < 1:
             raise config_error("patch_size", self.patch_size, "a positive int")
         sides = self.image_size if isinstance(self.image_size, (list, tuple)) else [self.image_size]

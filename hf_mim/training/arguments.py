@@ -255,6 +255,12 @@ def validate(args: PretrainArguments) -> None:
     def bad(flag, value, allowed):
         raise ValueError(f"--{flag.replace('_', '-')}={value!r} is invalid: {allowed}")
 
+    for name in ("dataset", "dataset_config", "split", "image_column", "output_dir", "resume_from_checkpoint",
+                 "config", "tokenizer", "push_to_hub"):  # fmt: skip
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            # an unset shell variable: "" would mean the built-in data, the current folder or no value at all
+            bad(name, value, "a non-empty path, id or name; leave the flag out for its default")
     if args.method not in METHOD_SPECS:
         bad("method", args.method, f"one of {sorted(METHOD_SPECS)}")
     if args.model_size is not None and args.model_size not in ENCODER_PRESETS:

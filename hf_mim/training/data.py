@@ -124,11 +124,15 @@ def _load(name, config_name, split: str, strict_split: bool, streaming: bool):
     shards = local_data_files(path)
     if shards is not None:
         builder, files = shards
+        files, damaged = readable_shards(builder, files)
         description = f"{name} ({len(files)} {builder} files{', streamed' if streaming else ''})"
+        if damaged:
+            description = description[:-1] + f"; {len(damaged)} damaged, skipped: {', '.join(damaged)})"
         try:
             return datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming), description
-        except (ValueError, FileNotFoundError) as err:
-            raise DatasetError(f"could not read the {builder} files {name}: {_first_line(err)}") from None
+        except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as err:
+            cause = err.__cause__ or err
+            raise DatasetError(f"could not read the {builder} files {name}: {_first_line(cause)}") from None
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, f)) for f in _SAVED_DATASET_FILES):
             try:
@@ -195,6 +199,75 @@ def local_data_files(path: str) -> tuple[str, list[str]] | None:
             f"--dataset {path}: the files must all be of one kind, {' or '.join(SHARD_BUILDERS)}; found {sorted(kinds)}"
         )
     return SHARD_BUILDERS[kinds.pop()], files
+
+
+def shard_problem(builder: str, path: str) -> str | None:
+    """Why a data shard cannot be read whole (truncated, not of its format), or None. Reads the parquet footer and
+    checks every column chunk lies inside the file; the arrow file's record batches; every tar member's header and
+    that its data lies inside the file. Nothing is decoded."""
+    size = os.path.getsize(path)
+    try:
+        if builder == "parquet":
+            import pyarrow.parquet as pq
+
+            metadata = pq.ParquetFile(path).metadata
+            for g in range(metadata.num_row_groups):
+                group = metadata.row_group(g)
+                for c in range(group.num_columns):
+                    column = group.column(c)
+                    start = column.dictionary_page_offset or column.data_page_offset
+                    if start + column.total_compressed_size > size:
+                        return f"row group {g} runs past the end of the file (truncated)"
+        elif builder == "arrow":
+            import pyarrow as pa
+
+            with pa.memory_map(path) as source:
+                try:
+                    reader = pa.ipc.open_stream(source)
+                except pa.ArrowInvalid:
+                    source.seek(0)
+                    reader = pa.ipc.open_file(source)
+                    for i in range(reader.num_record_batches):
+                        reader.get_batch(i)
+                else:
+                    for _ in reader:
+                        pass
+        elif builder == "webdataset":
+            import tarfile
+
+            with tarfile.open(path, "r:") as tar:
+                members = tar.getmembers()
+            if not members:
+                return "no members"
+            last = max(members, key=lambda m: m.offset_data)
+            if last.offset_data + last.size > size:
+                return f"member {last.name} runs past the end of the file (truncated)"
+            # tarfile stops quietly at a cut-off header; a whole archive has only zero blocks after its last member
+            end = last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            with open(path, "rb") as f:
+                f.seek(end)
+                tail = f.read(2 * tarfile.BLOCKSIZE)
+            if size % tarfile.BLOCKSIZE or tail.strip(b"\0"):
+                return f"cut off after member {last.name} (truncated)"
+    except Exception as err:  # noqa: BLE001 - pyarrow and tarfile raise their own types for a damaged file
+        return _first_line(err)
+    return None
+
+
+def readable_shards(builder: str, files: list[str]) -> tuple[list[str], list[str]]:
+    """(readable files, names of the damaged ones): each damaged shard is logged by name and skipped, so one bad
+    file among many does not stop a run; a DatasetError when none is readable."""
+    good, damaged = [], []
+    for path in files:
+        problem = shard_problem(builder, path)
+        if problem is None:
+            good.append(path)
+        else:
+            logger.warning("skipping damaged %s shard %s: %s", builder, path, problem)
+            damaged.append(os.path.basename(path))
+    if not good:
+        raise DatasetError(f"every {builder} shard is damaged: {', '.join(damaged[:5])} ({len(damaged)} files)")
+    return good, damaged
 
 
 def _first_line(err: BaseException) -> str:

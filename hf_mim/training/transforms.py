@@ -17,8 +17,10 @@ from PIL import Image, ImageOps
 
 _logger = logging.getLogger(__name__)
 
-# Pillow's default bomb guard raises only at twice this; a pretraining set has no business near it.
-Image.MAX_IMAGE_PIXELS = 178_956_970
+#: The most pixels an image may declare (10,000 x 10,000), checked from its header before it is decoded: a 219 kB PNG
+#: can declare 15,000 x 15,000 and decode to gigabytes. Pillow's own guard only warns below twice its
+#: `MAX_IMAGE_PIXELS` (179 million pixels); Pillow's global setting is left as it is for the user's code.
+MAX_PIXELS = 100_000_000
 
 
 def open_image(value, load: bool = True) -> Image.Image:
@@ -40,6 +42,10 @@ def open_image(value, load: bool = True) -> Image.Image:
         image = Image.open(value)
     else:
         raise ValueError(f"cannot read an image from {type(value).__name__}")
+    if image.width * image.height > MAX_PIXELS:
+        raise Image.DecompressionBombError(
+            f"{image.width}x{image.height} pixels, more than hf_mim's limit of {MAX_PIXELS:,} (a decompression bomb?)"
+        )
     if load:
         image.load()
     return image
@@ -76,6 +82,9 @@ def draft_for_crop(image: Image.Image, box: tuple[int, int, int, int], size: tup
 def _to_8bit(image: Image.Image) -> Image.Image:
     """16-bit and float greyscale ('I;16', 'I', 'F') stretched to 8 bits over its own range."""
     array = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(array).all():
+        # one NaN makes the range NaN, and the image would train as all black
+        raise ValueError(f"{int((~np.isfinite(array)).sum())} pixels are NaN or infinite")
     low, high = float(array.min()), float(array.max())
     scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
     return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
@@ -131,19 +140,34 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
+#: Channel counts an image file converts to: greyscale, RGB, RGBA. Others (2, 13) have no defined mapping.
+IMAGE_CHANNELS = (1, 3, 4)
+
+
+def check_image_channels(num_channels, field: str = "num_channels") -> None:
+    """Refuse a channel count that decoded images have no defined conversion to (filling 13 channels by cycling
+    RGB would train on made-up bands)."""
+    if num_channels not in IMAGE_CHANNELS:
+        raise ValueError(
+            f"{field}={num_channels!r} is invalid for images decoded from files: allowed {IMAGE_CHANNELS} (greyscale, "
+            "RGB, RGBA); for other bands, give the model pixel_values of that many channels yourself"
+        )
+
+
 def pil_to_uint8(image: Image.Image, num_channels: int) -> torch.Tensor:
-    """(C, H, W) uint8. For channel counts PIL has no mode for, RGB channels are cycled."""
+    """(C, H, W) uint8 of an image `to_channels` converted to `num_channels` (1, 3 or 4)."""
+    check_image_channels(num_channels)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if tensor.shape[0] != num_channels:
-        tensor = tensor[[i % tensor.shape[0] for i in range(num_channels)]]
+        raise ValueError(f"an image of {tensor.shape[0]} channels where {num_channels} were asked for")
     return tensor
 
 
 def pil_to_tensor(image: Image.Image, num_channels: int) -> torch.Tensor:
-    """(C, H, W) float in [0, 1]. For channel counts PIL has no mode for, RGB channels are cycled."""
+    """(C, H, W) float in [0, 1] of an image of 1, 3 or 4 channels (`pil_to_uint8`)."""
     return pil_to_uint8(image, num_channels).float() / 255.0
 
 
@@ -173,6 +197,7 @@ class ImageAugmentation:
         train: bool = True,
         jpeg_draft: bool = True,
     ):
+        check_image_channels(num_channels)
         self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.jpeg_draft = jpeg_draft
         self.num_channels = num_channels
