@@ -203,9 +203,10 @@ def test_symlinked_weights_as_in_the_hub_cache_are_uploaded(tmp_path, monkeypatc
     (folder / "model.safetensors").rename(blobs / "abc123")
     (folder / "model.safetensors").symlink_to(blobs / "abc123")
     Image.new("RGB", (2, 2)).save(folder / "real.png")
-    (folder / "copy.png").symlink_to(folder / "real.png")  # a link inside the folder is fine too
+    (folder / "loss_curve.png").symlink_to(folder / "real.png")  # a link inside the folder is fine too
     uploaded = files_to_upload(folder)[0]
-    assert "model.safetensors" in uploaded and "copy.png" in uploaded
+    assert "model.safetensors" in uploaded and "loss_curve.png" in uploaded
+    assert "real.png" not in uploaded  # no picture of hf_mim's: it goes up only when named with --include
 
 
 @pytest.mark.parametrize("name", ["loss_curve.png", "model.safetensors", "training_summary.json"])
