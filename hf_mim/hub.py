@@ -231,11 +231,13 @@ def push_folder(
     base_model: str | None = None,
     tags: list[str] | None = None,
     include: list[str] | tuple[str, ...] = (),
+    check_loading: bool = True,
 ):
     """Upload a saved model folder to `repo_id` in one commit; returns huggingface_hub's `CommitInfo`.
 
     Goes up: what hf_mim wrote for this model (`files_to_upload`) and the files named in `include`; the folder must
-    load as it will on the Hub (its weights fit config.json) before anything is sent.
+    load as it will on the Hub (its weights fit config.json) before anything is sent (`check_loading=False` only
+    for a folder `save_pretrained` just wrote from a live model, as `push_model` does).
 
     The modeling code and config.json's `auto_map` are written fresh from the installed hf_mim; README.md is
     regenerated for `repo_id` (with `license`, `base_model` and extra `tags`) unless the folder holds a card a person
@@ -253,7 +255,8 @@ def push_folder(
         logger.info("not uploaded from %s (name them with --include to add them): %s", folder, ", ".join(left_out))
     # hf_mim is imported here, so AutoConfig resolves the model_type locally; never the folder's own code
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    check_loads(folder, config)
+    if check_loading:
+        check_loads(folder, config)
     with tempfile.TemporaryDirectory() as staging:
         code = _base.export_remote_code(config, staging)
         config.save_pretrained(staging)
@@ -336,6 +339,7 @@ def push_model(
             license=license,
             base_model=base_model or base_model_of(model.config),
             tags=tags,
+            check_loading=False,  # the weights were just saved from this model: loading them back proves nothing
         )
 
 
@@ -348,7 +352,9 @@ def carry_run_records(source: str | os.PathLike, folder: str | os.PathLike) -> l
     if source.resolve() == folder.resolve():
         return []
     names = [n for n in RUN_RECORDS if (source / n).is_file()]
-    names += sorted(p.name for p in source.glob("*.png") if p.is_file())
+    # the pictures hf_mim writes for that model, as a push of `source` itself would take them; no other image there
+    ours = written_by_hf_mim_for(folder_config(source))
+    names += sorted(p.name for p in source.glob("*.png") if p.is_file() and p.name in ours)
     if not names:
         return []
     if not _same_weights(source, folder):

@@ -185,7 +185,7 @@ def test_push_runs_no_code_names_a_missing_branch_and_refuses_an_empty_folder_na
 def test_an_unreachable_hub_is_one_line(trained, tmp_path):
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "x", "HF_HUB_DISABLE_XET": "1"}
     run = command("push", str(copy_of(trained, tmp_path / "m")), "tester/x", env=env)
-    one_line_error(run)
+    assert "cannot reach the Hub at http://127.0.0.1:9" in one_line_error(run)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,6 +262,30 @@ def test_a_failed_rerun_keeps_the_previous_model_and_its_records(trained, tmp_pa
         pretrain(tiny_args(tmp_path, output_dir=str(folder), max_steps=8, lr=1e30, max_non_finite_steps=2))
     assert snapshot(folder) == before
     assert not (folder / PREVIOUS_ARGS).exists()
+
+
+def test_a_run_that_fails_before_it_starts_leaves_the_folders_records_alone(trained, tmp_path):
+    """Only what a run set aside is put back: a run that fails while loading its data must not restore a
+    `.hf_mim.previous-args.json` an earlier failed run left (the folder would then record the wrong run, and
+    `--resume-from-checkpoint latest` would miss the checkpoints of the one it holds)."""
+    folder = copy_of(trained, tmp_path / "m")
+    (folder / PREVIOUS_ARGS).write_text('{"run_id": "older"}')
+    before = (folder / "training_args.json").read_text()
+    with pytest.raises(DatasetError):
+        pretrain(tiny_args(tmp_path, output_dir=str(folder), dataset=str(tmp_path / "no_such_data")))
+    assert (folder / "training_args.json").read_text() == before
+
+
+def test_push_to_hub_of_a_reloaded_run_carries_its_pictures_not_a_stray_one(trained, tmp_path):
+    from hf_mim.hub import carry_run_records
+
+    source = copy_of(trained, tmp_path / "m")
+    Image.new("RGB", (8, 8)).save(source / "id_card_scan.png")
+    model = hf_mim.MAEForPreTraining.from_pretrained(source)
+    model.save_pretrained(tmp_path / "saved")
+    carried = carry_run_records(source, tmp_path / "saved")
+    assert "loss_curve.png" in carried and "id_card_scan.png" not in carried
+    assert not (tmp_path / "saved" / "id_card_scan.png").exists()
 
 
 def test_a_rerun_replaces_only_what_hf_mim_wrote(trained, tmp_path):
@@ -467,14 +491,13 @@ def test_a_tokenizer_missing_tensors_is_refused(tmp_path):
 
 
 def test_config_values_of_the_wrong_type_are_refused_for_every_method():
-    for name, spec in METHOD_SPECS.items():
+    for spec in METHOD_SPECS.values():
         with pytest.raises(ValueError, match="patch_size"):
             spec.config_class(**{**spec.tiny_config, "patch_size": "8"})
         if "norm_pix_loss" in spec.config_class().to_dict():
             with pytest.raises(ValueError, match="norm_pix_loss='false' is invalid: a bool"):
                 spec.config_class(**{**spec.tiny_config, "norm_pix_loss": "false"})
-        spec.config_class(**spec.tiny_config)  # the defaults themselves pass, name by name
-        assert name
+        spec.config_class(**spec.tiny_config)  # the defaults themselves pass
 
 
 @pytest.mark.parametrize(

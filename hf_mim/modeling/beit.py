@@ -329,7 +329,8 @@ def tokenizer_config_of(path: str) -> VisualTokenizerConfig:
 def load_tokenizer(path: str) -> VisualTokenizer:
     """A trained visual tokenizer, as strictly as hf_mim loads any checkpoint: its own model type, safetensors only
     (a folder someone handed over must not be unpickled), no code from the folder, and every tensor from the file
-    (missing ones would leave a random tokenizer, and BEiT would learn to predict noise)."""
+    (missing ones would leave a random tokenizer, and BEiT would learn to predict noise). `hf_mim.loading` does the
+    same for the commands, but this file ships as remote code, which imports only torch and transformers."""
     config = tokenizer_config_of(path)
     tokenizer, info = VisualTokenizer.from_pretrained(
         path, config=config, use_safetensors=True, trust_remote_code=False, output_loading_info=True

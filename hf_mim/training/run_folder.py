@@ -32,18 +32,6 @@ from pathlib import Path
 LOCK_FILE = ".hf_mim.lock"
 TRAINING_ARGS = "training_args.json"
 TRAINING_SUMMARY = "training_summary.json"
-# Names a run writes at the top of its folder (the modeling code *.py and pictures *.png besides). A re-run into its
-# own folder removes these first, so nothing of the previous model survives beside the new one.
-RUN_OUTPUTS = (
-    "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "preprocessor_config.json",
-    "ema_teacher.safetensors",
-    "eval_results.json",
-    TRAINING_ARGS,
-    TRAINING_SUMMARY,
-)
 # Moved into place last, in this order: a folder whose summary is there holds a whole model.
 RECORDS_LAST = ("README.md", TRAINING_SUMMARY)
 #: Where a re-run keeps the previous run's training_args.json until its own model is in place.
@@ -273,10 +261,11 @@ def is_no_space(err: BaseException, folder: Path | None = None) -> bool:
     return False
 
 
-def move_into_place(staging: Path, folder: Path, stale: list[str] = ()) -> list[str]:
+def move_into_place(staging: Path, folder: Path, stale: list[str] = ()) -> tuple[list[str], list[str]]:
     """Move every file of `staging` into `folder` (os.replace: atomic per file), the records last, then remove
     `staging` and the `stale` names (an earlier run's files the new one did not write again). A README.md a person
-    wrote (no generated-card marker) is kept, and the generated card not moved over it. Returns the names kept."""
+    wrote (no generated-card marker) is kept, and the generated card not moved over it. Returns (the names kept,
+    the names removed)."""
     names = sorted(p.name for p in staging.iterdir())
     kept = []
     if "README.md" in names and (folder / "README.md").exists() and not is_generated_card(folder / "README.md"):
@@ -287,10 +276,10 @@ def move_into_place(staging: Path, folder: Path, stale: list[str] = ()) -> list[
     for name in ordered:
         os.replace(staging / name, folder / name)
     staging.rmdir()
-    for name in stale:
-        if name not in names:
-            (folder / name).unlink(missing_ok=True)
-    return kept
+    removed = [name for name in stale if name not in names and name not in kept]
+    for name in removed:
+        (folder / name).unlink(missing_ok=True)
+    return kept, removed
 
 
 __all__ = [

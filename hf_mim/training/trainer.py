@@ -80,7 +80,7 @@ def pretrain(args: PretrainArguments) -> dict:
     check_distributed_setup(spec)  # before accelerate builds (or silently replaces) the engine it was asked for
     accelerator = _accelerator(args)
     run_id, lock = _claim_output_dir(accelerator, args)
-    saved = False
+    saved = set_aside = False
     try:
         set_seed(args.seed)
 
@@ -174,7 +174,7 @@ def pretrain(args: PretrainArguments) -> dict:
             "mixed_precision": args.mixed_precision,
             "hardware": hardware_description(accelerator),
         }
-        _start_records(accelerator, args, run_id, resume_path)
+        set_aside = _start_records(accelerator, args, run_id, resume_path)
 
         # ---- train -----------------------------------------------------------------------------------------------
         loop = TrainingLoop(
@@ -230,7 +230,7 @@ def pretrain(args: PretrainArguments) -> dict:
         return summary
     finally:
         if lock is not None:
-            if not saved:
+            if set_aside and not saved:
                 _keep_previous_run(Path(args.output_dir), run_id)
             lock.release()
 
@@ -407,18 +407,22 @@ def _resume(accelerator, args: PretrainArguments, run_id, layout: dict, identity
     return state, resume_path, run_id or new_run_id()
 
 
-def _start_records(accelerator, args: PretrainArguments, run_id: str, resume_path) -> None:
+def _start_records(accelerator, args: PretrainArguments, run_id: str, resume_path) -> bool:
     """The output folder for a new run, `training_args.json`, and the trackers. A new run in a folder of an earlier
     one sets that run's `training_args.json` aside (restored if this run saves no model) and leaves its model, card
-    and pictures in place: `_save_final` replaces them only once the new model is there."""
+    and pictures in place: `_save_final` replaces them only once the new model is there. Returns whether it set
+    one aside (only then is there anything of this run's to undo)."""
+    set_aside = False
     if accelerator.is_main_process:
         folder = Path(args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        if resume_path is None and set_aside_previous_args(folder):
+        set_aside = resume_path is None and set_aside_previous_args(folder)
+        if set_aside:
             logger.info("%s holds an earlier run: its files stay until this run's model is saved", folder)
         write_atomic(folder / "training_args.json", json.dumps({**asdict(args), "run_id": run_id}, indent=2))
     if args.report_to != "none":
         accelerator.init_trackers("hf-mim", config={k: v for k, v in asdict(args).items() if not isinstance(v, dict)})
+    return set_aside
 
 
 def _checkpoint(accelerator, args, state, record: dict, extra_objects, step: int, epoch: int, batches: int, skips):
@@ -745,8 +749,7 @@ def _save_final(accelerator, model, spec, args, run_id, summary, state_dict, con
             from .callbacks import TEACHER_FILE, save_teacher
 
             save_teacher(unwrapped.teacher, str(staging / TEACHER_FILE))
-        stale = [name for name in stale if not (staging / name).exists()]
-        kept_files = move_into_place(staging, folder, stale)
+        kept_files, stale = move_into_place(staging, folder, stale)
     except Exception as err:  # noqa: BLE001 - safetensors and torch.save report a full disk as their own errors
         shutil.rmtree(staging, ignore_errors=True)
         if not is_write_failure(err):

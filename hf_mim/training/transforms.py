@@ -92,7 +92,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def to_channels(image: Image.Image, num_channels: int) -> Image.Image:
     """Any PIL mode, EXIF orientation applied, as an image of `num_channels` channels (1: L, 3: RGB, 4: RGBA;
-    other counts come from RGB by `pil_to_tensor`). Transparency is composited on white, not dropped to black."""
+    no other count has a defined conversion, `check_image_channels`). Transparency is composited on white, not
+    dropped to black."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = _to_8bit(image)
@@ -155,8 +156,8 @@ def check_image_channels(num_channels, field: str = "num_channels") -> None:
 
 
 def pil_to_uint8(image: Image.Image, num_channels: int) -> torch.Tensor:
-    """(C, H, W) uint8 of an image `to_channels` converted to `num_channels` (1, 3 or 4)."""
-    check_image_channels(num_channels)
+    """(C, H, W) uint8 of an image `to_channels` converted to `num_channels` (1, 3 or 4; `ImageAugmentation`
+    checks the count once, not per image)."""
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
