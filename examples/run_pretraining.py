@@ -30,16 +30,8 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import SchedulerType, get_last_checkpoint
 
 import hf_mim
-from hf_mim.loading import load_checked
 from hf_mim.modeling.auto import METHOD_SPECS, method_spec
-from hf_mim.training.arguments import (
-    PretrainArguments,
-    build_config,
-    one_line,
-    resolve_defaults,
-    setup_logging,
-    validate,
-)
+from hf_mim.training.arguments import PretrainArguments, one_line, resolve_run, setup_logging
 from hf_mim.training.data import (
     BUILTIN_DATASET,
     builtin_digits,
@@ -51,6 +43,7 @@ from hf_mim.training.data import (
 from hf_mim.training.hf_trainer import MIMTrainer, cpu_process_group_if_needed
 from hf_mim.training.presets import ENCODER_PRESETS
 from hf_mim.training.run_folder import check_not_in_dataset, check_output_dir
+from hf_mim.warm_start import load_initial_weights
 
 logger = logging.getLogger("hf_mim.examples.run_pretraining")
 
@@ -64,7 +57,12 @@ DEFAULT_LOGGING_STEPS = 10
 class ModelArguments:
     method: str = field(default="mae", metadata={"help": "the hf_mim method", "choices": sorted(METHOD_SPECS)})
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "continue pretraining a saved model of this method (folder or Hub id)"}
+        default=None,
+        metadata={
+            "help": "continue pretraining from a checkpoint (folder, file or Hub id): an hf_mim model of any method, "
+            "transformers' ViTMAEForPreTraining, ViTModel or ViTForImageClassification, or facebookresearch/mae's "
+            ".pth, as `hf-mim pretrain --init-from` takes it"
+        },
     )
     model_size: str | None = field(
         default=None,
@@ -192,18 +190,20 @@ def main(argv: list[str] | None = None) -> dict:
         model_size=model_args.model_size,
         recipe=model_args.recipe,
         tokenizer=model_args.tokenizer,
+        init_from=model_args.model_name_or_path,
         base_lr=model_args.base_learning_rate,
         max_steps=training_args.max_steps if training_args.max_steps > 0 else None,
         epochs=int(training_args.num_train_epochs) if "num_train_epochs" in given else None,
         config_overrides=parse_overrides(model_args.config_overrides),
     )
-    recipe_args = resolve_defaults(recipe_args, len(raw))
-    validate(recipe_args)
-    if model_args.model_name_or_path:
-        # as strictly as hf-mim's commands load a checkpoint: safetensors, no code from the folder, every tensor
-        model = load_checked(spec.pretraining_class, model_args.model_name_or_path)
-    else:
-        model = spec.pretraining_class(build_config(recipe_args, spec))
+    # as `hf-mim pretrain --init-from`: any checkpoint `hf-mim convert` reads (safetensors, or a .pth read with
+    # weights_only), adapted to the data's image size and channels, with one line each for what it did
+    recipe_args, config, checkpoint = resolve_run(recipe_args, spec, raw, image_column, len(raw))
+    model = spec.pretraining_class(config)
+    if checkpoint is not None:
+        for line in load_initial_weights(model, checkpoint):
+            logger.info("%s", line)
+        del checkpoint
     apply_recipe(training_args, recipe_args, spec, given)
 
     # ---- Trainer ---------------------------------------------------------------------------------------------------

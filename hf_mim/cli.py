@@ -74,6 +74,16 @@ COMMANDS = {
         arguments="hf_mim.convert:ConvertArguments",
         run="hf_mim.cli:_run_convert",
     ),
+    "export": Command(
+        help="write an hf_mim model as transformers' own ViTModel / ViTMAEForPreTraining (no hf_mim, no remote code)",
+        description="Write SRC (an hf_mim model folder or Hub id) into DST as transformers' own classes: an MAE with "
+        "its decoder as ViTMAEForPreTraining, any other method's plain-ViT encoder as ViTModel (pooler_output: the "
+        "CLS token), with its image processor. DST loads with transformers alone, without trust_remote_code. A "
+        "model transformers' ViT cannot hold (LayerScale, relative position bias: BEiT; the visual tokenizer) is "
+        "refused in one line.",
+        arguments="hf_mim.export:ExportArguments",
+        run="hf_mim.cli:_run_export",
+    ),
 }
 
 
@@ -177,6 +187,13 @@ def _run_convert(args) -> None:
 
     model = convert_checkpoint(args.src, args.dst, **args.config_overrides())
     print(f"converted {args.src} -> {args.dst} ({model.num_parameters():,} parameters)")
+
+
+def _run_export(args) -> None:
+    from .export import export_model
+
+    for line in export_model(args.src, args.dst, format=args.format):
+        print(line)
 
 
 def _version() -> str:

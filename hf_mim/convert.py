@@ -27,6 +27,7 @@ import torch
 from .loading import from_safetensors, load_checked
 from .modeling.mae import MAEConfig, MAEForPreTraining
 from .modeling.simmim import SimMIMConfig, SimMIMForPreTraining
+from .training.data import looks_like_path
 
 # Heads of the standard ViT widths (Ti, S, B, L, H); MAE's decoders use 16 heads.
 _HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -72,14 +73,63 @@ class ConvertArguments:
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None, **config_overrides):
-    """Convert `src` into the matching hf_mim model (saved to `dst` when given): a transformers ViT folder gives
-    `SimMIMForPreTraining`, a ViTMAE folder or an official MAE file gives `MAEForPreTraining`."""
-    src = Path(src)
+    """Convert `src` (a local folder or file, or a Hub model id) into the matching hf_mim model (saved to `dst` when
+    given): a transformers ViT folder gives `SimMIMForPreTraining`, a ViTMAE folder or an official MAE file gives
+    `MAEForPreTraining`."""
+    src = resolve_source(src)
     if dst is not None:
         check_destination(src, dst)
     if src.is_dir() and _folder_model_type(src) == "vit":
         return convert_simmim_checkpoint(src, dst, **config_overrides)
     return convert_mae_checkpoint(src, dst, **config_overrides)
+
+
+# What a checkpoint source may bring down from the Hub: configs, safetensors and official state dicts (read with
+# weights_only=True). Never a pickle that transformers would unpickle, never code.
+SOURCE_PATTERNS = ("*.json", "*.safetensors", "*.pth")
+
+
+def resolve_source(src: str | os.PathLike) -> Path:
+    """`src` as a local path: a folder or file as it is, else a Hub model id, downloaded (its config, safetensors and
+    .pth files only) into the Hub cache. A Hub repository without config.json must hold exactly one weights file,
+    which is then the source."""
+    path = Path(os.path.expanduser(str(src)))
+    if path.exists():
+        return path
+    text = str(src)
+    if looks_like_path(text):
+        raise FileNotFoundError(f"no checkpoint at {src}")
+    from .hub import check_repo_id
+
+    try:
+        repo_id = check_repo_id(text, "checkpoint")
+    except ValueError:
+        raise FileNotFoundError(f"no checkpoint at {src}: neither a local path nor a Hub model id") from None
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(repo_id, allow_patterns=list(SOURCE_PATTERNS)))
+    if (folder / "config.json").is_file():
+        return folder
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pth"))
+    if len(weights) != 1:
+        raise ConversionError(
+            f"the Hub repository {repo_id} has no config.json and {len(weights)} weight files "
+            f"({', '.join(w.name for w in weights[:4]) or 'none'}); allowed: a model folder, or one .pth/.safetensors"
+        )
+    return weights[0]
+
+
+def hub_id_of(src: str | os.PathLike) -> str | None:
+    """`src` when it names a Hub model rather than a local path (for a card's `base_model`), else None."""
+    text = str(src)
+    if Path(os.path.expanduser(text)).exists() or looks_like_path(text):
+        return None
+    from .hub import check_repo_id
+
+    try:
+        return check_repo_id(text, "checkpoint")
+    except ValueError:
+        return None
 
 
 # What saving a converted model writes into `dst` (beside the modeling files, named *.py).
@@ -115,12 +165,26 @@ def convert_simmim_checkpoint(
     """Convert a transformers `ViTForMaskedImageModeling` folder (or a `ViTModel` one, whose mask token and head
     are then freshly initialised) into `SimMIMForPreTraining`; save it to `dst` when given. The mask strategy is not
     part of transformers' config: pass `mask_ratio`, `mask_patch_size` etc. as overrides to record the right one."""
+    model, fresh, _ = read_transformers_vit(resolve_source(src), **config_overrides)
+    if fresh:
+        warnings.warn(
+            f"{src} lacks {fresh}: a ViT without SimMIM's head; the mask token and head start freshly initialised",
+            stacklevel=2,
+        )
+    if dst is not None:
+        model.save_pretrained(dst)
+    return model
+
+
+def read_transformers_vit(src: Path, **config_overrides):
+    """(SimMIMForPreTraining, keys the folder lacked, keys of the folder no SimMIM model holds) of a transformers
+    `ViTModel`, `ViTForImageClassification` or `ViTForMaskedImageModeling` folder."""
     from transformers import ViTForMaskedImageModeling
 
-    src = Path(src)
     _require_model_type(src, "vit")
     source, info = from_safetensors(ViTForMaskedImageModeling, src)
     fresh = sorted(info["missing_keys"])
+    dropped = sorted(info["unexpected_keys"])
     cfg = source.config
     fields = _transformers_encoder_fields(cfg)
     # transformers' ViT learns its position table; the encoder stride must match the patch size in hf_mim
@@ -131,15 +195,10 @@ def convert_simmim_checkpoint(
         fields["mask_patch_size"] = _largest_mask_patch(fields)
     config = SimMIMConfig(**fields)
     state = _transformers_to_hf_mim(source.state_dict(), config)
-    if fresh:
-        warnings.warn(
-            f"{src} lacks {fresh}: a ViT without SimMIM's head; the mask token and head start freshly initialised",
-            stacklevel=2,
-        )
     model = _load(SimMIMForPreTraining, config, state, fresh_prefixes=("mask_token", "decoder."))
-    if dst is not None:
-        model.save_pretrained(dst)
-    return model
+    renamed = {"vit.embeddings.mask_token": "mask_token", "decoder.0.weight": "decoder.proj.weight"}
+    fresh = sorted({renamed.get(k, "decoder." if k.startswith("decoder.") else k) for k in fresh})
+    return model, fresh, dropped
 
 
 def _folder_model_type(src: Path) -> str | None:
@@ -351,6 +410,24 @@ _OFFICIAL_ENCODER = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.|no
 
 
 def _from_official(path: Path, overrides: dict) -> MAEForPreTraining:
+    model, fresh, dropped = read_official(path, overrides)
+    if dropped:
+        warnings.warn(f"dropping weights that MAE pretraining does not use: {dropped}", stacklevel=3)
+    if fresh:
+        config = model.config
+        warnings.warn(
+            f"{path} holds only the encoder: the decoder is freshly initialised "
+            f"({config.decoder_num_hidden_layers} blocks, width {config.decoder_hidden_size}); "
+            "fine for feature extraction and fine-tuning, but reconstructions need further pretraining",
+            stacklevel=3,
+        )
+    return model
+
+
+def read_official(path: Path, overrides: dict | None = None) -> tuple[MAEForPreTraining, list[str], list[str]]:
+    """(MAEForPreTraining, ["decoder."] for an encoder-only file else [], keys no MAE holds: a fine-tuned
+    checkpoint's head, ...) of a facebookresearch/mae state dict."""
+    overrides = overrides or {}
     raw = load_official_state_dict(path)
     raw = {k.removeprefix("module."): v for k, v in raw.items()}  # DDP-saved dicts
     state, dropped = {}, []
@@ -366,9 +443,6 @@ def _from_official(path: Path, overrides: dict) -> MAEForPreTraining:
             dropped.append(key)
     if "vit.patch_embed.proj.weight" not in state:
         raise ConversionError(f"{path} is not an MAE/ViT state dict: no patch_embed.proj.weight")
-    if dropped:
-        warnings.warn(f"dropping weights that MAE pretraining does not use: {sorted(dropped)}", stacklevel=3)
-
     fields = {**_infer_official_config(state), **overrides}
     if "num_attention_heads" not in fields:
         raise ConversionError(
@@ -377,14 +451,8 @@ def _from_official(path: Path, overrides: dict) -> MAEForPreTraining:
         )
     config = MAEConfig(**fields)
     encoder_only = not any(k.startswith("decoder.") for k in state)
-    if encoder_only:
-        warnings.warn(
-            f"{path} holds only the encoder: the decoder is freshly initialised "
-            f"({config.decoder_num_hidden_layers} blocks, width {config.decoder_hidden_size}); "
-            "fine for feature extraction and fine-tuning, but reconstructions need further pretraining",
-            stacklevel=3,
-        )
-    return _load(MAEForPreTraining, config, state, fresh_prefixes=("decoder.",) if encoder_only else ())
+    fresh = ["decoder."] if encoder_only else []
+    return _load(MAEForPreTraining, config, state, fresh_prefixes=tuple(fresh)), fresh, sorted(dropped)
 
 
 def _infer_official_config(state: dict[str, torch.Tensor]) -> dict:

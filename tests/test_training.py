@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining
 
 from hf_mim import MAEForPreTraining
-from hf_mim.training.arguments import PretrainArguments, choose_recipe, default_patch_size, resolve_defaults
+from hf_mim.training.arguments import PretrainArguments, choose_recipe, resolve_defaults
 from hf_mim.training.trainer import TrainingError, pretrain
 
 from .images import BAD, write_image_folder
@@ -128,11 +128,6 @@ def test_cli_default_run_on_the_builtin_dataset(tmp_path):
 def test_auto_recipe_is_small_for_small_images_or_small_datasets(image_size, images, recipe):
     assert choose_recipe(PretrainArguments(image_size=image_size), images) == recipe
     assert choose_recipe(PretrainArguments(image_size=image_size, recipe="paper"), images) == "paper"
-
-
-@pytest.mark.parametrize(("image_size", "patch"), [(32, 4), (64, 8), (96, 12), (28, 2), (224, 16), ([48, 64], 4)])
-def test_default_patch_size_makes_a_grid_of_at_least_8_by_8_below_128_px(image_size, patch):
-    assert default_patch_size(image_size) == patch
 
 
 @pytest.mark.parametrize(

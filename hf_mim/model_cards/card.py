@@ -215,6 +215,8 @@ def _recipe(run: dict, args: dict) -> list[tuple[str, str]]:
 
     add("Method", run.get("method"))
     add("Recipe", RECIPE_NAMES.get(run.get("recipe"), run.get("recipe")))
+    start = run.get("init_from") or {}
+    add("Initialised from", start.get("name") and f"{start['name']} (continued pretraining)")
     add("Dataset", run.get("dataset"))
     add("Images", run.get("num_samples"))
     add("Optimizer steps", run.get("steps"))
@@ -238,6 +240,12 @@ def _recipe(run: dict, args: dict) -> list[tuple[str, str]]:
         )
     add("Seed", args.get("seed"))
     return rows
+
+
+def _linked(start: dict) -> str:
+    """The starting checkpoint: a link to its Hub page, or its local folder's name."""
+    hub_id = start.get("hub_id")
+    return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{start['name']}` (a local checkpoint)"
 
 
 def trainer_run(state: dict, args: dict | None = None) -> dict:
@@ -380,6 +388,9 @@ def build_model_card(
     if not classification and not tokenizer:
         tags.append("self-supervised-learning")
     dataset_id = run.get("dataset_id")
+    start = run.get("init_from") or {}
+    # a checkpoint continued from a Hub model links to it in the Hub's model tree
+    base_model = base_model or start.get("hub_id")
     results = _eval_rows(eval_results or [])
     card_data = ModelCardData(
         license=license or DEFAULT_LICENSE,
@@ -414,7 +425,8 @@ def build_model_card(
     elif run:
         summary = (
             f"{article} {noun} pretrained with hf_mim "
-            f"(`hf-mim pretrain --method {tag}`) on {run.get('dataset', 'unknown data')}."
+            f"(`hf-mim pretrain --method {tag}`) on {run.get('dataset', 'unknown data')}"
+            + (f", initialised from {_linked(start)}." if start.get("name") else ".")
         )
     elif classification:
         summary = f"A Vision Transformer classifier with a {method.display_name}-pretrained encoder" + (

@@ -7,13 +7,33 @@ import importlib.util
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import PretrainedConfig
+
 from ..modeling.auto import METHOD_SPECS, method_spec
 from ..modeling.masking import MaskedMIMConfig
-from .data import BUILTIN_DATASET
-from .presets import ENCODER_PRESETS, RECIPES, SMALL_DATASET_IMAGES, SMALL_IMAGE_SIZE, build_config_fields
+from ..warm_start import checkpoint_config_fields, read_checkpoint
+from .data import BUILTIN_DATASET, sample_image_sizes
+from .presets import (
+    ENCODER_PRESETS,
+    RECIPES,
+    SMALL_DATASET_IMAGES,
+    SMALL_IMAGE_SIZE,
+    build_config_fields,
+    config_fields,
+)
+
+# The image size follows the images (`image_size_from_data`): their own size where a grid of 4 px patches at least
+# 7x7 fits it (28 px, Fashion-MNIST's, and up), upsampled to 32 px below (the built-in 8x8 digits), and never more than
+# 224 px unasked (ViT-B/16's size; a 1,024 px photo would cost 21x the compute a step).
+MIN_NATIVE_IMAGE_SIZE = 28
+UPSAMPLED_IMAGE_SIZE = 32
+MAX_AUTO_IMAGE_SIZE = 224
+DEFAULT_IMAGE_SIZE = 224  # when no image could be sampled
+MIN_GRID = 7
 
 
 class RegisteredMethods:
@@ -100,13 +120,31 @@ class PretrainArguments:
         default=None, metadata=_help("linear warm-up steps before the cosine decay (default: 5%% of the steps)")
     )
     image_size: int | None = field(
-        default=None, metadata=_help("input resolution (default: 224; 32 on the built-in dataset)")
+        default=None,
+        metadata=_help(
+            "input resolution (default: from the images, the most common size of 64 sampled ones: kept where it "
+            f"is {MIN_NATIVE_IMAGE_SIZE} to {MAX_AUTO_IMAGE_SIZE} px (cut to a multiple of 4 px below 128, of 16 "
+            f"from 128), {MAX_AUTO_IMAGE_SIZE} above, {UPSAMPLED_IMAGE_SIZE} below (the built-in 8x8 digits); a "
+            "multiple of the checkpoint's patch size with --init-from)"
+        ),
     )
     patch_size: int | None = field(
         default=None,
         metadata=_help(
-            "patch size (default: 16 from 128 px up; below, the largest that cuts the image into at least 8x8 "
-            "patches, 4 at 32 px)"
+            "patch size (default: 16 from 128 px up; below, the largest that cuts the image into at least 7x7 "
+            "patches: 4 at 28 and 32 px; the checkpoint's with --init-from)"
+        ),
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata=_help(
+            "continue pretraining from a checkpoint: an hf_mim model of any method, transformers' ViTMAEForPreTraining "
+            "(encoder and decoder), ViTModel or ViTForImageClassification (encoder), or facebookresearch/mae's .pth; "
+            "a local folder or file, or a Hub id. The encoder takes the checkpoint's shape (not --model-size), a new "
+            "image size resamples its position table, a new channel count (--config num_channels) adapts its patch "
+            "embedding; a model of the same method also brings its decoder and config. The recipe (learning rate, "
+            "warm-up, epochs) is the data's, as from scratch",
+            metavar="PATH_OR_REPO",
         ),
     )
     model_size: str | None = field(
@@ -197,57 +235,111 @@ class PretrainArguments:
     )
     # Python only (not a flag): config fields set over the recipe's, before --config's
     config_overrides: dict = field(default_factory=dict, init=True, metadata={"cli": False})
+    # filled by resolve_defaults: why each default was chosen (the plan printed before training)
+    reasons: dict = field(default_factory=dict, metadata={"cli": False})
 
 
-# Defaults that depend on where the data comes from: the built-in digits are 8x8 images, shown to the model at 32 px
-# (an 8x8 grid of 4 px patches). Everything else follows the recipe.
-BUILTIN_IMAGE_SIZE = 32
-DEFAULT_IMAGE_SIZE = 224
 RECIPE_MODEL_SIZE = {"small": "mini", "paper": "base"}
 PAPER_EPOCHS = 1  # a smoke-test default: the papers train for 300-1600 epochs; pass --epochs
 
 
 def default_patch_size(image_size) -> int:
-    """16 px patches from 128 px up (ViT's); below, the largest size that cuts the shorter side into at least 8 patches
-    evenly (4 px at 32 px, 8 px at 64 px), so small images still make a grid worth masking."""
+    """16 px patches from 128 px up (ViT's); below, the largest size that cuts the shorter side into at least
+    MIN_GRID (7) patches evenly (4 px at 28 and 32 px, 8 px at 64 px), so small images still make a grid worth
+    masking."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     side = min(height, width)
     if side >= 128:
         return 16
-    for patch in range(max(1, side // 8), 0, -1):
+    for patch in range(max(1, side // MIN_GRID), 0, -1):
         if height % patch == 0 and width % patch == 0:
             return patch
     return 1
 
 
+def image_size_from_data(sizes: list[tuple[int, int]], patch_size: int | None = None) -> tuple[int, str]:
+    """(image size, why) from the (width, height) of sampled images: the most common one's shorter side, kept where a
+    grid of at least 7x7 patches of 4 px or more fits it exactly (cut to a multiple of 4 px below 128, of 16 from
+    128), MAX_AUTO_IMAGE_SIZE above it and UPSAMPLED_IMAGE_SIZE below MIN_NATIVE_IMAGE_SIZE. With `patch_size` (a
+    checkpoint's), rounded up to a multiple of it."""
+    if not sizes:
+        return DEFAULT_IMAGE_SIZE, f"no image could be sampled: the default {DEFAULT_IMAGE_SIZE} px"
+    (width, height), count = Counter(sizes).most_common(1)[0]
+    side = min(width, height)
+    seen = f"the images are {width}x{height} ({count} of {len(sizes)} sampled)"
+    if side > MAX_AUTO_IMAGE_SIZE:
+        size = MAX_AUTO_IMAGE_SIZE
+        why = f"{seen}: shown at {size} px, the largest size chosen without --image-size"
+    elif side < MIN_NATIVE_IMAGE_SIZE:
+        size = UPSAMPLED_IMAGE_SIZE
+        why = f"{seen}: upsampled to {size} px, for a grid of {size // 4}x{size // 4} patches of 4 px"
+    else:
+        size = side - side % (16 if side >= 128 else 4)
+        why = f"{seen}: their own size" + (f", cut to {size} px for the patch grid" if size != side else "")
+    if patch_size and size % patch_size:
+        size = -(-size // patch_size) * patch_size
+        why += f"; rounded up to {size} px, a multiple of the checkpoint's {patch_size} px patches"
+    return size, why
+
+
 def choose_recipe(args: PretrainArguments, num_images: int) -> str:
     """`--recipe auto`: "small" when the images are at most SMALL_IMAGE_SIZE px a side or the dataset has fewer than
     SMALL_DATASET_IMAGES images, else "paper". The scale of the run decides, not where the data comes from."""
+    return _recipe_and_reason(args, num_images)[0]
+
+
+def _recipe_and_reason(args: PretrainArguments, num_images: int) -> tuple[str, str]:
     if args.recipe != "auto":
-        return args.recipe
+        return args.recipe, "--recipe"
     size = args.image_size if isinstance(args.image_size, int) else min(args.image_size)
-    return "small" if size <= SMALL_IMAGE_SIZE or num_images < SMALL_DATASET_IMAGES else "paper"
+    if size <= SMALL_IMAGE_SIZE:
+        return "small", f"auto: images of {size} px, at most {SMALL_IMAGE_SIZE}"
+    if num_images < SMALL_DATASET_IMAGES:
+        return "small", f"auto: {num_images:,} images, fewer than {SMALL_DATASET_IMAGES:,}"
+    return "paper", f"auto: {num_images:,} images of {size} px"
 
 
-def resolve_defaults(args: PretrainArguments, num_images: int) -> PretrainArguments:
-    """Fill in what the user left as None: the image and patch size, then the recipe, then what the recipe sets
-    (model size, learning rate, epochs, the method's config fields; explicit `config_overrides` win)."""
+def resolve_defaults(
+    args: PretrainArguments,
+    num_images: int,
+    image_sizes: list[tuple[int, int]] | None = None,
+    checkpoint_fields: dict | None = None,
+    same_method: bool = False,
+) -> PretrainArguments:
+    """Fill in what the user left as None: the image size (from `image_sizes`, sampled from the data) and patch
+    size, then the recipe, then what the recipe sets (model size, learning rate, epochs, the method's config fields;
+    explicit `config_overrides` win). `args.reasons` records why each was chosen.
+
+    `checkpoint_fields` (--init-from): the fields the run's config takes from the checkpoint. The patch size is the
+    checkpoint's, no model size applies, and a checkpoint of the run's own method (`same_method`) keeps its config
+    over the recipe's fields."""
+    reasons = args.reasons
+    start_patch = (checkpoint_fields or {}).get("patch_size")
     if args.image_size is None:
-        args.image_size = BUILTIN_IMAGE_SIZE if args.dataset in (None, BUILTIN_DATASET) else DEFAULT_IMAGE_SIZE
+        args.image_size, reasons["image_size"] = image_size_from_data(image_sizes or [], start_patch)
+    else:
+        reasons.setdefault("image_size", "--image-size")
     if args.patch_size is None:
-        args.patch_size = default_patch_size(args.image_size)
-    args.recipe = choose_recipe(args, num_images)
+        args.patch_size = start_patch or default_patch_size(args.image_size)
+        reasons["patch_size"] = "the checkpoint's" if start_patch else "the largest giving at least a 7x7 grid"
+    else:
+        reasons.setdefault("patch_size", "--patch-size")
+    args.recipe, reasons["recipe"] = _recipe_and_reason(args, num_images)
     if args.num_workers is None:
         # decoding an 8x8 PNG costs microseconds; on two cores a worker would only take CPU time from the model
         args.num_workers = 0 if args.dataset in (None, BUILTIN_DATASET) else 2
     recipe = method_spec(args.method).recipe(args.recipe)
-    if args.model_size is None:
+    if args.model_size is None and checkpoint_fields is None:
         args.model_size = RECIPE_MODEL_SIZE[args.recipe]
+        reasons["model_size"] = f"the {args.recipe} recipe's"
     if args.base_lr is None:
         args.base_lr = recipe.base_lr
+        reasons["base_lr"] = f"the {args.recipe} recipe's"
     if args.max_steps is None and args.epochs is None:
         args.epochs = recipe.epochs or (PAPER_EPOCHS if args.recipe == "paper" else 1)
-    args.config_overrides = {**recipe.config, **args.config_overrides}
+        reasons["epochs"] = f"the {args.recipe} recipe's"
+    if not same_method:
+        args.config_overrides = {**recipe.config, **args.config_overrides}
     return args
 
 
@@ -256,7 +348,7 @@ def validate(args: PretrainArguments) -> None:
         raise ValueError(f"--{flag.replace('_', '-')}={value!r} is invalid: {allowed}")
 
     for name in ("dataset", "dataset_config", "split", "image_column", "output_dir", "resume_from_checkpoint",
-                 "config", "tokenizer", "push_to_hub"):  # fmt: skip
+                 "config", "tokenizer", "push_to_hub", "init_from"):  # fmt: skip
         value = getattr(args, name, None)
         if isinstance(value, str) and not value.strip():
             # an unset shell variable: "" would mean the built-in data, the current folder or no value at all
@@ -267,6 +359,10 @@ def validate(args: PretrainArguments) -> None:
         bad("model_size", args.model_size, f"one of {sorted(ENCODER_PRESETS)}")
     if args.recipe not in ("auto", *RECIPES):
         bad("recipe", args.recipe, f"auto or one of {RECIPES}")
+    if args.init_from is not None and args.model_size is not None:
+        bad("model_size", args.model_size, "not used with --init-from: the encoder is the checkpoint's")
+    if args.init_from is not None and args.method == "visual-tokenizer":
+        bad("init_from", args.init_from, "--method visual-tokenizer has no ViT encoder to start from")
     if args.tokenizer is not None and args.method != "beit":
         bad("tokenizer", args.tokenizer, "only used with --method beit")
     if args.mask_strategy is not None and not issubclass(method_spec(args.method).config_class, MaskedMIMConfig):
@@ -311,7 +407,9 @@ def validate(args: PretrainArguments) -> None:
         bad("report_to", args.report_to, f"needs the {tracker_package[0]} package: pip install {tracker_package[0]}")
 
 
-def build_config(args: PretrainArguments, spec):
+def build_config(args: PretrainArguments, spec, checkpoint_fields: dict | None = None):
+    """The run's model config: the encoder preset (or, with --init-from, `checkpoint_fields`), the image geometry,
+    the recipe's and the caller's config fields, then --config's, --tokenizer and --mask-strategy."""
     overrides = dict(args.config_overrides)
     if args.config:
         try:
@@ -327,8 +425,31 @@ def build_config(args: PretrainArguments, spec):
         overrides["tokenizer_name_or_path"] = args.tokenizer
     if args.mask_strategy is not None and "mask_strategy" not in overrides:  # --config's value wins
         overrides["mask_strategy"] = args.mask_strategy
-    fields = {**ENCODER_PRESETS[args.model_size], "image_size": args.image_size, "patch_size": args.patch_size}
+    encoder = ENCODER_PRESETS[args.model_size] if checkpoint_fields is None else dict(checkpoint_fields)
+    if (
+        checkpoint_fields is not None
+        and overrides.get("num_channels", encoder["num_channels"]) != encoder["num_channels"]
+    ):
+        # the checkpoint's per-channel statistics do not fit the new channel count: the config's defaults for it
+        for name in ("image_mean", "image_std"):
+            encoder.pop(name, None)
+    fields = {**encoder, "image_size": args.image_size, "patch_size": args.patch_size}
     return build_config_fields(spec, fields, overrides)
+
+
+def resolve_run(args: PretrainArguments, spec, raw, image_column: str, num_images: int):
+    """(args with every default filled in, the model config, the starting `Checkpoint` or None): the one place where
+    --init-from, a sample of the images' sizes and the recipe decide the run, for `hf-mim pretrain` and the
+    Trainer example alike. Validates the result."""
+    checkpoint = read_checkpoint(args.init_from) if args.init_from else None
+    start_fields, same_method = None, False
+    if checkpoint is not None:
+        own = config_fields(spec.config_class) - set(PretrainedConfig().to_dict())  # not transformers' bookkeeping
+        start_fields, same_method = checkpoint_config_fields(checkpoint, spec.config_class, own)
+    sizes = sample_image_sizes(raw, image_column) if args.image_size is None else None
+    args = resolve_defaults(args, num_images, sizes, start_fields, same_method)
+    validate(args)
+    return args, build_config(args, spec, start_fields), checkpoint
 
 
 def setup_logging(main_process: bool) -> None:
@@ -345,14 +466,18 @@ def one_line(err: BaseException) -> str:
 
 
 __all__ = [
-    "BUILTIN_IMAGE_SIZE",
     "DEFAULT_IMAGE_SIZE",
+    "MAX_AUTO_IMAGE_SIZE",
+    "MIN_NATIVE_IMAGE_SIZE",
+    "UPSAMPLED_IMAGE_SIZE",
     "PretrainArguments",
     "build_config",
     "choose_recipe",
     "default_patch_size",
+    "image_size_from_data",
     "one_line",
     "setup_logging",
     "resolve_defaults",
+    "resolve_run",
     "validate",
 ]

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
-from .transforms import IMAGE_COLUMN_NAMES, INDEX_COLUMN, ImageAugmentation, open_image, sample_generator
+from .transforms import (
+    IMAGE_COLUMN_NAMES,
+    INDEX_COLUMN,
+    ImageAugmentation,
+    displayed_size,
+    open_image,
+    sample_generator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +77,7 @@ def builtin_digits(split: str | None = "train") -> datasets.Dataset:
     return parts[split]
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     # A Hub id has at most one "/"; anything else path-like is a local path that does not exist.
     return (
         name.startswith((".", "/", "~"))
@@ -82,7 +89,7 @@ def _looks_like_path(name: str) -> bool:
 
 def hub_dataset_id(name: str | None) -> str | None:
     """`--dataset` when it names a Hub dataset (for the model card's `datasets`), else None."""
-    if not name or name == BUILTIN_DATASET or os.path.exists(os.path.expanduser(name)) or _looks_like_path(name):
+    if not name or name == BUILTIN_DATASET or os.path.exists(os.path.expanduser(name)) or looks_like_path(name):
         return None
     return name
 
@@ -116,16 +123,26 @@ def load_pretraining_dataset(
 MAP_STYLE_SHARDS = 16
 
 
+def shown_name(name: str) -> str:
+    """How records, logs of the run and model cards name a local dataset: its folder's or file's name, never the
+    path (a pushed card would show the uploader's folders); a glob keeps its pattern after the folder's name."""
+    path = os.path.abspath(os.path.expanduser(name))
+    if any(c in os.path.basename(path) for c in "*?["):
+        return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+    return os.path.basename(path.rstrip(os.sep)) or name
+
+
 def _load(name, config_name, split: str, strict_split: bool, streaming: bool):
     name = name or BUILTIN_DATASET
     if name == BUILTIN_DATASET:
         return builtin_digits(split), f"scikit-learn digits (built in), {split!r} split"
     path = os.path.expanduser(name)
+    shown = shown_name(name) if os.path.exists(path) or looks_like_path(name) else name  # else a Hub id
     shards = local_data_files(path)
     if shards is not None:
         builder, files = shards
         files, damaged = readable_shards(builder, files)
-        description = f"{name} ({len(files)} {builder} files{', streamed' if streaming else ''})"
+        description = f"{shown} ({len(files)} {builder} files{', streamed' if streaming else ''})"
         if damaged:
             description = description[:-1] + f"; {len(damaged)} damaged, skipped: {', '.join(damaged)})"
         try:
@@ -151,14 +168,14 @@ def _load(name, config_name, split: str, strict_split: bool, streaming: bool):
                     raise DatasetError(
                         f"{name} holds one split ({own!r}), not {split!r}; save a DatasetDict for several splits"
                     )
-            return loaded, f"{name} (saved dataset)"
+            return loaded, f"{shown} (saved dataset)"
         try:
-            return datasets.load_dataset("imagefolder", data_dir=path, split=split), f"{name} (image folder)"
+            return datasets.load_dataset("imagefolder", data_dir=path, split=split), f"{shown} (image folder)"
         except (ValueError, FileNotFoundError) as err:
             raise DatasetError(f"could not read images from {name}: {_first_line(err)}") from None
     if os.path.exists(path):
         raise DatasetError(f"--dataset {name} is a file; pass a folder of images, a saved dataset or a Hub id")
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise DatasetError(f"dataset path not found: {name}")
     try:
         loaded = datasets.load_dataset(name, config_name, split=split, streaming=streaming)
@@ -296,6 +313,27 @@ def find_image_column(dataset: datasets.Dataset, requested: str | None = None) -
     return find_column(dataset, requested, "image-column", datasets.Image, IMAGE_COLUMN_NAMES)
 
 
+def sample_image_sizes(dataset, image_column: str, count: int = 64) -> list[tuple[int, int]]:
+    """(width, height) of up to `count` images, read from their headers: spread evenly over a dataset, the first ones
+    of a stream. Images that cannot be opened are left out (training skips them too)."""
+    if isinstance(dataset, datasets.IterableDataset):
+        import itertools
+
+        rows = itertools.islice(dataset.decode(False), count)
+    else:
+        total = len(dataset)
+        taken = min(count, total)
+        indices = sorted({round(i * (total - 1) / max(1, taken - 1)) for i in range(taken)})
+        rows = undecoded(dataset.select_columns([image_column])).select(indices)
+    sizes = []
+    for row in rows:
+        try:
+            sizes.append(displayed_size(open_image(row[image_column], load=False)))
+        except Exception:  # noqa: BLE001 - a bad file is skipped in training as well
+            continue
+    return sizes
+
+
 def check_size(dataset: datasets.Dataset, num_processes: int, description: str) -> None:
     if len(dataset) == 0:
         raise DatasetError(f"the dataset {description} is empty")
@@ -410,7 +448,10 @@ __all__ = [
     "find_image_column",
     "load_pretraining_dataset",
     "MAP_STYLE_SHARDS",
+    "looks_like_path",
     "prepare_dataset",
+    "sample_image_sizes",
+    "shown_name",
     "sample_generator",
     "undecoded",
 ]

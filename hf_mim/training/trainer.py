@@ -26,8 +26,10 @@ import datasets
 import torch
 from safetensors import SafetensorError
 
+from ..convert import hub_id_of
 from ..modeling.auto import method_spec
-from .arguments import PretrainArguments, build_config, one_line, resolve_defaults, setup_logging, validate
+from ..warm_start import load_initial_weights
+from .arguments import PretrainArguments, one_line, resolve_run, setup_logging, validate
 from .checkpoints import load_extra_state, load_trainer_state, resolve_resume, save_checkpoint, verify_loadable
 from .data import (
     BUILTIN_DATASET,
@@ -74,7 +76,8 @@ def pretrain(args: PretrainArguments) -> dict:
     """Run pretraining; returns the summary also written to OUTPUT_DIR/training_summary.json."""
     from accelerate.utils import set_seed
 
-    args = replace(args, config_overrides=dict(args.config_overrides))  # resolved below; the caller's stays as given
+    # resolved below; the caller's stays as given
+    args = replace(args, config_overrides=dict(args.config_overrides), reasons=dict(args.reasons))
     validate(args)  # before anything is loaded; again once the defaults are resolved
     spec = method_spec(args.method)
     check_distributed_setup(spec)  # before accelerate builds (or silently replaces) the engine it was asked for
@@ -94,15 +97,18 @@ def pretrain(args: PretrainArguments) -> dict:
         else:
             check_size(raw, accelerator.num_processes, description)
             num_samples = len(raw)
-        # a stream of unknown length is taken for a large dataset by --recipe auto
-        args = resolve_defaults(args, num_samples or SMALL_DATASET_IMAGES)
-        validate(args)
-        config = build_config(args, spec)
+        # the starting weights decide the encoder's shape, the images the size they are shown at; a stream of
+        # unknown length is taken for a large dataset by --recipe auto
+        args, config, checkpoint = resolve_run(args, spec, raw, image_column, num_samples or SMALL_DATASET_IMAGES)
         check_distributed_setup(spec, config)
         transform, loader, stream = _data(args, spec, config, raw, image_column, accelerator)
 
         # ---- model, optimizers, schedules ----------------------------------------------------------------------
         model = spec.pretraining_class(config)
+        init_report = load_initial_weights(model, checkpoint) if checkpoint else []
+        del checkpoint  # its copy of the weights
+        for line in init_report:
+            logger.info("%s", line)
         if hasattr(model, "teacher"):
             # built now, from the full weights: after prepare, FSDP2 would hand it sharded parameters to copy
             check_distributed_setup(spec, config, teacher=True)
@@ -156,10 +162,15 @@ def pretrain(args: PretrainArguments) -> dict:
                 stream.resume_from(positions, state["step"] * args.grad_accum)
             check_every_node_has_data(stream, accelerator)
 
+        plan = run_plan(args, spec, config, model, world, effective_batch, lr, max_steps, epochs, warmup, init_report)
+        if accelerator.is_main_process:
+            print(format_plan(plan), flush=True)
         summary = {
             "method": args.method,
             "recipe": args.recipe,
             "model_size": args.model_size if spec.encoder_presets else None,
+            "plan": {k: v for k, v in plan.items() if k != "output"},  # the summary is pushed: no local path
+            "init_from": _init_record(args, init_report),
             "dataset": description,
             "dataset_id": hub_dataset_id(args.dataset),
             "num_samples": num_samples,
@@ -233,6 +244,53 @@ def pretrain(args: PretrainArguments) -> dict:
             if set_aside and not saved:
                 _keep_previous_run(Path(args.output_dir), run_id)
             lock.release()
+
+
+def run_plan(args, spec, config, model, world, effective_batch, lr, max_steps, epochs, warmup, init_report) -> dict:
+    """What the run will do and why, as `format_plan` prints it before step 1 (and the summary and card record)."""
+    reasons = args.reasons
+    grid = "x".join(str(n) for n in config.grid_size)
+    encoder = None
+    if hasattr(config, "hidden_size") and hasattr(model, "vit"):
+        size = "the checkpoint's" if args.init_from else f"{args.model_size} (the {args.recipe} recipe's)"
+        encoder = (
+            f"ViT, {size}: {config.num_hidden_layers} blocks, width {config.hidden_size}, "
+            f"{config.num_attention_heads} heads ({model.vit.num_parameters():,} parameters)"
+        )
+    length = f"{max_steps:,}" + (f" ({epochs} epoch{'s' if epochs > 1 else ''})" if epochs else "")
+    length += f", warm-up {warmup:,}"
+    how_lr = "--lr" if args.lr is not None else f"base {args.base_lr:g} x {effective_batch} / 256"
+    return {
+        "method": args.method,
+        "recipe": f"{args.recipe} ({reasons.get('recipe', '--recipe')})",
+        "encoder": encoder,
+        "image size": f"{_px(config.image_size)} ({reasons.get('image_size', '--image-size')})",
+        "patch size": f"{config.patch_size} px: {grid} patches ({reasons.get('patch_size', '--patch-size')})",
+        "steps": length,
+        "effective batch": f"{effective_batch} ({args.batch_size} per process x {world} process(es) x "
+        f"{args.grad_accum} accumulation)",
+        "learning rate": f"{lr:.3g} ({how_lr})",
+        "weights": init_report[0].removeprefix("init from ") if init_report else "fresh (random initialisation)",
+        "output": args.output_dir,
+    }
+
+
+def format_plan(plan: dict) -> str:
+    width = max(len(k) for k in plan)
+    return "plan:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in plan.items() if v is not None)
+
+
+def _px(size) -> str:
+    return f"{size[0]}x{size[1]} px" if isinstance(size, (list, tuple)) else f"{size} px"
+
+
+def _init_record(args, init_report: list[str]) -> dict | None:
+    """The starting checkpoint as the summary and card name it: a Hub id, or a local folder's name (no path)."""
+    if not args.init_from:
+        return None
+    hub_id = hub_id_of(args.init_from)
+    name = hub_id or Path(os.path.abspath(os.path.expanduser(args.init_from))).name
+    return {"name": name, "hub_id": hub_id, "report": init_report}
 
 
 def _keep_previous_run(folder: Path, run_id: str | None) -> None:
@@ -468,7 +526,7 @@ class TrainingLoop:
         self.adversary = spec.adversary_for(accelerator.unwrap_model(model).config)
         self.main_inputs = self.adversary.main_inputs if self.adversary else {}
         self.state, self.max_steps, self.source = state, max_steps, source
-        self.step = state["step"]
+        self.step = self.first_step = state["step"]
         self.skips = SkipReport(dict(state["skipped"]))
         self.images_seen = 0
         self.stream = stream  # the StreamingImages of a --streaming run, else None
@@ -544,6 +602,13 @@ class TrainingLoop:
         self.step += 1
         progress.update(1)
         self._log(progress, self.start)
+        if self.step - self.first_step == ETA_AFTER_STEPS and self.step < self.max_steps:
+            per_step = (time.perf_counter() - self.start) / ETA_AFTER_STEPS
+            remaining = per_step * (self.max_steps - self.step)
+            logger.info(
+                "%d steps took %.2f s each: about %s to finish %d steps",
+                ETA_AFTER_STEPS, per_step, _duration(remaining), self.max_steps,
+            )  # fmt: skip
         return True
 
     def _check_something_decoded(self, when: str) -> None:
@@ -655,6 +720,18 @@ class TrainingLoop:
             skipped_images=skipped,
             resumed_from=str(resume_path) if resume_path else None,
         )
+
+
+#: Steps after which the run logs its estimated time to finish (the first steps, warm caches aside, are typical).
+ETA_AFTER_STEPS = 20
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def fresh_accelerate_state() -> None:
