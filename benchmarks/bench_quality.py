@@ -107,7 +107,7 @@ def train_peer(out: Path, epochs: int) -> None:
     from hf_mim.model_cards.pictures import reconstruction_error
     from hf_mim.modeling.auto import METHOD_SPECS
     from hf_mim.modeling.backbone import sincos_2d_position_embedding
-    from hf_mim.training import trainer
+    from hf_mim.training import arguments, trainer
 
     # Every ViTMAEConfig field that hf_mim's MAEConfig also has, from the config hf_mim's MAE would train.
     shared = [
@@ -125,12 +125,12 @@ def train_peer(out: Path, epochs: int) -> None:
                 self.vit.embeddings.position_embeddings.copy_(sincos_2d_position_embedding(config.hidden_size, grid))
                 self.decoder.decoder_pos_embed.copy_(sincos_2d_position_embedding(config.decoder_hidden_size, grid))
 
-    mae_build_config = trainer.build_config
+    mae_build_config = arguments.build_config
 
-    def build_config(args, spec):
+    def build_config(args, spec, checkpoint_fields=None):
         if spec.name != PEER:
-            return mae_build_config(args, spec)
-        ours = mae_build_config(args, METHOD_SPECS["mae"])
+            return mae_build_config(args, spec, checkpoint_fields)
+        ours = mae_build_config(args, METHOD_SPECS["mae"], checkpoint_fields)
         # image_mean / image_std ride along as extra attributes: the data pipeline normalises with them
         return ViTMAEConfig(
             **{k: getattr(ours, k) for k in shared}, image_mean=ours.image_mean, image_std=ours.image_std
@@ -145,7 +145,7 @@ def train_peer(out: Path, epochs: int) -> None:
         sample_inputs=lambda config, grid, generator: {"noise": torch.rand(grid[0] * grid[1], generator=generator)},
         picture=None,
     )
-    trainer.build_config = build_config
+    arguments.build_config = build_config  # what hf-mim pretrain's resolve_run builds the model config with
     summary = trainer.pretrain(trainer.PretrainArguments(method=PEER, epochs=epochs, output_dir=str(out)))
     converted = convert_checkpoint(out, out / "converted")
     # hf-mim pretrain measures the reconstruction error of hf_mim's own models only; the converted copy computes

@@ -178,6 +178,7 @@ def _run_push(args) -> None:
         license=args.license,
         base_model=args.base_model,
         include=args.include,
+        format=args.format,
     )
     print(f"pushed {args.output_dir} to {commit.commit_url}")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .hub import check_repo_id
 from .loading import from_safetensors, load_checked
 from .modeling.mae import MAEConfig, MAEForPreTraining
 from .modeling.simmim import SimMIMConfig, SimMIMForPreTraining
@@ -99,8 +100,6 @@ def resolve_source(src: str | os.PathLike) -> Path:
     text = str(src)
     if looks_like_path(text):
         raise FileNotFoundError(f"no checkpoint at {src}")
-    from .hub import check_repo_id
-
     try:
         repo_id = check_repo_id(text, "checkpoint")
     except ValueError:
@@ -124,8 +123,6 @@ def hub_id_of(src: str | os.PathLike) -> str | None:
     text = str(src)
     if Path(os.path.expanduser(text)).exists() or looks_like_path(text):
         return None
-    from .hub import check_repo_id
-
     try:
         return check_repo_id(text, "checkpoint")
     except ValueError:
@@ -252,15 +249,7 @@ def _from_transformers(src: Path, overrides: dict) -> MAEForPreTraining:
 
     source = load_checked(ViTMAEForPreTraining, src)
     cfg = source.config
-    fields = dict(
-        **_transformers_encoder_fields(cfg),
-        decoder_hidden_size=cfg.decoder_hidden_size,
-        decoder_num_hidden_layers=cfg.decoder_num_hidden_layers,
-        decoder_num_attention_heads=cfg.decoder_num_attention_heads,
-        decoder_intermediate_size=cfg.decoder_intermediate_size,
-        mask_ratio=cfg.mask_ratio,
-        norm_pix_loss=cfg.norm_pix_loss,
-    )
+    fields = {**_transformers_encoder_fields(cfg), **mae_decoder_fields(cfg)}
     fields.update(_preprocessor_fields(src))
     fields.update(overrides)
     config = MAEConfig(**fields)
@@ -268,7 +257,20 @@ def _from_transformers(src: Path, overrides: dict) -> MAEForPreTraining:
     return _load(MAEForPreTraining, config, state)
 
 
+def mae_decoder_fields(cfg) -> dict:
+    """The decoder and objective fields MAE's configs share (transformers' ViTMAEConfig and hf_mim's MAEConfig)."""
+    return dict(
+        decoder_hidden_size=cfg.decoder_hidden_size,
+        decoder_num_hidden_layers=cfg.decoder_num_hidden_layers,
+        decoder_num_attention_heads=cfg.decoder_num_attention_heads,
+        decoder_intermediate_size=cfg.decoder_intermediate_size,
+        mask_ratio=cfg.mask_ratio,
+        norm_pix_loss=cfg.norm_pix_loss,
+    )
+
+
 def _transformers_encoder_fields(cfg) -> dict:
+    """The encoder fields transformers' ViT configs and hf_mim's share, read from either."""
     return dict(
         image_size=cfg.image_size,
         patch_size=cfg.patch_size if isinstance(cfg.patch_size, int) else int(cfg.patch_size[0]),

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import torch
 
-from .convert import _TRANSFORMERS_BLOCK, _TRANSFORMERS_RENAMES, ConversionError, check_destination
+from .convert import (
+    _TRANSFORMERS_BLOCK,
+    _TRANSFORMERS_RENAMES,
+    ConversionError,
+    _transformers_encoder_fields,
+    check_destination,
+    mae_decoder_fields,
+)
 from .modeling.base import build_image_processor
 from .warm_start import read_checkpoint
 
@@ -72,35 +79,11 @@ def to_transformers(src: str | os.PathLike):
     config = checkpoint.config
     _check_plain_vit(checkpoint.name, config)
     state = {k: v for k, v in checkpoint.model.state_dict().items() if not k.startswith(tuple(checkpoint.fresh))}
-    encoder = dict(
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        num_channels=config.num_channels,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act,
-        hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        initializer_range=config.initializer_range,
-        layer_norm_eps=config.layer_norm_eps,
-        qkv_bias=config.qkv_bias,
-    )
+    encoder = _transformers_encoder_fields(config)
     notes = []
     with_decoder = config.model_type == "hf_mim_mae" and "decoder." not in checkpoint.fresh
     if with_decoder:
-        target = ViTMAEForPreTraining(
-            ViTMAEConfig(
-                **encoder,
-                decoder_hidden_size=config.decoder_hidden_size,
-                decoder_num_hidden_layers=config.decoder_num_hidden_layers,
-                decoder_num_attention_heads=config.decoder_num_attention_heads,
-                decoder_intermediate_size=config.decoder_intermediate_size,
-                mask_ratio=config.mask_ratio,
-                norm_pix_loss=config.norm_pix_loss,
-            )
-        )
+        target = ViTMAEForPreTraining(ViTMAEConfig(**encoder, **mae_decoder_fields(config)))
         if config.mask_strategy != "random":
             notes.append(
                 f"masking: transformers' ViTMAE masks at random; this model was trained with {config.mask_strategy}"

@@ -215,6 +215,15 @@ class PushArguments:
             "rest is listed as left out)"
         },
     )
+    format: str = field(
+        default="hf_mim",
+        metadata={
+            "help": "hf_mim: the folder as saved, with its modeling code for trust_remote_code; transformers: as "
+            "`hf-mim export --format transformers` writes it (ViTMAEForPreTraining or ViTModel), which loads with "
+            "transformers alone, with the same card, run records and pictures (default: %(default)s)",
+            "choices": ["hf_mim", "transformers"],
+        },
+    )
 
 
 def push_folder(
@@ -232,6 +241,7 @@ def push_folder(
     tags: list[str] | None = None,
     include: list[str] | tuple[str, ...] = (),
     check_loading: bool = True,
+    format: str = "hf_mim",
 ):
     """Upload a saved model folder to `repo_id` in one commit; returns huggingface_hub's `CommitInfo`.
 
@@ -241,7 +251,10 @@ def push_folder(
 
     The modeling code and config.json's `auto_map` are written fresh from the installed hf_mim; README.md is
     regenerated for `repo_id` (with `license`, `base_model` and extra `tags`) unless the folder holds a card a person
-    wrote, and is validated before any upload."""
+    wrote, and is validated before any upload.
+
+    `format="transformers"`: the weights, config.json and processor go up as `hf-mim export --format transformers`
+    writes them (transformers' own classes, no modeling code), with the same card, run records and pictures."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import RevisionNotFoundError
     from transformers import AutoConfig
@@ -257,22 +270,47 @@ def push_folder(
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     if check_loading:
         check_loads(folder, config)
+    if format not in ("hf_mim", "transformers"):
+        raise ValueError(f"--format={format!r} is invalid: allowed hf_mim or transformers")
     with tempfile.TemporaryDirectory() as staging:
-        code = _base.export_remote_code(config, staging)
-        config.save_pretrained(staging)
+        transformers_class = None
+        if format == "transformers":
+            from .export import export_model  # export reads checkpoints through convert.py, which imports this module
+
+            exported = Path(staging, "transformers")
+            transformers_class = export_model(folder, exported)[0].split()[1]
+            # transformers' weights, config and processor replace hf_mim's; the records and pictures stay
+            replaced = {"config.json", "preprocessor_config.json", "model.safetensors", "model.safetensors.index.json"}
+            uploaded = [n for n in uploaded if n not in replaced and not is_weight_shard(n)]
+            code = [f"transformers/{p.name}" for p in sorted(exported.iterdir()) if p.name != "config.json"]
+            config_file = "transformers/config.json"
+        else:
+            code = _base.export_remote_code(config, staging)
+            config.save_pretrained(staging)
+            config_file = "config.json"
         readme = folder / "README.md"
         if readme.exists() and GENERATED_MARKER not in readme.read_text(encoding="utf-8", errors="replace"):
             card_text = readme.read_text(encoding="utf-8")
         else:
-            card = model_card_for_folder(folder, config=config, repo_id=repo_id, base_model=base_model, license=license)
+            card = model_card_for_folder(
+                folder,
+                config=config,
+                repo_id=repo_id,
+                base_model=base_model,
+                license=license,
+                transformers_class=transformers_class,
+                weights_folder=Path(staging, "transformers") if transformers_class else None,
+            )
             if tags:
                 card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
             card_text = str(card)
         validate_model_card(card_text)
         operations = [CommitOperationAdd("README.md", card_text.encode("utf-8"))]
-        operations += [CommitOperationAdd(name, str(Path(staging, name))) for name in [*code, "config.json"]]
+        operations += [CommitOperationAdd(Path(name).name, str(Path(staging, name))) for name in [*code, config_file]]
         operations += [
-            CommitOperationAdd(name, str(folder / name))
+            CommitOperationAdd(
+                name, _without_local_paths(folder / name) if name in PATH_RECORDS else str(folder / name)
+            )
             for name in uploaded
             if name not in ("README.md", "config.json")
         ]
@@ -293,6 +331,30 @@ def push_folder(
                 f"--revision {revision!r}: {repo_id} has no such branch; create it first "
                 "(huggingface_hub's HfApi.create_branch), or leave --revision out to push to main"
             ) from None
+
+
+#: Run records whose values include the run's own paths (output folder, dataset, starting checkpoint, resume point).
+PATH_RECORDS = ("training_args.json", TRAINING_SUMMARY)
+
+
+def _without_local_paths(path: Path) -> bytes:
+    """A JSON run record as it goes up: each top-level value that is a local path (absolute, or naming something on
+    this machine) becomes its last part, the folder's or file's name; the uploader's folders stay on this machine.
+    The local file is not changed."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path.read_bytes()
+    if not isinstance(record, dict):
+        return path.read_bytes()
+    for key, value in record.items():
+        if (
+            isinstance(value, str)
+            and value
+            and (os.path.isabs(value) or value.startswith("~") or os.path.exists(value))
+        ):
+            record[key] = os.path.basename(os.path.normpath(os.path.expanduser(value)))
+    return json.dumps(record, indent=2).encode("utf-8")
 
 
 def check_loads(folder: Path, config) -> None:

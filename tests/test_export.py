@@ -18,6 +18,7 @@ import hf_mim  # noqa: F401  (registers the hf_mim classes with the Auto classes
 from hf_mim.cli import main as cli_main
 from hf_mim.export import export_model
 from hf_mim.modeling.auto import METHOD_SPECS
+from tests.hub_server import HubServer
 from tests.test_hub import minimal_site
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,3 +154,48 @@ print("REPORT " + json.dumps(out))
     assert json.loads((tmp_path / "cmae-tf" / "config.json").read_text()).get("auto_map") is None
     assert "model.safetensors" in os.listdir(tmp_path / "cmae-tf")
     assert set(load_file(str(tmp_path / "cmae-tf" / "model.safetensors"))) >= {"pooler.dense.weight"}
+
+
+def test_push_format_transformers_uploads_transformers_weights_with_the_same_card(tmp_path):
+    """`hf-mim push --format transformers` of a pretraining run: transformers' config and weights, no modeling code,
+    the run's records and pictures, and a card whose snippets need neither hf_mim nor remote code."""
+    from tests.tiny_runs import TINY_FLAGS
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "home"),
+           "HF_TOKEN": "test-token", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    run = tmp_path / "run"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                  "intermediate_size": 64, "decoder_hidden_size": 32}))  # fmt: skip
+    trained = subprocess.run(
+        [sys.executable, "-m", "hf_mim", "pretrain", "--max-steps", "2", "--batch-size", "8", *TINY_FLAGS,
+         "--config", str(config), "--output-dir", str(run)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    with HubServer() as hub:
+        env["HF_ENDPOINT"] = hub.url
+        pushed = subprocess.run(
+            [sys.executable, "-m", "hf_mim", "push", str(run), "tester/mae-tf", "--format", "transformers"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        files = hub.files("tester/mae-tf")
+    assert not any(name.endswith(".py") for name in files), sorted(files)
+    assert json.loads(files["config.json"])["model_type"] == "vit_mae"
+    assert "auto_map" not in json.loads(files["config.json"])
+    assert {"model.safetensors", "preprocessor_config.json", "training_summary.json", "loss_curve.png"} <= set(files)
+    for name, content in files.items():  # the run records go up without the uploader's folders
+        if name.endswith((".json", ".md")):
+            assert str(tmp_path) not in content.decode(), name
+    assert json.loads(files["training_args.json"])["output_dir"] == "run"
+    assert str(tmp_path) in (run / "training_args.json").read_text()  # the local record is left as written
+    card = files["README.md"].decode()
+    assert "trust_remote_code" not in card and "custom_code" not in card
+    assert "transformers' own `ViTMAEForPreTraining`" in card and "| Model class | `ViTMAEForPreTraining` |" in card
+    (tmp_path / "downloaded").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "downloaded" / name).write_bytes(files[name])
+    theirs = ViTMAEForPreTraining.from_pretrained(tmp_path / "downloaded")
+    ours = AutoModel.from_pretrained(run)
+    torch.testing.assert_close(theirs.vit.embeddings.cls_token, ours.vit.cls_token, rtol=0, atol=0)

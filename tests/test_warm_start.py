@@ -334,3 +334,64 @@ def test_the_trainer_example_continues_a_transformers_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "init from tf (transformers ViTMAEForPreTraining): loaded" in result.stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["hidden_size"] == 32
+
+
+def _bench_adapt():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_adapt", ROOT / "benchmarks" / "bench_adapt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_adaptation_benchmark_refuses_in_one_line_without_fashion_mnist(tmp_path, capsys, monkeypatch):
+    bench = _bench_adapt()
+    monkeypatch.setattr(bench, "FASHION_MNIST", tmp_path / "absent")
+    assert bench.main(["--workdir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "apt-get install dataset-fashion-mnist" in err
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_adaptation_benchmark_reads_idx_images(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    pixels = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = (2051).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in pixels.shape)
+    with gzip.open(tmp_path / "images.gz", "wb") as f:
+        f.write(header + pixels.tobytes())
+    assert np.array_equal(_bench_adapt().read_idx_images(tmp_path / "images.gz"), pixels)
+
+
+def test_the_adaptation_benchmark_runs_every_row_and_resumes(tmp_path, monkeypatch, capsys):
+    """Every row, on a stand-in Fashion-MNIST of 96 random images (CI has no apt package); a rerun trains nothing."""
+    import gzip
+
+    import numpy as np
+
+    bench = _bench_adapt()
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 28, 28), dtype=np.uint8)
+    with gzip.open(data / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write((2051).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in pixels.shape) + pixels.tobytes())
+    monkeypatch.setattr(bench, "FASHION_MNIST", data)
+    argv = ["--standin-steps", "2", "--steps", "2", "--seeds", "0", "1", "--linear-epochs", "3"]
+    argv += ["--workdir", str(tmp_path / "work")]
+    assert bench.main(argv) == 0
+    table = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}  # fmt: skip
+    assert set(rows) == set(bench.ROWS)
+    for name in ("adapted from transformers", "adapted from hf_mim", "adapted from hf_mim, base lr 1e-3"):
+        assert rows[name][0].count("±") == 1 and rows[name][2].count("±") == 1  # 2 seeds; the paired difference
+    assert "±" not in rows["raw pixels"][0] and float(rows["raw pixels"][1]) > 90  # 64 pixels, logistic regression
+    adapted = json.loads((tmp_path / "work" / "adapted-tf-standin2-steps2-0" / "training_summary.json").read_text())
+    assert adapted["init_from"]["name"] == "standin-transformers-2" and adapted["steps"] == 2
+    assert json.loads((tmp_path / "work" / "standin-transformers-2" / "config.json").read_text())["num_channels"] == 1
+    recorded = (tmp_path / "work" / "results.json").read_text()
+    assert bench.main(argv) == 0  # resumes: every part is in results.json
+    assert (tmp_path / "work" / "results.json").read_text() == recorded

@@ -166,8 +166,9 @@ def _size(value) -> str:
     return "x".join(str(v) for v in value) if isinstance(value, (list, tuple)) else f"{value}x{value}"
 
 
-def _architecture(config, total: int | None, encoder: int | None) -> list[tuple[str, str]]:
-    rows = [("Model class", f"`{(config.architectures or ['unknown'])[0]}`"), ("Parameters", _fmt_int(total))]
+def _architecture(config, total: int | None, encoder: int | None, class_name: str | None = None):
+    class_name = class_name or (config.architectures or ["unknown"])[0]
+    rows = [("Model class", f"`{class_name}`"), ("Parameters", _fmt_int(total))]
     if encoder is not None and encoder != total:
         rows.append(("Encoder parameters", _fmt_int(encoder)))
     rows += [
@@ -352,6 +353,7 @@ def build_model_card(
     repo_id: str | None = None,
     base_model: str | None = None,
     license: str | None = None,
+    transformers_class: str | None = None,
 ) -> ModelCard:
     """A model card for an hf_mim model, from its config and what is known about it.
 
@@ -366,6 +368,8 @@ def build_model_card(
         repo_id: the repository, for the usage snippets.
         base_model: the model these weights were fine-tuned from (a Hub id), for classification models.
         license: a Hub license id; default "apache-2.0".
+        transformers_class: the transformers class the repository holds instead of hf_mim's format (`hf-mim push
+            --format transformers`): the usage snippets then need no remote code and no hf_mim.
     """
     method = method_card(config)
     run, run_args = dict(run or {}), run_args or {}
@@ -383,7 +387,7 @@ def build_model_card(
     if run:
         run.setdefault("method", tag)
 
-    tags = ["hf-mim", tag, "vision", "custom_code"]
+    tags = ["hf-mim", tag, "vision"] + ([] if transformers_class else ["custom_code"])
     tags += ["image-classification"] if classification else [] if tokenizer else ["masked-image-modeling"]
     if not classification and not tokenizer:
         tags.append("self-supervised-learning")
@@ -462,7 +466,7 @@ def build_model_card(
         title=title,
         summary=summary,
         method=method,
-        architecture=_architecture(config, total_parameters, encoder_parameters),
+        architecture=_architecture(config, total_parameters, encoder_parameters, transformers_class),
         recipe=_recipe(run, run_args) if run else [],
         unknown_training=(
             "This model was not saved by an `hf-mim pretrain` or `transformers.Trainer` run, so its training data, "
@@ -478,6 +482,7 @@ def build_model_card(
         repo_id=repo_id or "<repo_id>",
         usage_output=usage_output,
         show_finetuning=not tokenizer,
+        transformers_class=transformers_class,
         limitations=limitations,
         version=__version__,
     )
@@ -530,14 +535,18 @@ def model_card_for_folder(
     repo_id: str | None = None,
     base_model: str | None = None,
     license: str | None = None,
+    transformers_class: str | None = None,
+    weights_folder: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """The card for a saved model folder, from its config.json, weights and the run records beside them."""
+    """The card for a saved model folder, from its config.json, weights and the run records beside them.
+    `transformers_class` and `weights_folder`: the card of the folder's transformers form (`hf-mim push --format
+    transformers`), with the parameters counted in the folder holding it."""
     folder = Path(folder)
     if config is None:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    total, encoder = parameter_counts(folder)
+    total, encoder = parameter_counts(weights_folder or folder)
     eval_file = _read_json(folder / EVAL_RESULTS)
     run, run_args = _read_json(folder / TRAINING_SUMMARY), _read_json(folder / TRAINING_ARGS)
     if run is None and (folder / TRAINER_STATE).exists():  # a plain transformers.Trainer run: its own record
@@ -553,6 +562,7 @@ def model_card_for_folder(
         repo_id=repo_id,
         base_model=base_model,
         license=license,
+        transformers_class=transformers_class,
     )
 
 

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 
 from ..convert import hub_id_of
 from ..modeling.auto import method_spec
+from ..modeling.backbone import to_2tuple
 from ..warm_start import load_initial_weights
 from .arguments import PretrainArguments, one_line, resolve_run, setup_logging, validate
 from .checkpoints import load_extra_state, load_trainer_state, resolve_resume, save_checkpoint, verify_loadable
@@ -249,7 +250,8 @@ def pretrain(args: PretrainArguments) -> dict:
 def run_plan(args, spec, config, model, world, effective_batch, lr, max_steps, epochs, warmup, init_report) -> dict:
     """What the run will do and why, as `format_plan` prints it before step 1 (and the summary and card record)."""
     reasons = args.reasons
-    grid = "x".join(str(n) for n in config.grid_size)
+    # from the sizes, not config.grid_size: a method may bring a config class of its own (bench_quality's peer)
+    grid = "x".join(str(side // config.patch_size) for side in to_2tuple(config.image_size))
     encoder = None
     if hasattr(config, "hidden_size") and hasattr(model, "vit"):
         size = "the checkpoint's" if args.init_from else f"{args.model_size} (the {args.recipe} recipe's)"
