@@ -9,8 +9,9 @@ checkpoints (which cannot be downloaded here), on data neither stand-in saw.
     tables are restored first: transformers 5 leaves a fresh model's at zero;
   - **hf_mim**: `hf-mim pretrain --dataset fashion-mnist --max-steps N` (3 channels, the default).
 - Continued on the built-in digits' training split (1,437 images, 32 px: the 7x7 grid becomes 8x8, the sin-cos
-  tables recomputed) with `hf-mim pretrain --init-from STANDIN --max-steps S`, the recipe the digits get from
-  scratch; per `--seeds` (pretraining seeds: data order, masks, fresh weights).
+  tables recomputed) with `hf-mim pretrain --init-from STANDIN --max-steps S`: the recipe the digits get from
+  scratch at `--init-from`'s tenth of its base lr, and for hf_mim's stand-in also at the from-scratch base lr
+  (1e-2); per `--seeds` (pretraining seeds: data order, masks, fresh weights).
 - Compared on the digits' held-out test split (360 images) with every training label: k-NN (k 20, T 0.07) and the
   linear probe on frozen mean-pooled features (`hf-mim evaluate`), against: each stand-in unadapted; hf_mim MAE
   pretrained on the digits from scratch for the same S steps, per seed; random initialisation of the same encoder,
@@ -38,7 +39,7 @@ from pathlib import Path
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 RESULTS = Path(__file__).with_name("RESULTS.md")
-ROWS = ("adapted from transformers", "adapted from hf_mim", "adapted from hf_mim, base lr 1e-3",
+ROWS = ("adapted from transformers", "adapted from hf_mim", "adapted from hf_mim, from-scratch lr",
         "transformers stand-in, unadapted",
         "hf_mim stand-in, unadapted", "digits only, same steps", "random init", "raw pixels")  # fmt: skip
 
@@ -231,14 +232,18 @@ def main(argv=None) -> int:
         convert_checkpoint(tf_standin, converted)
     score("transformers stand-in, unadapted", "-", lambda: evaluate(converted, work, linear_epochs=args.linear_epochs))
     score("hf_mim stand-in, unadapted", "-", lambda: evaluate(ours_standin, work, linear_epochs=args.linear_epochs))
+    from hf_mim.modeling.auto import method_spec
+
+    scratch_lr = method_spec("mae").recipe("small").base_lr
     for seed in args.seeds:
         runs = {
             "adapted from transformers": (work / f"adapted-tf-{key}-{seed}", dict(init_from=str(tf_standin))),
             "adapted from hf_mim": (work / f"adapted-ours-{key}-{seed}", dict(init_from=str(ours_standin))),
-            # the continued-pretraining recipe measured: the from-scratch base lr (1e-2), and a tenth of it
-            "adapted from hf_mim, base lr 1e-3": (
-                work / f"adapted-ours-lr1e-3-{key}-{seed}",
-                dict(init_from=str(ours_standin), base_lr=1e-3),
+            # the continued-pretraining recipe measured: --init-from's default (a tenth of the recipe's base lr)
+            # against the from-scratch base lr
+            "adapted from hf_mim, from-scratch lr": (
+                work / f"adapted-ours-scratch-lr-{key}-{seed}",
+                dict(init_from=str(ours_standin), base_lr=scratch_lr),
             ),
             "digits only, same steps": (work / f"digits-{args.steps}-{seed}", {}),
         }

@@ -210,6 +210,21 @@ def test_a_patch_size_or_width_change_is_refused_naming_both_values(tmp_path):
 # ---- defaults that follow the data -----------------------------------------------------------------------------
 
 
+def test_continued_pretraining_takes_a_tenth_of_the_recipes_base_lr_unless_given(tmp_path):
+    from hf_mim.modeling.auto import method_spec
+    from hf_mim.training.arguments import resolve_defaults
+
+    small = method_spec("mae").recipe("small").base_lr
+    fields = {"patch_size": 8, **ENCODER}
+    continued = resolve_defaults(PretrainArguments(init_from="x"), 1437, [(8, 8)], fields, same_method=True)
+    assert continued.base_lr == pytest.approx(small / 10) and continued.model_size is None
+    assert continued.reasons["base_lr"] == "a tenth of the small recipe's, for continued pretraining"
+    assert (continued.image_size, continued.patch_size) == (32, 8)
+    given = resolve_defaults(PretrainArguments(init_from="x", base_lr=0.5), 1437, [(8, 8)], fields, True)
+    assert given.base_lr == 0.5
+    assert resolve_defaults(PretrainArguments(), 1437, [(8, 8)]).base_lr == small
+
+
 @pytest.mark.parametrize(
     ("sizes", "patch", "size"),
     [
@@ -386,7 +401,7 @@ def test_the_adaptation_benchmark_runs_every_row_and_resumes(tmp_path, monkeypat
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()
             if line.startswith("| ") and not line.startswith("| model")}  # fmt: skip
     assert set(rows) == set(bench.ROWS)
-    for name in ("adapted from transformers", "adapted from hf_mim", "adapted from hf_mim, base lr 1e-3"):
+    for name in ("adapted from transformers", "adapted from hf_mim", "adapted from hf_mim, from-scratch lr"):
         assert rows[name][0].count("±") == 1 and rows[name][2].count("±") == 1  # 2 seeds; the paired difference
     assert "±" not in rows["raw pixels"][0] and float(rows["raw pixels"][1]) > 90  # 64 pixels, logistic regression
     adapted = json.loads((tmp_path / "work" / "adapted-tf-standin2-steps2-0" / "training_summary.json").read_text())

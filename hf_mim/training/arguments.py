@@ -142,8 +142,8 @@ class PretrainArguments:
             "(encoder and decoder), ViTModel or ViTForImageClassification (encoder), or facebookresearch/mae's .pth; "
             "a local folder or file, or a Hub id. The encoder takes the checkpoint's shape (not --model-size), a new "
             "image size resamples its position table, a new channel count (--config num_channels) adapts its patch "
-            "embedding; a model of the same method also brings its decoder and config. The recipe (learning rate, "
-            "warm-up, epochs) is the data's, as from scratch",
+            "embedding; a model of the same method also brings its decoder and config. The recipe is the data's, as "
+            "from scratch (warm-up, epochs), at a tenth of its base lr (measured: benchmarks/RESULTS.md, issue #30)",
             metavar="PATH_OR_REPO",
         ),
     )
@@ -240,6 +240,7 @@ class PretrainArguments:
 
 
 RECIPE_MODEL_SIZE = {"small": "mini", "paper": "base"}
+CONTINUED_LR_SCALE = 0.1  # --init-from: the recipe's base lr times this (warm-up and steps as from scratch)
 PAPER_EPOCHS = 1  # a smoke-test default: the papers train for 300-1600 epochs; pass --epochs
 
 
@@ -332,7 +333,12 @@ def resolve_defaults(
     if args.model_size is None and checkpoint_fields is None:
         args.model_size = RECIPE_MODEL_SIZE[args.recipe]
         reasons["model_size"] = f"the {args.recipe} recipe's"
-    if args.base_lr is None:
+    if args.base_lr is None and checkpoint_fields is not None:
+        # a trained encoder wants smaller steps than a fresh one: benchmarks/bench_adapt.py measured k-NN 93.6 +- 0.0
+        # continuing at a tenth of the small recipe's rate against 87.7 +- 0.6 at its full rate (3 seeds)
+        args.base_lr = recipe.base_lr * CONTINUED_LR_SCALE
+        reasons["base_lr"] = f"a tenth of the {args.recipe} recipe's, for continued pretraining"
+    elif args.base_lr is None:
         args.base_lr = recipe.base_lr
         reasons["base_lr"] = f"the {args.recipe} recipe's"
     if args.max_steps is None and args.epochs is None:

@@ -262,6 +262,8 @@ def run_plan(args, spec, config, model, world, effective_batch, lr, max_steps, e
     length = f"{max_steps:,}" + (f" ({epochs} epoch{'s' if epochs > 1 else ''})" if epochs else "")
     length += f", warm-up {warmup:,}"
     how_lr = "--lr" if args.lr is not None else f"base {args.base_lr:g} x {effective_batch} / 256"
+    if args.lr is None and "base_lr" in reasons:
+        how_lr += f": {reasons['base_lr']}"
     return {
         "method": args.method,
         "recipe": f"{args.recipe} ({reasons.get('recipe', '--recipe')})",
