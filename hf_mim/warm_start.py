@@ -92,7 +92,7 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
     source that is no ViT checkpoint, FileNotFoundError for a path that does not exist."""
     path = resolve_source(src)
     hub_id = hub_id_of(src)
-    name = hub_id or Path(os.path.abspath(os.path.expanduser(str(src)))).name
+    name = checkpoint_name(src)
     if path.is_file():
         model, fresh, dropped = read_official(path)
         return Checkpoint(name, hub_id, "facebookresearch/mae state dict", model, fresh, dropped)
@@ -103,6 +103,11 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
         model, fresh, dropped = read_transformers_vit(path)
         return Checkpoint(name, hub_id, f"transformers {_architecture(path) or 'ViT'}", model, fresh, dropped)
     return _read_hf_mim(path, name, hub_id, model_type)
+
+
+def checkpoint_name(src: str | os.PathLike) -> str:
+    """How records and cards name a starting checkpoint: its Hub id, or its local folder's or file's name."""
+    return hub_id_of(src) or Path(os.path.abspath(os.path.expanduser(str(src)))).name
 
 
 def _architecture(path: Path) -> str | None:
@@ -248,5 +253,5 @@ def _size(value) -> str:
     return f"{value[0]}x{value[1]}" if isinstance(value, (list, tuple)) else str(value)
 
 
-__all__ = ["Checkpoint", "ENCODER_FIELDS", "check_compatible", "checkpoint_config_fields", "load_initial_weights",
+__all__ = ["Checkpoint", "checkpoint_name", "ENCODER_FIELDS", "check_compatible", "checkpoint_config_fields", "load_initial_weights",
            "read_checkpoint"]  # fmt: skip

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from ..convert import hub_id_of
 from ..modeling.auto import method_spec
 from ..modeling.backbone import to_2tuple
-from ..warm_start import load_initial_weights
+from ..warm_start import checkpoint_name, load_initial_weights
 from .arguments import PretrainArguments, one_line, resolve_run, setup_logging, validate
 from .checkpoints import load_extra_state, load_trainer_state, resolve_resume, save_checkpoint, verify_loadable
 from .data import (
@@ -292,9 +292,7 @@ def _init_record(args, init_report: list[str]) -> dict | None:
     """The starting checkpoint as the summary and card name it: a Hub id, or a local folder's name (no path)."""
     if not args.init_from:
         return None
-    hub_id = hub_id_of(args.init_from)
-    name = hub_id or Path(os.path.abspath(os.path.expanduser(args.init_from))).name
-    return {"name": name, "hub_id": hub_id, "report": init_report}
+    return {"name": checkpoint_name(args.init_from), "hub_id": hub_id_of(args.init_from), "report": init_report}
 
 
 def _keep_previous_run(folder: Path, run_id: str | None) -> None:
