@@ -253,5 +253,12 @@ def _size(value) -> str:
     return f"{value[0]}x{value[1]}" if isinstance(value, (list, tuple)) else str(value)
 
 
-__all__ = ["Checkpoint", "checkpoint_name", "ENCODER_FIELDS", "check_compatible", "checkpoint_config_fields", "load_initial_weights",
-           "read_checkpoint"]  # fmt: skip
+__all__ = [
+    "Checkpoint",
+    "ENCODER_FIELDS",
+    "check_compatible",
+    "checkpoint_config_fields",
+    "checkpoint_name",
+    "load_initial_weights",
+    "read_checkpoint",
+]
