@@ -166,7 +166,7 @@ def raw_pixels() -> dict[str, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
 
-    from hf_mim.training.data import builtin_digits
+    from hf_mim.data.sources import builtin_digits
 
     def arrays(split):
         ds = builtin_digits(split)

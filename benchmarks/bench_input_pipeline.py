@@ -68,13 +68,14 @@ def write_jpegs(folder: Path, count: int, texture: float = 0.0, size: tuple[int,
 def loader_images_per_second(folder: Path, batch_size: int, num_workers: int, epochs: int, uint8: bool = True) -> float:
     """Images/s out of the DataLoader. `uint8`: as `hf-mim pretrain` loads since issue #20, uint8 crops from the
     workers, normalised in the main process (on the GPU in a GPU run); else float32 normalised in the workers."""
+    from hf_mim.data.images import ImageAugmentation
+    from hf_mim.data.pipeline import Collator, SamplePipeline, prepare_dataset
+    from hf_mim.data.sources import load_pretraining_dataset
     from hf_mim.modeling.mae import MAEConfig, sample_mae_inputs
-    from hf_mim.training.data import Collator, PretrainingTransform, load_pretraining_dataset, prepare_dataset
-    from hf_mim.training.transforms import ImageAugmentation
 
     config = MAEConfig(image_size=224, patch_size=16)
     raw, _ = load_pretraining_dataset(str(folder))
-    transform = PretrainingTransform(
+    transform = SamplePipeline(
         "image",
         ImageAugmentation(224, config.image_mean, config.image_std),
         0,
@@ -125,7 +126,8 @@ def per_core(folder: Path, repeats: int = 5) -> dict:
     """Images/s of one core decoding and augmenting every JPEG of `folder` to 224 px, draft mode off and on (passes
     interleaved, the median of `repeats` each, after a warm-up pass), the rate of decoding alone, the share of
     images drafted, and the mean absolute pixel difference between the two modes (0-255 scale)."""
-    from hf_mim.training.transforms import ImageAugmentation, draft_for_crop, open_image, sample_generator
+    from hf_mim.data.images import ImageAugmentation, draft_for_crop, open_image
+    from hf_mim.data.pipeline import sample_generator
 
     torch.set_num_threads(1)
     files = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
@@ -147,7 +149,7 @@ def per_core(folder: Path, repeats: int = 5) -> dict:
     out["decode_only"] = len(files) / (time.perf_counter() - start)
     drafted = 0
     for i, data in enumerate(files):  # the crops the train transform draws, and whether each was drafted
-        from hf_mim.training.transforms import random_resized_crop_box
+        from hf_mim.data.images import random_resized_crop_box
 
         image = open_image(data, load=False)
         box = random_resized_crop_box(*image.size, sample_generator(0, 0, i))

@@ -87,7 +87,7 @@ PROBES = {
 
 class Experiments:
     def __init__(self, workdir: Path):
-        from hf_mim.evaluation.data import load_labelled_splits
+        from hf_mim.data.labelled import load_labelled_splits
 
         self.work = workdir
         self.splits = load_labelled_splits(None, seed=0)  # the built-in digits' fixed train / test split
@@ -98,7 +98,7 @@ class Experiments:
     def tensors(self, split: str, config):
         import torch
 
-        from hf_mim.training.transforms import ImageAugmentation, open_image
+        from hf_mim.data.images import ImageAugmentation, open_image
 
         transform = ImageAugmentation.from_config(config)
         data = getattr(self.splits, split)

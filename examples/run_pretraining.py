@@ -30,17 +30,17 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import SchedulerType, get_last_checkpoint
 
 import hf_mim
-from hf_mim.modeling.auto import METHOD_SPECS, method_spec
-from hf_mim.training.arguments import PretrainArguments, one_line, resolve_run, setup_logging
-from hf_mim.training.data import (
+from hf_mim.data.sources import (
     BUILTIN_DATASET,
     builtin_digits,
-    check_size,
-    find_image_column,
     hub_dataset_id,
     load_pretraining_dataset,
 )
+from hf_mim.errors import one_line
+from hf_mim.modeling.auto import METHOD_SPECS, method_spec
+from hf_mim.training.arguments import PretrainArguments, setup_logging, validate
 from hf_mim.training.hf_trainer import MIMTrainer, cpu_process_group_if_needed
+from hf_mim.training.plan import plan_run
 from hf_mim.training.presets import ENCODER_PRESETS
 from hf_mim.training.run_folder import check_not_in_dataset, check_output_dir
 from hf_mim.warm_start import load_initial_weights
@@ -177,14 +177,13 @@ def main(argv: list[str] | None = None) -> dict:
     raw, description = load_pretraining_dataset(data_args.dataset, data_args.dataset_config_name, data_args.train_split)
     if data_args.max_train_samples is not None:
         raw = raw.select(range(min(data_args.max_train_samples, len(raw))))
-    image_column = find_image_column(raw, data_args.image_column)
-    check_size(raw, training_args.world_size, description)
 
     # ---- the method's recipe and model ---------------------------------------------------------------------------
     spec = method_spec(model_args.method)
     recipe_args = PretrainArguments(
         method=model_args.method,
         dataset=data_args.dataset,
+        image_column=data_args.image_column,
         image_size=model_args.image_size,
         patch_size=model_args.patch_size,
         model_size=model_args.model_size,
@@ -198,7 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     # as `hf-mim pretrain --init-from`: any checkpoint `hf-mim convert` reads (safetensors, or a .pth read with
     # weights_only), adapted to the data's image size and channels, with one line each for what it did
-    recipe_args, config, checkpoint = resolve_run(recipe_args, spec, raw, image_column, len(raw))
+    validate(recipe_args)
+    plan = plan_run(recipe_args, spec, raw, description, training_args.world_size)
+    recipe_args, config, checkpoint, image_column = plan.args, plan.config, plan.checkpoint, plan.image_column
     model = spec.pretraining_class(config)
     if checkpoint is not None:
         for line in load_initial_weights(model, checkpoint):

@@ -3,12 +3,11 @@
 Importing the package registers every method's config and models with transformers' Auto classes.
 """
 
-__version__ = "0.1.0.dev0"
-
 from . import hub  # noqa: F401  (installs the model-card and push hooks on every hf_mim model)
 from . import modeling as _modeling
+from .data.pipeline import ImageTransform
 from .training.callbacks import EMATeacherCallback
-from .training.transforms import ImageTransform
+from .version import __version__
 
 # the shared pieces and every registered method's classes (hf_mim.MAEConfig, hf_mim.ADIOSForPreTraining, ...)
 globals().update({name: getattr(_modeling, name) for name in _modeling.__all__})

@@ -16,6 +16,8 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from .errors import USER_ERRORS, one_line
+
 
 @dataclass(frozen=True)
 class Command:
@@ -198,7 +200,7 @@ def _run_export(args) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return f"hf-mim {__version__}"
 
@@ -211,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         # Not possible where stderr is no file (a notebook, a redirected stream): the command runs without it.
         with contextlib.suppress(io.UnsupportedOperation, ValueError, AttributeError):
             faulthandler.register(signal.SIGUSR1, all_threads=True)
-    from .training.arguments import one_line
-    from .training.trainer import TrainingError
 
     command = COMMANDS[namespace.command]
     empty = _empty_values(namespace)
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             **{f.name: given[f.name] for f in dataclasses.fields(arguments_class) if f.name in given}
         )
         _load(command.run)(args)
-    except (ValueError, OSError, TrainingError, *_network_errors()) as err:
+    except (*USER_ERRORS, *_network_errors()) as err:
         message = one_line(err)
         if isinstance(err, _network_errors()) and not isinstance(err, OSError):
             from huggingface_hub import constants

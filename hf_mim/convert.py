@@ -17,26 +17,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle  # for its error type only: official checkpoints are read with weights_only=True
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import ViTForMaskedImageModeling, ViTMAEForPreTraining
 
-from .hub import check_repo_id
+from .errors import ConversionError
 from .loading import from_safetensors, load_checked
 from .modeling.mae import MAEConfig, MAEForPreTraining
 from .modeling.simmim import SimMIMConfig, SimMIMForPreTraining
-from .training.data import looks_like_path
+from .names import check_repo_id, looks_like_path
 
 # Heads of the standard ViT widths (Ti, S, B, L, H); MAE's decoders use 16 heads.
 _HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 _OFFICIAL_DECODER_HEADS = 16
-
-
-class ConversionError(ValueError):
-    pass
 
 
 @dataclass
@@ -104,7 +105,6 @@ def resolve_source(src: str | os.PathLike) -> Path:
         repo_id = check_repo_id(text, "checkpoint")
     except ValueError:
         raise FileNotFoundError(f"no checkpoint at {src}: neither a local path nor a Hub model id") from None
-    from huggingface_hub import snapshot_download
 
     folder = Path(snapshot_download(repo_id, allow_patterns=list(SOURCE_PATTERNS)))
     if (folder / "config.json").is_file():
@@ -116,17 +116,6 @@ def resolve_source(src: str | os.PathLike) -> Path:
             f"({', '.join(w.name for w in weights[:4]) or 'none'}); allowed: a model folder, or one .pth/.safetensors"
         )
     return weights[0]
-
-
-def hub_id_of(src: str | os.PathLike) -> str | None:
-    """`src` when it names a Hub model rather than a local path (for a card's `base_model`), else None."""
-    text = str(src)
-    if Path(os.path.expanduser(text)).exists() or looks_like_path(text):
-        return None
-    try:
-        return check_repo_id(text, "checkpoint")
-    except ValueError:
-        return None
 
 
 # What saving a converted model writes into `dst` (beside the modeling files, named *.py).
@@ -176,8 +165,6 @@ def convert_simmim_checkpoint(
 def read_transformers_vit(src: Path, **config_overrides):
     """(SimMIMForPreTraining, keys the folder lacked, keys of the folder no SimMIM model holds) of a transformers
     `ViTModel`, `ViTForImageClassification` or `ViTForMaskedImageModeling` folder."""
-    from transformers import ViTForMaskedImageModeling
-
     _require_model_type(src, "vit")
     source, info = from_safetensors(ViTForMaskedImageModeling, src)
     fresh = sorted(info["missing_keys"])
@@ -245,8 +232,6 @@ def convert_mae_checkpoint(
 
 
 def _from_transformers(src: Path, overrides: dict) -> MAEForPreTraining:
-    from transformers import ViTMAEForPreTraining
-
     source = load_checked(ViTMAEForPreTraining, src)
     cfg = source.config
     fields = {**_transformers_encoder_fields(cfg), **mae_decoder_fields(cfg)}
@@ -371,13 +356,7 @@ def _transformers_to_hf_mim(state: dict[str, torch.Tensor], config) -> dict[str,
 def load_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of an official checkpoint. Never unpickles arbitrary objects: `weights_only=True`, with only
     `argparse.Namespace` (the `args` entry MAE's training script saves) allowed beside tensors."""
-    import pickle
-
-    from safetensors import SafetensorError
-
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except SafetensorError as err:
@@ -520,5 +499,4 @@ __all__ = [
     "convert_mae_checkpoint",
     "convert_simmim_checkpoint",
     "load_official_state_dict",
-    "ConversionError",
 ]

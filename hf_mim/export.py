@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel
 
 from .convert import (
     _TRANSFORMERS_BLOCK,
     _TRANSFORMERS_RENAMES,
-    ConversionError,
     _transformers_encoder_fields,
     check_destination,
     mae_decoder_fields,
 )
+from .errors import ConversionError
 from .modeling.base import build_image_processor
 from .warm_start import read_checkpoint
 
@@ -71,8 +72,6 @@ def export_model(src: str | os.PathLike, dst: str | os.PathLike, format: str = "
 def to_transformers(src: str | os.PathLike):
     """(transformers model holding `src`'s weights, notes): `ViTMAEForPreTraining` for an MAE with its decoder,
     else `ViTModel`. The model carries the hf_mim config it came from as `hf_mim_config` (for its processor)."""
-    from transformers import ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel
-
     checkpoint = read_checkpoint(src)
     if not checkpoint.kind.startswith("hf_mim"):
         raise ConversionError(f"{checkpoint.name} is a {checkpoint.kind} already; export takes hf_mim models")

@@ -12,12 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd, HfApi, constants
+from huggingface_hub.errors import RevisionNotFoundError
+from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig
+
+from .export import export_model
+from .loading import load_checked, model_class_for
 from .model_cards.card import (
     GENERATED_MARKER,
     TRAINER_STATE,
@@ -31,6 +38,7 @@ from .model_cards.card import (
     written_by_hf_mim_for,
 )
 from .modeling import base as _base
+from .names import check_path_in_repo, check_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -38,50 +46,6 @@ logger = logging.getLogger(__name__)
 # folder is pushed unchanged.
 RUN_RECORDS = (TRAINING_SUMMARY, "training_args.json", TRAINER_STATE, "eval_results.json", "ema_teacher.safetensors")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-
-
-def _unsafe(text) -> str | None:
-    """Why `text` could address something outside a repository (or is no name at all); None when it cannot."""
-    if not isinstance(text, str) or not text:
-        return "it is empty or not a string"
-    if "\\" in text or text.startswith("//"):
-        return "it is a UNC or Windows path"
-    if re.match(r"^[A-Za-z]:", text):
-        return "it starts with a drive letter"
-    if text.startswith(("/", "~")):
-        return "it is an absolute path"
-    if "\x00" in text:
-        return "it contains a NUL byte"
-    return None
-
-
-def check_repo_id(repo_id, field: str = "repo_id") -> str:
-    """A Hub repo id, "name" or "namespace/name"; raises ValueError for anything that could address a path:
-    `..`, absolute paths, drive letters, UNC or backslash paths, empty parts, or characters the Hub rejects."""
-    problem = _unsafe(repo_id)
-    if problem is None and ".." in repo_id:
-        problem = "it contains '..'"
-    elif problem is None and (
-        repo_id.count("/") > 1 or not all(_REPO_PART.fullmatch(part) for part in repo_id.split("/"))
-    ):
-        problem = "it is not 'name' or 'namespace/name' of letters, digits, '-', '_' and '.' (at most 96 each)"
-    elif problem is None and (repo_id.endswith((".git", ".")) or "--" in repo_id):
-        problem = "it ends in '.git' or '.', or contains '--'"
-    if problem:
-        raise ValueError(f"{field}={repo_id!r} is invalid: {problem}; allowed: 'name' or 'namespace/name'")
-    return repo_id
-
-
-def check_path_in_repo(path, field: str = "path_in_repo") -> str:
-    """A relative POSIX path inside a repository; raises ValueError for `..` parts, absolute paths, drive letters,
-    UNC or backslash paths and empty parts."""
-    problem = _unsafe(path)
-    if problem is None and any(part in ("", ".", "..") for part in path.split("/")):
-        problem = "it has an empty, '.' or '..' part"
-    if problem:
-        raise ValueError(f"{field}={path!r} is invalid: {problem}; allowed: a relative path like 'dir/file.json'")
-    return path
 
 
 def files_to_upload(
@@ -133,7 +97,6 @@ def check_link_target(folder: Path, name: str) -> None:
     target = path.resolve()
     if target.is_relative_to(folder.resolve()):
         return
-    from huggingface_hub import constants
 
     cache = Path(constants.HF_HUB_CACHE).resolve()
     if target.is_relative_to(cache) and target.parent.name == "blobs":
@@ -178,8 +141,6 @@ def check_file_type(path: Path) -> None:
 
 def _decodes_as_png(path: Path) -> bool:
     """Whether a file is a whole PNG image, decoded: its signature alone would let any file through."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             if image.format != "PNG":
@@ -255,10 +216,6 @@ def push_folder(
 
     `format="transformers"`: the weights, config.json and processor go up as `hf-mim export --format transformers`
     writes them (transformers' own classes, no modeling code), with the same card, run records and pictures."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import RevisionNotFoundError
-    from transformers import AutoConfig
-
     check_repo_id(repo_id)
     if base_model is not None:
         check_repo_id(base_model, "base_model")
@@ -275,8 +232,6 @@ def push_folder(
     with tempfile.TemporaryDirectory() as staging:
         transformers_class = None
         if format == "transformers":
-            from .export import export_model  # export reads checkpoints through convert.py, which imports this module
-
             exported = Path(staging, "transformers")
             transformers_class = export_model(folder, exported)[0].split()[1]
             # transformers' weights, config and processor replace hf_mim's; the records and pictures stay
@@ -361,8 +316,6 @@ def check_loads(folder: Path, config) -> None:
     """Refuse to upload a folder that would not load: every tensor of the model its config.json describes must be
     in the weights, with its shape (weights that do not fit an edited config.json would publish a repository
     nobody can load). Raises `CheckpointError` (a ValueError)."""
-    from .loading import load_checked, model_class_for
-
     load_checked(model_class_for(config), folder, config=config)
 
 
@@ -435,7 +388,6 @@ def carry_run_records(source: str | os.PathLike, folder: str | os.PathLike) -> l
 
 def _same_weights(a: Path, b: Path) -> bool:
     """Whether two saved model folders hold the same tensors (names, dtypes, values), read one tensor at a time."""
-    from safetensors import SafetensorError, safe_open
 
     def files(folder: Path) -> dict[str, Path] | None:
         """tensor name -> the file holding it"""
@@ -487,8 +439,6 @@ _base.HUB_HOOKS["push"] = push_model
 __all__ = [
     "check_file_type",
     "check_link_target",
-    "check_path_in_repo",
-    "check_repo_id",
     "check_loads",
     "files_to_upload",
     "push_folder",

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 
 from safetensors import SafetensorError
+from transformers import AutoModel
 
-
-class CheckpointError(ValueError):
-    """A checkpoint hf_mim will not load, with the reason meant to be shown as is."""
+from .errors import CheckpointError
+from .modeling.auto import SPECS_BY_MODEL_TYPE
 
 
 def from_safetensors(model_class, name_or_path: str | os.PathLike, **kwargs):
@@ -59,10 +59,6 @@ def load_checked(model_class, name_or_path: str | os.PathLike, *, new_prefixes: 
 
 def model_class_for(config):
     """The class a saved config describes (its `architectures[0]`, among its method's classes), else AutoModel."""
-    from transformers import AutoModel
-
-    from .modeling.auto import SPECS_BY_MODEL_TYPE
-
     spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
     name = (getattr(config, "architectures", None) or [None])[0]
     classes = {cls.__name__: cls for cls in (spec.auto_classes.values() if spec is not None else ())}
@@ -94,4 +90,4 @@ def _pickle_files(name_or_path) -> list[str]:
     return sorted(n for n in os.listdir(name_or_path) if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")))
 
 
-__all__ = ["CheckpointError", "from_safetensors", "load_checked", "model_class_for"]
+__all__ = ["from_safetensors", "load_checked", "model_class_for"]

@@ -20,6 +20,7 @@ values.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,16 +29,17 @@ from pathlib import Path
 import torch
 
 from .convert import (
-    ConversionError,
     _folder_model_type,
     _from_transformers,
-    hub_id_of,
     read_official,
     read_transformers_vit,
     resolve_source,
 )
+from .errors import ConversionError
 from .loading import from_safetensors
+from .modeling.auto import SPECS_BY_MODEL_TYPE
 from .modeling.backbone import resize_position_embedding
+from .names import hub_id_of
 
 logger = logging.getLogger("hf_mim.warm_start")
 
@@ -111,14 +113,10 @@ def checkpoint_name(src: str | os.PathLike) -> str:
 
 
 def _architecture(path: Path) -> str | None:
-    import json
-
     return (json.loads((path / "config.json").read_text()).get("architectures") or [None])[0]
 
 
 def _read_hf_mim(path: Path, name: str, hub_id: str | None, model_type: str | None) -> Checkpoint:
-    from .modeling.auto import SPECS_BY_MODEL_TYPE
-
     spec = SPECS_BY_MODEL_TYPE.get(model_type)
     if spec is None:
         raise ConversionError(

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+# The methods' tiny ViT (hf_mim.modeling.spec.TINY_VIT) written out: `load` runs with hf_mim blocked from import.
 TINY = dict(
-    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
 )
 DECODER = dict(decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2)
 NUM_LABELS = 3
@@ -132,7 +133,7 @@ def trainer_push(out: Path) -> None:
     from transformers import TrainingArguments
 
     import hf_mim
-    from hf_mim.training.data import builtin_digits
+    from hf_mim.data.sources import builtin_digits
 
     torch.manual_seed(0)
     model = hf_mim.MAEForPreTraining(hf_mim.MAEConfig(**{**TINY, "num_channels": 1}, **DECODER))

@@ -18,11 +18,6 @@ from transformers import (
 
 from hf_mim.modeling.backbone import to_2tuple
 
-# The tiny ViT every method's tests build on: 32 px images, a 4x4 grid of 8 px patches, 2 blocks of width 32.
-TINY_VIT = dict(
-    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-)
-
 
 def compiled_graphs(fn, **inputs) -> tuple[int, list[str]]:
     """How many graphs torch.compile would cut `fn(**inputs)` into, and the first line of each graph break's reason."""

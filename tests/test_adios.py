@@ -5,20 +5,14 @@ import torch
 from PIL import Image
 
 from hf_mim import ADIOSConfig, ADIOSForImageClassification, ADIOSForPreTraining, ADIOSModel, EMATeacherCallback
-from hf_mim.model_cards.pictures import PALETTE, mask_grid, save_adios_masks
+from hf_mim.model_cards.pictures import PALETTE, mask_grid, save_masks_picture
+from hf_mim.modeling.adios import METHOD
 from hf_mim.modeling.augment import sample_color_jitter
 from hf_mim.modeling.losses import nt_xent, sparsity_penalty
 
-from .model_tester import TINY_VIT, ModelTesterMixin, PixelsOnly, trainer_args
+from .model_tester import ModelTesterMixin, PixelsOnly, trainer_args
 
-TINY = dict(
-    **TINY_VIT,
-    num_masks=3,
-    occlusion_base_channels=8,
-    projection_hidden_size=64,
-    projection_size=16,
-    prediction_hidden_size=32,
-)
+TINY = METHOD.tiny_config
 
 
 def tiny_config(**overrides) -> ADIOSConfig:
@@ -235,7 +229,7 @@ def test_mask_grid_png(tmp_path):
     config = tiny_config()
     model = ADIOSForPreTraining(config)
     pixels = torch.randn(2, 3, 32, 32)
-    path = save_adios_masks(model, pixels, tmp_path / "masks.png", scale=2)
+    path = save_masks_picture(model, pixels, tmp_path / "masks.png", scale=2)
     picture = Image.open(path)
     assert picture.format == "PNG" and picture.size == (32 * (2 + config.num_masks) * 2, 32 * 2 * 2)
 

@@ -12,15 +12,13 @@ from hf_mim import (
     VisualTokenizer,
     VisualTokenizerConfig,
 )
+from hf_mim.modeling.beit import METHOD
+from hf_mim.modeling.tokenizer import METHOD as TOKENIZER_METHOD
 
-from .model_tester import TINY_VIT, ModelTesterMixin, compiled_graphs
+from .model_tester import ModelTesterMixin, compiled_graphs
 
-TOKENIZER = dict(image_size=32, patch_size=8, vocab_size=16, embedding_dim=8, hidden_channels=8)
-TINY = dict(
-    **TINY_VIT,
-    vocab_size=16,
-    mask_min_num_patches=2,
-)
+TOKENIZER = TOKENIZER_METHOD.tiny_config
+TINY = METHOD.tiny_config
 
 
 def tiny_tokenizer(**overrides) -> VisualTokenizer:

@@ -29,7 +29,9 @@ from PIL import Image
 import hf_mim
 from hf_mim.cli import main as cli_main
 from hf_mim.convert import ConversionError, convert_checkpoint
-from hf_mim.evaluation.data import load_labelled_splits
+from hf_mim.data.images import ImageAugmentation, open_image, to_channels
+from hf_mim.data.labelled import load_labelled_splits
+from hf_mim.data.sources import DatasetError, load_pretraining_dataset
 from hf_mim.evaluation.runner import EvaluateArguments, _settings, evaluate_models
 from hf_mim.evaluation.runner import validate as validate_evaluation
 from hf_mim.evaluation.visualize import image_files, visualize
@@ -37,10 +39,8 @@ from hf_mim.hub import check_repo_id, files_to_upload, push_folder
 from hf_mim.loading import CheckpointError, load_checked
 from hf_mim.modeling.auto import METHOD_SPECS
 from hf_mim.training.arguments import validate
-from hf_mim.training.data import DatasetError, load_pretraining_dataset
 from hf_mim.training.run_folder import PREVIOUS_ARGS, RunFolderError
 from hf_mim.training.trainer import TrainingError, pretrain
-from hf_mim.training.transforms import ImageAugmentation, open_image, to_channels
 
 from .hub_server import HubServer
 from .tiny_runs import tiny_args
@@ -441,7 +441,7 @@ def test_labels_with_none_and_a_single_class_are_refused(tmp_path):
 def test_a_bad_eval_results_json_is_refused_before_anything_is_evaluated(trained, tmp_path, monkeypatch):
     folder = copy_of(trained, tmp_path / "m")
     (folder / "eval_results.json").write_text("[]")
-    import hf_mim.evaluation.data as evaluation_data
+    import hf_mim.data.labelled as evaluation_data
 
     def never(*args, **kwargs):
         raise AssertionError("the data was loaded: the check came after the evaluation")

@@ -5,15 +5,12 @@ import torch
 
 from hf_mim import CMAEConfig, CMAEForImageClassification, CMAEForPreTraining, CMAEModel, EMATeacherCallback
 from hf_mim.modeling.augment import sample_color_jitter
+from hf_mim.modeling.cmae import METHOD
 from hf_mim.modeling.losses import token_info_nce
 
-from .model_tester import TINY_VIT, ModelTesterMixin, PixelsOnly, trainer_args
+from .model_tester import ModelTesterMixin, PixelsOnly, trainer_args
 
-TINY = dict(
-    **TINY_VIT,
-    projection_hidden_size=64,
-    projection_size=16,
-)
+TINY = METHOD.tiny_config
 
 
 def tiny_config(**overrides) -> CMAEConfig:

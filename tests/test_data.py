@@ -4,17 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_mim.training.data import (
-    Collator,
-    DatasetError,
-    PretrainingTransform,
-    builtin_digits,
-    check_size,
-    find_image_column,
-    load_pretraining_dataset,
-    prepare_dataset,
-)
-from hf_mim.training.transforms import ImageAugmentation, open_image, random_resized_crop_box, to_channels
+from hf_mim.data.images import ImageAugmentation, open_image, random_resized_crop_box, to_channels
+from hf_mim.data.pipeline import Collator, SamplePipeline, prepare_dataset
+from hf_mim.data.sources import DatasetError, builtin_digits, check_size, find_image_column, load_pretraining_dataset
 
 from .images import BAD, GOOD, exif_rotated, make_images, write_image_folder
 
@@ -107,8 +99,8 @@ def test_open_image_rejects_broken_inputs(tmp_path):
 
 def test_augmentation_depends_only_on_seed_epoch_and_index():
     ds = builtin_digits().select(range(6))
-    transform = PretrainingTransform(
-        "image", ImageAugmentation(16, MEAN, STD), seed=3, extras=lambda g: {"noise": torch.rand(4, generator=g)}
+    transform = SamplePipeline(
+        "image", ImageAugmentation(16, MEAN, STD), seed=3, sample_inputs=lambda g: {"noise": torch.rand(4, generator=g)}
     )
     prepared = prepare_dataset(ds, "image", transform)
     forward = [prepared[i] for i in range(6)]
@@ -121,7 +113,7 @@ def test_augmentation_depends_only_on_seed_epoch_and_index():
 
 def test_folder_with_bad_files_decodes_the_good_and_names_the_bad(tmp_path):
     dataset, _ = load_pretraining_dataset(str(write_image_folder(tmp_path / "imgs")))
-    transform = PretrainingTransform("image", ImageAugmentation(16, MEAN, STD), seed=0)
+    transform = SamplePipeline("image", ImageAugmentation(16, MEAN, STD), seed=0)
     prepared = prepare_dataset(dataset, "image", transform)
     items = [prepared[i] for i in range(len(prepared))]
     failed = {item["name"] for item in items if item["error"] is not None}
@@ -219,7 +211,7 @@ def _photo_jpeg(width=500, height=375, seed=0) -> bytes:
 
 
 def test_jpeg_draft_decodes_at_reduced_scale_with_the_same_crop_and_flip():
-    from hf_mim.training.transforms import draft_for_crop
+    from hf_mim.data.images import draft_for_crop
 
     data = _photo_jpeg()
     lazy = open_image(data, load=False)
@@ -258,7 +250,7 @@ def test_jpeg_draft_leaves_decoded_rotated_small_and_non_jpeg_images_alone():
 def test_uint8_crops_normalised_later_equal_the_float_path_bit_for_bit():
     """hf-mim pretrain ships uint8 crops from its workers and normalises on the device: the same numbers as
     normalising in the worker, and as the NumPy formula the pipeline used before."""
-    from hf_mim.training.transforms import pil_to_tensor
+    from hf_mim.data.images import pil_to_tensor
 
     augment = ImageAugmentation(24, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     data = _photo_jpeg(60, 40)
@@ -271,5 +263,5 @@ def test_uint8_crops_normalised_later_equal_the_float_path_bit_for_bit():
     image = make_images()["rgb.jpg"]
     old = torch.from_numpy((np.asarray(image, dtype=np.float32) / 255.0).copy()).permute(2, 0, 1)
     assert torch.equal(pil_to_tensor(image, 3), old)
-    transform = PretrainingTransform("image", augment, seed=0, normalize=False)
+    transform = SamplePipeline("image", augment, seed=0, normalize=False)
     assert transform.sample(data, 0)["pixel_values"].dtype == torch.uint8

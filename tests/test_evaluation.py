@@ -10,14 +10,10 @@ from PIL import Image
 from torch import nn
 
 from hf_mim import MAEConfig, MAEForPreTraining
+from hf_mim.data.images import ImageAugmentation
+from hf_mim.data.labelled import labels_per_class_subset, load_labelled_splits
+from hf_mim.data.pipeline import KeepShapeCollator, LabelledTransform, prepare_labelled
 from hf_mim.evaluation.cka import linear_cka, occlusion_features, occlusion_masks
-from hf_mim.evaluation.data import (
-    KeepShapeCollator,
-    LabelledTransform,
-    labels_per_class_subset,
-    load_labelled_splits,
-    prepare_labelled,
-)
 from hf_mim.evaluation.finetune import LayerDecayTrainer, layer_decay_parameter_groups, layer_id
 from hf_mim.evaluation.protocols import (
     encoder_features,
@@ -29,7 +25,6 @@ from hf_mim.evaluation.protocols import (
 )
 from hf_mim.model_cards.card import model_card_for_folder, validate_model_card
 from hf_mim.modeling.base import MIMModel
-from hf_mim.training.transforms import ImageAugmentation
 
 from .launch import in_process as cli
 from .launch import two_processes
@@ -308,7 +303,7 @@ def test_a_dataset_without_labels_names_its_columns(tmp_path):
         "picture", datasets.Image()
     )
     data.save_to_disk(str(tmp_path / "unlabelled"))
-    from hf_mim.training.data import DatasetError
+    from hf_mim.data.sources import DatasetError
 
     with pytest.raises(DatasetError, match=r"no label column; the columns are \['picture'\]"):
         load_labelled_splits(str(tmp_path / "unlabelled"))
@@ -351,7 +346,7 @@ def test_layer_decay_groups_scale_each_layer_as_in_mae(tiny_mae):
 def test_finetuning_draws_new_crops_every_epoch_and_tests_on_fixed_images():
     """A crop seeded per image would be the same in every epoch: 200 images, 200 crops learned by heart (the
     benchmark's first fine-tuning run did exactly that, 100% on its training crops, 16% on the test images)."""
-    from hf_mim.evaluation.data import LabelledSplits
+    from hf_mim.data.labelled import LabelledSplits
     from hf_mim.evaluation.finetune import finetune_transforms
 
     data = _digits_like()

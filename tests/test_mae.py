@@ -12,18 +12,14 @@ from transformers import AutoModel, ViTMAEConfig, ViTMAEForPreTraining
 
 from hf_mim import MAEConfig, MAEForImageClassification, MAEForPreTraining, MAEModel, patchify
 from hf_mim.convert import ConversionError, convert_checkpoint, convert_mae_checkpoint
+from hf_mim.modeling.mae import METHOD
 from hf_mim.modeling.masking import learned_mask_counts
+from hf_mim.modeling.spec import TINY_VIT
 
 from .launch import hf_mim_command
-from .model_tester import TINY_VIT, ModelTesterMixin, PixelsOnly, trainer_args
+from .model_tester import ModelTesterMixin, PixelsOnly, trainer_args
 
-TINY = dict(
-    **TINY_VIT,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=2,
-    decoder_num_attention_heads=2,
-    decoder_intermediate_size=32,
-)
+TINY = METHOD.tiny_config
 
 
 def tiny_config(**overrides) -> MAEConfig:

@@ -24,10 +24,10 @@ from hf_mim.model_cards.pictures import (
 from hf_mim.modeling.auto import SPECS_BY_MODEL_TYPE
 from hf_mim.modeling.base import export_remote_code
 from hf_mim.modeling.losses import normalize_patches
+from hf_mim.modeling.spec import TINY_VIT
 
-TINY = dict(
-    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
-)
+# the methods' tiny ViT with one block: these tests read cards and pictures, not features
+TINY = dict(TINY_VIT, num_hidden_layers=1)
 SECTIONS = ("## Method", "## Architecture", "## Training", "## Evaluation", "## How to use", "## Limitations")
 
 
@@ -343,12 +343,13 @@ def test_reconstruction_grid_shows_image_masked_input_reconstruction_and_pasted_
     assert torch.equal(grid[16:, 48:], original[1])  # nothing masked: all pasted
 
 
-class _Oracle(torch.nn.Module):
-    """Predicts MAE's per-patch-normalised target exactly, with a fixed mask."""
+class _Oracle(hf_mim.MAEForPreTraining):
+    """An MAE whose forward predicts its per-patch-normalised target exactly, with a fixed mask: what its
+    `reconstruct_pixels` makes of the predictions is then known."""
 
     def __init__(self, config, mask):
-        super().__init__()
-        self.config, self.mask, self.weight = config, mask, torch.nn.Parameter(torch.zeros(1))
+        super().__init__(config)
+        self.mask = mask
 
     def forward(self, pixel_values):
         from types import SimpleNamespace

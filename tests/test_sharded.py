@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from hf_mim.training import trainer
+from hf_mim.training import distributed, records, trainer
 from hf_mim.training.checkpoints import verify_loadable
 from hf_mim.training.trainer import pretrain
 
@@ -78,7 +78,7 @@ def test_ema_teacher_under_fsdp2_follows_the_gathered_student(tmp_path):
 
 def test_pictures_of_a_sharded_run_come_from_the_gathered_weights(tmp_path, monkeypatch):
     plain = pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "plain")))
-    monkeypatch.setattr(trainer, "parameters_are_sharded", lambda accelerator: True)
+    monkeypatch.setattr(records, "parameters_are_sharded", lambda accelerator: True)
     sharded = pretrain(tiny_args(tmp_path, output_dir=str(tmp_path / "sharded")))
     assert (tmp_path / "sharded" / "reconstruction.png").exists()
     assert sharded["reconstruction"] == plain["reconstruction"] and plain["reconstruction"]["masked_mse"] > 0
@@ -125,19 +125,19 @@ def test_deepspeed_refuses_only_the_configs_with_an_adversary(monkeypatch):
     from hf_mim import MAEConfig
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    monkeypatch.setattr(trainer, "needs_cpu_process_group", lambda: False)
+    monkeypatch.setattr(distributed, "needs_cpu_process_group", lambda: False)
     spec = trainer.method_spec("mae")
-    trainer.check_distributed_setup(spec, MAEConfig())
+    distributed.check_distributed_setup(spec, MAEConfig())
     with pytest.raises(ValueError, match="its adversary trains with a second optimizer"):
-        trainer.check_distributed_setup(spec, MAEConfig(mask_strategy="learned"))
+        distributed.check_distributed_setup(spec, MAEConfig(mask_strategy="learned"))
 
 
 def test_fsdp2_teacher_setup_is_accepted(tmp_path, monkeypatch):
     """FSDP2 with a teacher passes the check (the refusals above are not blanket ones)."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
-    monkeypatch.setattr(trainer, "needs_cpu_process_group", lambda: False)
-    trainer.check_distributed_setup(trainer.method_spec("cmae"), teacher=True)
+    monkeypatch.setattr(distributed, "needs_cpu_process_group", lambda: False)
+    distributed.check_distributed_setup(trainer.method_spec("cmae"), teacher=True)
 
 
 def test_a_sharded_checkpoints_pickled_metadata_is_refused_before_torch_reads_it(tmp_path):

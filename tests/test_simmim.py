@@ -7,10 +7,11 @@ from transformers import ViTConfig, ViTForMaskedImageModeling, ViTModel
 
 from hf_mim import SimMIMConfig, SimMIMForImageClassification, SimMIMForPreTraining, SimMIMModel
 from hf_mim.convert import convert_checkpoint
+from hf_mim.modeling.simmim import METHOD
 
-from .model_tester import TINY_VIT, ModelTesterMixin
+from .model_tester import ModelTesterMixin
 
-TINY = dict(**TINY_VIT, mask_patch_size=16)
+TINY = METHOD.tiny_config
 
 
 def tiny_config(**overrides) -> SimMIMConfig:
@@ -212,7 +213,7 @@ def test_loads_as_transformers_masked_image_modeling_model(tmp_path):
     pretraining model with its weights, as AutoModelForPreTraining does."""
     from transformers import AutoModelForMaskedImageModeling
 
-    model = SimMIMForPreTraining(SimMIMConfig(**TINY_VIT, mask_patch_size=8)).eval()
+    model = SimMIMForPreTraining(SimMIMConfig(**{**TINY, "mask_patch_size": 8})).eval()
     model.save_pretrained(tmp_path)
     loaded = AutoModelForMaskedImageModeling.from_pretrained(tmp_path).eval()
     assert type(loaded) is SimMIMForPreTraining

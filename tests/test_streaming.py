@@ -11,9 +11,10 @@ import datasets
 import pytest
 import torch
 
-from hf_mim.training.data import DatasetError, PretrainingTransform, load_pretraining_dataset, local_data_files
-from hf_mim.training.streaming import StreamingImages, check_every_node_has_data, workers_for
-from hf_mim.training.transforms import ImageAugmentation
+from hf_mim.data.images import ImageAugmentation
+from hf_mim.data.pipeline import SamplePipeline
+from hf_mim.data.sources import DatasetError, load_pretraining_dataset, local_data_files
+from hf_mim.data.streaming import StreamingImages, check_every_node_has_data, workers_for
 
 from .images import write_webdataset
 from .launch import two_processes, two_processes_killed_after_checkpoint
@@ -26,7 +27,7 @@ def stream_of(folder, rank=0, world=1, workers=0, buffer=8):
     files = sorted(glob.glob(str(folder / "*.tar")))
     raw = datasets.load_dataset("webdataset", data_files=files, split="train", streaming=True)
     raw = raw.select_columns(["jpg", "__key__"]).shuffle(seed=0, buffer_size=buffer)
-    transform = PretrainingTransform("jpg", ImageAugmentation(8, [0.5] * 3, [0.5] * 3), seed=0)
+    transform = SamplePipeline("jpg", ImageAugmentation(8, [0.5] * 3, [0.5] * 3), seed=0)
     return StreamingImages(raw, "jpg", transform, rank, world, workers)
 
 

@@ -18,14 +18,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining
 
 import hf_mim
+from hf_mim.data.sources import builtin_digits
 from hf_mim.modeling.auto import METHOD_SPECS
-from hf_mim.training.data import builtin_digits
+from hf_mim.modeling.spec import TINY_VIT
 
 from .launch import run_group
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "run_pretraining.py"
-TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64"
+# the methods' tiny ViT as --config_overrides (the image and patch size come from the script's own flags)
+TINY = ",".join(f"{k}={v}" for k, v in TINY_VIT.items() if k not in ("image_size", "patch_size"))
 
 
 def tiny(method: str, **overrides):

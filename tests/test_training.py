@@ -191,7 +191,8 @@ def summary_recipe(summary: dict) -> tuple[str, str]:
 
 
 def test_pretraining_on_the_builtin_data_never_reads_a_test_image(tmp_path, monkeypatch):
-    from hf_mim.training import data, trainer
+    from hf_mim.data import sources as data
+    from hf_mim.training import trainer
 
     seen = {}
     real = trainer.prepare_dataset
@@ -421,12 +422,13 @@ def test_report_to_needs_its_package(tmp_path, monkeypatch):
 
 
 def test_each_epoch_draws_new_order_and_augmentations(tmp_path, monkeypatch):
-    from hf_mim.training import data
+    from hf_mim.data import pipeline
+    from hf_mim.data import sources as data
 
     seen = []
-    real = data.sample_generator
+    real = pipeline.sample_generator
     monkeypatch.setattr(
-        data, "sample_generator", lambda seed, epoch, index: seen.append((epoch, index)) or real(seed, epoch, index)
+        pipeline, "sample_generator", lambda seed, epoch, index: seen.append((epoch, index)) or real(seed, epoch, index)
     )
     digits = data.builtin_digits().select(range(16))
     monkeypatch.setattr(data, "builtin_digits", lambda split="train": digits)
@@ -437,7 +439,7 @@ def test_each_epoch_draws_new_order_and_augmentations(tmp_path, monkeypatch):
 
 
 def test_resume_in_a_later_epoch_continues_that_epochs_order(tmp_path, monkeypatch):
-    from hf_mim.training import data
+    from hf_mim.data import sources as data
 
     digits = data.builtin_digits().select(range(16))
     monkeypatch.setattr(data, "builtin_digits", lambda split="train": digits)

@@ -13,7 +13,7 @@ one-sequence-length-per-test-class design asks for:
   with the masks given, hf_mim runs them.
 
 Every skip beyond those transformers applies to its own ViT and ViTMAE is listed in `SKIPS` with its reason; the
-README lists them too.
+docs/contributing.md lists them too.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ SKIPS: dict[str, dict[str, str]] = {
     },
 }
 
-#: Where the harness adapts a common test to hf_mim rather than skipping it; listed in the README with the skips.
+#: Where the harness adapts a common test to hf_mim rather than skipping it (docs/contributing.md lists them).
 ADAPTATIONS = {
     "_config_zero_init": "keeps `image_mean` and `image_std` (the data's normalisation, which the helper's `_std` "
     "substring match would set to 1e-10 as if it were an initialiser's std)",

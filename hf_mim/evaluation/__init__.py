@@ -7,12 +7,12 @@ not pay for importing `transformers.Trainer`."""
 from importlib import import_module
 
 _EXPORTS = {
+    "LabelledSplits": ".data.labelled",
+    "labels_per_class_subset": ".data.labelled",
+    "load_labelled_splits": ".data.labelled",
     "linear_cka": "cka",
     "occlusion_features": "cka",
     "plot_cka": "cka",
-    "LabelledSplits": "data",
-    "labels_per_class_subset": "data",
-    "load_labelled_splits": "data",
     "LayerDecayTrainer": "finetune",
     "finetune": "finetune",
     "layer_decay_parameter_groups": "finetune",

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..data.pipeline import sample_generator
 from ..modeling.masking import random_masking
-from ..training.data import sample_generator
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 OCCLUSIONS = ("drop", "zero")

@@ -12,7 +12,13 @@ import os
 import re
 
 import torch
-from transformers import Trainer
+from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments, set_seed
+
+from ..data.images import ImageAugmentation
+from ..data.labelled import labels_per_class_subset
+from ..data.pipeline import LabelledTransform, collate_drop_bad, prepare_labelled
+from ..loading import load_checked
+from .protocols import load_metric
 
 _BLOCK = re.compile(r"(?:^|\.)vit\.blocks\.(\d+)\.")
 _EMBEDDING = ("vit.cls_token", "vit.pos_embed", "vit.patch_embed.", "mask_token")
@@ -78,8 +84,6 @@ class LayerDecayTrainer(Trainer):
 
 def accuracy_metric_fn():
     """`compute_metrics` for Trainer: accuracy through the `evaluate` metric shipped with hf_mim."""
-    from .protocols import load_metric
-
     metric = load_metric("accuracy")
 
     def compute_metrics(prediction):
@@ -92,9 +96,6 @@ def accuracy_metric_fn():
 def finetune_transforms(config, splits, crop_scale: tuple[float, float] = (0.08, 1.0), seed: int = 0):
     """(train, test) transforms for fine-tuning: a random resized crop at `crop_scale` and a flip, drawn anew every
     epoch from the global RNG (Trainer seeds it); the test images resized only."""
-    from ..training.transforms import ImageAugmentation
-    from .data import LabelledTransform
-
     if not (len(crop_scale) == 2 and 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0):
         raise ValueError(f"crop_scale={tuple(crop_scale)!r} is invalid: allowed (min, max) with 0 < min <= max <= 1")
 
@@ -132,10 +133,6 @@ def finetune(
     lr = base_lr * (batch size x processes) / 256, as MAE scales it; AdamW (0.9, 0.999); cosine schedule with
     warm-up; label smoothing; the training images get a random resized crop at `crop_scale` and a flip, the test
     images are resized. Under `accelerate launch` / torchrun, Trainer runs DDP and gathers the predictions."""
-    from transformers import AutoConfig, AutoModelForImageClassification, TrainingArguments, set_seed
-
-    from .data import collate_drop_bad, labels_per_class_subset, prepare_labelled
-
     label2id = {name: i for i, name in enumerate(splits.label_names)}
     id2label = dict(enumerate(splits.label_names))
     overrides = {"num_labels": splits.num_classes, "id2label": id2label, "label2id": label2id}
@@ -148,8 +145,6 @@ def finetune(
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=False, **overrides)
         model = AutoModelForImageClassification.from_config(config)
     else:
-        from ..loading import load_checked
-
         # the encoder must come from the checkpoint; only the new head starts fresh
         model = load_checked(
             AutoModelForImageClassification, model_name_or_path, new_prefixes=("classifier.",), **overrides

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel
 
+from .. import modeling  # noqa: F401  (registers hf_mim's classes with the Auto classes)
+from ..loading import load_checked
 from ..modeling.backbone import MIMConfig, pool
 from ..training.optim import cosine_with_warmup
 
@@ -39,10 +42,6 @@ def load_encoder(name_or_path: str | os.PathLike, random_init: bool = False, see
     With `random_init`, the same architecture freshly initialised from `seed`: the baseline every protocol
     compares with. Checkpoints of other libraries are refused: transformers' ViTMAEModel, for one, masks 75% of
     the patches even at evaluation (transformers #20328); convert them with `hf-mim convert` first."""
-    from transformers import AutoConfig, AutoModel
-
-    import hf_mim  # noqa: F401  (registers hf_mim's classes with the Auto classes)
-
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
     if not isinstance(config, MIMConfig):
         hint = " (convert it with `hf-mim convert`)" if config.model_type in ("vit_mae", "vit") else ""
@@ -54,8 +53,6 @@ def load_encoder(name_or_path: str | os.PathLike, random_init: bool = False, see
         torch.manual_seed(seed)
         model = AutoModel.from_config(config)
     else:
-        from ..loading import load_checked
-
         model = load_checked(AutoModel, name_or_path)
     return model.eval()
 

@@ -19,9 +19,22 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
 
-from .cka import DEFAULT_RATIOS, OCCLUSIONS
+from ..data.images import ImageAugmentation
+from ..data.labelled import labels_per_class_subset, load_labelled_splits
+from ..data.pipeline import KeepShapeCollator, LabelledTransform, prepare_labelled
+from ..files import write_atomic
+from ..model_cards.card import EVAL_RESULTS
+from ..training.arguments import setup_logging
+from ..training.distributed import fresh_accelerate_state, needs_cpu_process_group
+from .cka import DEFAULT_RATIOS, OCCLUSIONS, cka_table, occlusion_features, plot_cka
+from .finetune import finetune
+from .protocols import check_block, extract_features, knn_scores, linear_probe, load_encoder, load_metric
 
 logger = logging.getLogger("hf_mim.evaluate")
 
@@ -196,20 +209,11 @@ def _dataset_key(splits, args: EvaluateArguments) -> str:
 
 
 def _accelerator(args: EvaluateArguments):
-    from accelerate import Accelerator
-
-    from ..training.trainer import fresh_accelerate_state, needs_cpu_process_group
-
     fresh_accelerate_state()
     return Accelerator(cpu=needs_cpu_process_group(), mixed_precision=args.mixed_precision)
 
 
 def _loader(dataset, splits, config, args, accelerator):
-    from torch.utils.data import DataLoader
-
-    from ..training.transforms import ImageAugmentation
-    from .data import KeepShapeCollator, LabelledTransform, prepare_labelled
-
     transform = ImageAugmentation.from_config(config)
     prepared = prepare_labelled(dataset, LabelledTransform(splits.image_column, splits.label_column, transform))
     size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
@@ -229,12 +233,6 @@ def _name(model: str, random_init: bool) -> str:
 
 def evaluate_models(args: EvaluateArguments) -> dict:
     """Run every protocol on every model; returns {"results": rows, "cka": {...}} (also in evaluation.json)."""
-    import datasets
-    from accelerate.utils import set_seed
-
-    from .data import labels_per_class_subset, load_labelled_splits
-    from .protocols import check_block, extract_features, knn_scores, linear_probe, load_encoder, load_metric
-
     validate(args)
     if args.save_to_model:
         for model_name in args.model:
@@ -243,7 +241,6 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     datasets.disable_progress_bars()  # one "Flattening the indices" bar per split and model otherwise
     accelerator = _accelerator(args)
     main = accelerator.is_main_process
-    from ..training.arguments import setup_logging
 
     setup_logging(main)
     splits = load_labelled_splits(
@@ -317,8 +314,6 @@ def evaluate_models(args: EvaluateArguments) -> dict:
             del model, encoder
             gc.collect()
         if "finetune" in args.protocol:
-            from .finetune import finetune
-
             set_seed(args.seed)
             run_dir = output_dir / "finetune" / (RANDOM_INIT if random_init else (Path(model_name).name or "model"))
             metrics = finetune(
@@ -367,8 +362,6 @@ def evaluate_models(args: EvaluateArguments) -> dict:
         (output_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
         print(format_table(rows))
         if cka_results:
-            from .cka import plot_cka
-
             (output_dir / "cka.json").write_text(json.dumps(summary["cka"], indent=2))
             plot_cka(cka_results, args.mask_ratios, output_dir / "cka.png", f"occlusion invariance ({args.occlusion})")
             print(format_cka_table(cka_results, args.mask_ratios))
@@ -395,8 +388,6 @@ def _row(name, model_name, random_init, protocol, args, pooling, splits, dataset
 @torch.no_grad()
 def _occlusion_cka(encoder, splits, args, accelerator, pooling: str) -> torch.Tensor:
     """(R, depth) CKA table of one encoder over the first `cka_samples` test images."""
-    from .cka import cka_table, occlusion_features
-
     test = splits.test.select(range(min(args.cka_samples, len(splits.test))))
     loader = _loader(test, splits, encoder.config, args, accelerator)
     full, occluded = [], []
@@ -419,8 +410,6 @@ def existing_results(folder: Path) -> list[dict]:
     """The results an earlier evaluation merged into `folder`'s eval_results.json (none when there is no file); a
     ValueError naming the file when it is not the `{"results": [...]}` hf_mim writes. Checked before anything is
     evaluated, not after."""
-    from ..model_cards.card import EVAL_RESULTS
-
     path = folder / EVAL_RESULTS
     if not path.exists():
         return []
@@ -438,9 +427,6 @@ def existing_results(folder: Path) -> list[dict]:
 
 
 def _save_to_models(rows: list[dict], entries, cka_dir: Path | None) -> None:
-    from ..model_cards.card import EVAL_RESULTS
-    from ..training.trainer import write_atomic
-
     for model_name, random_init in entries:
         folder = Path(model_name)
         if random_init or not folder.is_dir():

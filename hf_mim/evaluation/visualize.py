@@ -15,6 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+from .. import modeling  # noqa: F401  (registers hf_mim's classes with the Auto classes)
+from ..data.images import ImageAugmentation, open_image
+from ..data.sources import find_image_column, load_pretraining_dataset
+from ..loading import load_checked
+from ..model_cards.pictures import save_method_pictures
+from ..modeling.auto import SPECS_BY_MODEL_TYPE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -40,12 +48,6 @@ class VisualizeArguments:
 
 def load_pretraining_model(name_or_path: str | os.PathLike, **config_overrides):
     """The full pretraining model of an hf_mim checkpoint (decoder, heads, tokenizer), in eval mode."""
-    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
-
-    import hf_mim  # noqa: F401  (registers hf_mim's classes)
-
-    from ..modeling.auto import SPECS_BY_MODEL_TYPE
-
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False, **config_overrides)
     spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
     if spec is None or spec.picture is None:
@@ -54,7 +56,6 @@ def load_pretraining_model(name_or_path: str | os.PathLike, **config_overrides):
             f"--model {name_or_path} has model_type {config.model_type!r}; pictures exist for the methods "
             f"{pictured} (C-MAE's targets are features, not pixels, so it has none)"
         )
-    from ..loading import load_checked
 
     auto = AutoModelForPreTraining if "AutoModelForPreTraining" in spec.auto_classes else AutoModel
     return load_checked(auto, name_or_path, config=config).eval()
@@ -93,9 +94,6 @@ def load_images(
     """Up to `num_images` images (from files and folders, else from the first images of `dataset`, the built-in
     digits by default) resized to the model's size and normalised with its mean and std: (B, C, H, W).
     Undecodable files are skipped; none at all is an error."""
-    from ..training.data import find_image_column, load_pretraining_dataset
-    from ..training.transforms import ImageAugmentation, open_image
-
     transform = ImageAugmentation.from_config(config)
     if images:
         sources = image_files(images)
@@ -127,8 +125,6 @@ def visualize(
     scale: int = 4,
 ) -> list[str]:
     """Write the method's pictures of `num_images` images into `output_dir`; returns their paths."""
-    from ..model_cards.pictures import save_method_pictures
-
     if num_images < 1:
         raise ValueError(f"num_images={num_images!r} is invalid: must be a positive integer")
     if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:

@@ -13,12 +13,19 @@ import logging
 import math
 import os
 import re
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from safetensors import safe_open
+from transformers import AutoConfig
 
 from ..modeling.auto import SPECS_BY_MODEL_TYPE
+from ..modeling.base import remote_code_sources
 from ..modeling.spec import MethodCard
+from ..version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +84,6 @@ def written_by_hf_mim_for(config) -> frozenset[str]:
     is unknown): `MODEL_FOLDER_FILES`, the pictures its card may show (`card_pictures`) and the modeling files of its
     method's remote code. A user's own file beside them is none of these, so nothing of hf_mim replaces, removes or
     uploads it unasked. Weight shards are matched by `is_weight_shard`."""
-    from ..modeling.base import remote_code_sources
-
     names = set(MODEL_FOLDER_FILES) | set(_method_picture_names())
     spec = SPECS_BY_MODEL_TYPE.get(getattr(config, "model_type", None))
     if spec is not None:
@@ -175,33 +180,12 @@ def _architecture(config, total: int | None, encoder: int | None, class_name: st
         ("Image size", f"{_size(config.image_size)} px, {config.num_channels} channel(s)"),
         ("Patch size", _size(config.patch_size)),
     ]
-    if not method_card(config).encoder:  # a visual tokenizer: a convolutional autoencoder
-        rows += [
-            ("Quantizer", config.quantizer),
-            ("Vocabulary", str(config.vocab_size)),
-            ("Code dimension", str(config.embedding_dim)),
-        ]
-    else:
-        rows += [
-            (
-                "Encoder",
-                f"ViT: width {config.hidden_size}, depth {config.num_hidden_layers}, "
-                f"{config.num_attention_heads} heads, MLP {config.intermediate_size}",
-            ),
-        ]
-        if hasattr(config, "decoder_hidden_size"):
-            rows.append(
-                (
-                    "Decoder",
-                    f"width {config.decoder_hidden_size}, depth {config.decoder_num_hidden_layers}, "
-                    f"{config.decoder_num_attention_heads} heads",
-                )
-            )
-        if hasattr(config, "mask_ratio"):
-            rows.append(("Masking", f"{config.mask_strategy}, ratio {config.mask_ratio}"))
-        if hasattr(config, "occlusion_base_channels"):  # an occlusion model's learned masks (ADIOS)
-            masks = "one mask per image (ADIOS-s)" if config.single_mask else "all masks"
-            rows.append(("Masking", f"learned: {config.num_masks} masks from an occlusion U-Net, {masks}"))
+    card = method_card(config)
+    if card.encoder:
+        vit = f"ViT: width {config.hidden_size}, depth {config.num_hidden_layers}, {config.num_attention_heads} heads"
+        rows.append(("Encoder", f"{vit}, MLP {config.intermediate_size}"))
+    rows += card.architecture(config)
+    if card.encoder:
         rows.append(("Pooling", config.pooling))
     rows.append(("Target", target_description(config)))
     return rows
@@ -294,8 +278,6 @@ def install_command() -> str:
     from (pip's PEP 610 record of a `git+` install, or the `origin` of the git checkout an editable install runs
     from, at its commit), else from the package's Repository URL, else `INSTALL_FALLBACK`. Never `pip install
     hf_mim`, which no index serves."""
-    from importlib import metadata
-
     try:
         dist = metadata.distribution("hf-mim")
     except metadata.PackageNotFoundError:
@@ -317,7 +299,6 @@ def install_command() -> str:
 
 def _git_origin(folder: str) -> tuple[str | None, str | None]:
     """(origin URL, HEAD commit) of the git checkout at `folder`; (None, None) when there is none."""
-    import subprocess
 
     def git(*args):
         try:
@@ -458,8 +439,6 @@ def build_model_card(
     if not run:
         limitations.append("The training data, recipe and any biases they carry are unknown.")
 
-    from .. import __version__
-
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -503,8 +482,6 @@ def weight_files(folder: str | os.PathLike) -> list[str] | None:
 
 def parameter_counts(folder: str | os.PathLike) -> tuple[int | None, int | None]:
     """(all, encoder) parameter counts of the model weights in `folder`, read from the safetensors headers."""
-    from safetensors import safe_open
-
     folder = Path(folder)
     files = weight_files(folder)
     if files is None:
@@ -543,8 +520,6 @@ def model_card_for_folder(
     transformers`), with the parameters counted in the folder holding it."""
     folder = Path(folder)
     if config is None:
-        from transformers import AutoConfig
-
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     total, encoder = parameter_counts(weights_folder or folder)
     eval_file = _read_json(folder / EVAL_RESULTS)
@@ -611,8 +586,6 @@ def validate_model_card(card: ModelCard | str) -> None:
         ):
             bad(field, value, "a Hub repo id (name or namespace/name), or a list of them")
     if "model-index" in data:
-        from huggingface_hub.repocard_data import model_index_to_eval_results
-
         try:
             _, results = model_index_to_eval_results(data["model-index"])
         except (KeyError, TypeError, ValueError) as err:

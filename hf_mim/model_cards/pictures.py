@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
+
+from ..modeling.auto import SPECS_BY_MODEL_TYPE
 
 # Colour-blind-safe qualitative palette (Okabe & Ito), then a few more; masks beyond it cycle.
 PALETTE = [
@@ -22,6 +26,29 @@ PALETTE = [
 ]
 
 
+@contextlib.contextmanager
+def _picture_mode(model, seed: int):
+    """The model in eval mode without gradients, and the global RNG seeded with `seed` and restored afterwards: a
+    picture's draws are the same every time and leave the caller's RNG as it was. Yields the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield device
+    finally:
+        model.train(was_training)
+
+
+def model_draws(model, method: str, pixel_values: torch.Tensor, seed: int = 0):
+    """`model.<method>(pixel_values)`, what a picture kind draws (`PICTURE_KINDS`), under `_picture_mode`."""
+    if not callable(getattr(model, method, None)):
+        raise ValueError(f"{type(model).__name__} has no {method}(pixel_values): it cannot draw this picture")
+    with _picture_mode(model, seed) as device:
+        return getattr(model, method)(pixel_values.to(device))
+
+
 def _to_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(B, C, H, W) normalised -> (B, H, W, 3) uint8; one channel is repeated to three."""
     mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
@@ -35,8 +62,6 @@ def _to_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 def panels_picture(panels: Sequence[torch.Tensor], scale: int = 1):
     """A PIL image from panels, each (B, H, W, 3) in 0-255: one row per image, one column per panel. `scale`
     enlarges small images (nearest neighbour, so patches stay sharp)."""
-    from PIL import Image
-
     grid = torch.cat([torch.cat(list(p), dim=0) for p in panels], dim=1)
     picture = Image.fromarray(grid.round().clamp(0, 255).to(torch.uint8).numpy())
     if scale > 1:
@@ -111,48 +136,23 @@ def token_grid(
     return panels_picture(panels, scale)
 
 
-@torch.no_grad()
 def save_token_picture(
     model, pixel_values: torch.Tensor, path: str | os.PathLike, seed: int = 0, scale: int = 4
 ) -> str:
-    """The token picture of a BEiT model (image, masked input, the tokenizer's token map, the predicted map, the
-    tokenizer's decoding of the true tokens and of the tokens with the masked ones predicted) or of a visual
-    tokenizer (image, token map, decoding). Written as a PNG; returns the path."""
-    device = next(model.parameters()).device
-    pixel_values = pixel_values.to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        if not hasattr(model, "tokenizer_inputs"):  # a visual tokenizer itself, not BEiT
-            tokenizer, inputs = model, pixel_values
-            token_ids = tokenizer.get_codebook_indices(inputs)
-            masked = predicted = None
-            decoded = [tokenizer.decode_ids(token_ids, tokenizer.check_pixel_values(inputs))]
-        else:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed)
-                output = model(pixel_values)
-            tokenizer, inputs = model.tokenizer, model.tokenizer_inputs(pixel_values)
-            token_ids, masked = output.labels, output.bool_masked_pos.bool()
-            predicted = output.logits.argmax(-1)
-            grid = tokenizer.check_pixel_values(inputs)
-            decoded = [
-                tokenizer.decode_ids(token_ids, grid),
-                tokenizer.decode_ids(torch.where(masked, predicted, token_ids), grid),
-            ]
-    finally:
-        model.train(was_training)
+    """`token_grid` of the model's `picture_tokens` (a `TokenMaps`: the token map and its decoding; BEiT adds the
+    masked input and the predicted map), masks drawn from `seed`. Written as a PNG; returns the path."""
+    maps = model_draws(model, "picture_tokens", pixel_values, seed)
     picture = token_grid(
         pixel_values,
-        token_ids,
+        maps.token_ids,
         model.config.patch_size,
         model.config.image_mean,
         model.config.image_std,
-        bool_masked_pos=masked,
-        predicted_ids=predicted,
-        decoded=[d.float() for d in decoded],
-        decoded_mean=tokenizer.config.image_mean,
-        decoded_std=tokenizer.config.image_std,
+        bool_masked_pos=maps.bool_masked_pos,
+        predicted_ids=maps.predicted_ids,
+        decoded=[d.float() for d in maps.decoded],
+        decoded_mean=maps.image_mean,
+        decoded_std=maps.image_std,
         scale=scale,
     )
     picture.save(path, format="PNG")
@@ -190,21 +190,16 @@ def mask_grid(
     return panels_picture(panels, scale)
 
 
-@torch.no_grad()
-def save_adios_masks(model, pixel_values: torch.Tensor, path: str | os.PathLike, scale: int = 4) -> str:
-    """Run an `ADIOSForPreTraining`'s occlusion model on `pixel_values` (normalised, the configured size) and write
-    `mask_grid` of the result as a PNG. Returns the path."""
-    was_training = model.training
-    model.eval()
-    try:
-        masks = model.occlusion(pixel_values.to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
+def save_masks_picture(model, pixel_values: torch.Tensor, path: str | os.PathLike, seed: int = 0, scale: int = 4):
+    """`mask_grid` of the model's `picture_masks` (B, N, H, W) (an occlusion model's masks) on `pixel_values`
+    (normalised, the configured size). Written as a PNG; returns the path."""
+    masks = model_draws(model, "picture_masks", pixel_values, seed)
     picture = mask_grid(pixel_values, masks, model.config.image_mean, model.config.image_std, scale=scale)
     picture.save(path, format="PNG")
     return str(path)
 
 
+@torch.no_grad()
 def save_loss_curve(loss_history: Sequence[Sequence[float]], path: str | os.PathLike, title: str = "") -> str:
     """Plot [[step, loss], ...] (as `training_summary.json` records it) as a PNG. Returns the path."""
     if not loss_history:
@@ -264,47 +259,12 @@ def reconstruction_grid(
     return panels_picture(panels, scale)
 
 
-@torch.no_grad()
 def reconstruct(model, pixel_values: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(reconstruction (B, C, H, W) in the input's normalised scale, bool_masked_pos (B, L)) of a pixel-target
-    pretraining model (MAE, R-MAE, SimMIM), with masks drawn from `seed`.
-
-    Per-patch-normalised targets (`norm_pix_loss`) are de-normalised with each image's statistics over its visible
-    patches, so reconstructions look like images (facebookresearch/mae#190)."""
-    from ..modeling.backbone import patchify, unpatchify
-    from ..modeling.losses import NORM_PIX_EPS
-
-    config = model.config
-    device = next(model.parameters()).device
-    pixel_values = pixel_values.to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            output = model(pixel_values)
-    finally:
-        model.train(was_training)
-    patch = config.patch_size
-    grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-    if getattr(output, "reconstruction", None) is not None:  # SimMIM: the whole image, already in input scale
-        return output.reconstruction.float(), output.bool_masked_pos.bool()
-    if getattr(output, "logits", None) is None or getattr(output, "mask", None) is None:
-        raise ValueError(f"{type(model).__name__} does not reconstruct pixels; no reconstruction picture")
-    predicted = output.logits.float()  # (B, L, P*P*C)
-    masked = output.mask.bool()
-    if getattr(config, "norm_pix_loss", False):
-        # The target is each patch minus its mean over its unbiased std (channels pooled). A masked patch's own
-        # statistics are what the model had to guess, so each prediction is put back with the average mean and
-        # average variance of the image's visible patches. Pooling all visible values instead would add the
-        # between-patch variance and blow up the small per-patch contrasts (the colour offsets of dark patches).
-        target = patchify(pixel_values.float(), patch)  # (B, L, P*P*C)
-        visible = (~masked).float()  # (B, L)
-        count = visible.sum(dim=1).clamp_min(1)
-        mean = (target.mean(dim=-1) * visible).sum(dim=1) / count  # (B,)
-        var = (target.var(dim=-1) * visible).sum(dim=1) / count
-        predicted = predicted * (var[:, None, None] + NORM_PIX_EPS).sqrt() + mean[:, None, None]
-    return unpatchify(predicted, patch, grid, config.num_channels), masked
+    pretraining model (its `reconstruct_pixels`: MAE, R-MAE, SimMIM), with masks drawn from `seed`. Per-patch
+    normalised targets (`norm_pix_loss`) come back de-normalised, so reconstructions look like images
+    (facebookresearch/mae#190)."""
+    return model_draws(model, "reconstruct_pixels", pixel_values, seed)
 
 
 @torch.no_grad()
@@ -354,19 +314,10 @@ def save_reconstructions(
 
 
 def save_model_panels(model, pixel_values: torch.Tensor, path: str | os.PathLike, seed: int = 0, scale: int = 4):
-    """A method's own picture: the columns `model.picture_panels(pixel_values, seed)` returns, each (B, C, H, W) in
+    """A method's own picture: the columns `model.picture_panels(pixel_values)` returns, each (B, C, H, W) in
     [0, 1] (one channel is shown grey). Written as a PNG; returns the path."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            panels = model.picture_panels(pixel_values.to(device))
-    finally:
-        model.train(was_training)
     columns = []
-    for panel in panels:
+    for panel in model_draws(model, "picture_panels", pixel_values, seed):
         panel = panel.detach().float().cpu().clamp(0, 1)
         panel = panel.expand(-1, 3, -1, -1) if panel.shape[1] == 1 else panel[:, :3]
         columns.append((panel * 255).permute(0, 2, 3, 1))
@@ -374,11 +325,16 @@ def save_model_panels(model, pixel_values: torch.Tensor, path: str | os.PathLike
     return str(path)
 
 
-#: `Picture.kind` -> how it is drawn: draw(model, pixel_values, path, seed, scale).
+# its name before masks became any model's `picture_masks` (issue 29), kept for callers
+save_adios_masks = save_masks_picture
+
+#: `Picture.kind` -> how it is drawn: draw(model, pixel_values, path, seed, scale). Each kind draws what one method of
+#: the model gives (`Picture`'s docstring): "reconstruction" `reconstruct_pixels`, "masks" `picture_masks`, "tokens"
+#: `picture_tokens`, "panels" `picture_panels`.
 PICTURE_KINDS = {
     "reconstruction": lambda model, x, path, seed, scale: save_reconstructions(model, x, path, scale=scale, seed=seed),
-    "masks": lambda model, x, path, seed, scale: save_adios_masks(model, x, path, scale=scale),
-    "tokens": lambda model, x, path, seed, scale: save_token_picture(model, x, path, seed=seed, scale=scale),
+    "masks": save_masks_picture,
+    "tokens": save_token_picture,
     "panels": save_model_panels,
 }
 
@@ -388,8 +344,6 @@ def save_method_pictures(
 ) -> list[str]:
     """The pictures the model's method declares for its config (`MethodSpec.pictures`), written into `folder`; none
     for a method without one (C-MAE, whose targets are features, not pixels). Returns the file names."""
-    from ..modeling.auto import SPECS_BY_MODEL_TYPE
-
     spec = SPECS_BY_MODEL_TYPE.get(model.config.model_type)
     pictures = spec.pictures(model.config) if spec is not None else ()
     for picture in pictures:
@@ -409,6 +363,8 @@ __all__ = [
     "reconstruction_error",
     "reconstruction_grid",
     "save_adios_masks",
+    "save_masks_picture",
+    "model_draws",
     "save_loss_curve",
     "save_method_pictures",
     "save_model_panels",

@@ -321,6 +321,11 @@ class ADIOSForPreTraining(TwoViewsMixin, ADIOSPreTrainedModel):
         if self.config.objective == "byol":
             self.teacher.update(self)
 
+    @torch.no_grad()
+    def picture_masks(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The masks picture's masks: the occlusion model's (B, num_masks, H, W) masks of the images."""
+        return self.occlusion(pixel_values)
+
     def occlusion_parameters(self) -> list[nn.Parameter]:
         """What the occlusion optimizer trains (everything else is the encoder side's)."""
         return list(self.occlusion.parameters())
@@ -520,6 +525,13 @@ METHOD = MethodSpec(
   year      = {2022}
 }""",
         target=lambda config: f"{config.objective} similarity between an image and its adversarially occluded view",
+        architecture=lambda config: (
+            (
+                "Masking",
+                f"learned: {config.num_masks} masks from an occlusion U-Net, "
+                + ("one mask per image (ADIOS-s)" if config.single_mask else "all masks"),
+            ),
+        ),
         limitations=(
             "The checkpoint's encoder is what transfers; the occlusion model is kept in the weights for "
             "continued training and for mask pictures.",
@@ -544,7 +556,14 @@ METHOD = MethodSpec(
         caption="Per row: the image, its partition into the occlusion model's masks (one colour per mask), then each "
         "mask over the image.",
     ),
-    tiny_config=dict(**TINY_VIT, projection_hidden_size=64, projection_size=16, num_masks=3, occlusion_base_channels=8),
+    tiny_config=dict(
+        **TINY_VIT,
+        projection_hidden_size=64,
+        projection_size=16,
+        prediction_hidden_size=32,
+        num_masks=3,
+        occlusion_base_channels=8,
+    ),
     adversary=Adversary(
         parameters=lambda model: model.occlusion_parameters(),
         learning_rate=lambda config: config.occlusion_learning_rate,

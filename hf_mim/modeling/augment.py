@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .backbone import channel_column, config_error
+
 IDENTITY = (1.0, 1.0, 1.0, 0.0)
 
 
@@ -100,8 +102,6 @@ class ColorJitterFields:
 
 def validate_color_jitter_fields(config) -> None:
     """`color_jitter_strength` (four non-negative floats) and `color_jitter_prob` (in [0, 1]) of a two-view config."""
-    from .backbone import config_error
-
     if not 0.0 <= config.color_jitter_prob <= 1.0:
         raise config_error("color_jitter_prob", config.color_jitter_prob, "a float in [0, 1]")
     if len(config.color_jitter_strength) != 4 or any(s < 0 for s in config.color_jitter_strength):
@@ -122,8 +122,6 @@ class TwoViewsMixin:
 
     def make_views(self, pixel_values: torch.Tensor, jitter: torch.Tensor) -> list[torch.Tensor]:
         """Two colour-jittered copies of normalised images; jitter (B, 2, 4) as `color_jitter` factors."""
-        from .backbone import channel_column
-
         mean = channel_column(self.config.image_mean, pixel_values)
         std = channel_column(self.config.image_std, pixel_values)
         images = (pixel_values * std + mean).clamp(0, 1)

@@ -37,6 +37,13 @@ def to_2tuple(value: int | Sequence[int]) -> tuple[int, int]:
     return int(value), int(value)
 
 
+def patch_grid(config) -> tuple[int, int]:
+    """(rows, columns) of patches of any ViT config with `image_size` and `patch_size`: hf_mim's (`grid_size`) and
+    other libraries' (transformers' ViTMAEConfig, which a benchmark's peer method trains)."""
+    height, width = to_2tuple(config.image_size)
+    return height // config.patch_size, width // config.patch_size
+
+
 def config_error(field: str, value, allowed: str) -> ValueError:
     """The one shape of config error: which field, what it was, what is allowed."""
     return ValueError(f"{field}={value!r} is invalid: {allowed}")
@@ -136,8 +143,7 @@ class ImageFieldsMixin:
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patches per column and per row at the configured `image_size`."""
-        height, width = to_2tuple(self.image_size)
-        return height // self.patch_size, width // self.patch_size
+        return patch_grid(self)
 
     @property
     def num_patches(self) -> int:

@@ -23,8 +23,8 @@ from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .losses import masked_cross_entropy
 from .masking import MaskedMIMConfig, sample_mask
-from .spec import TINY_VIT, MethodCard, MethodSpec, Picture, Recipe
-from .tokenizer import VisualTokenizer, VisualTokenizerConfig
+from .spec import TINY_VIT, MethodCard, MethodSpec, Picture, Recipe, masking_rows
+from .tokenizer import TokenMaps, VisualTokenizer, VisualTokenizerConfig
 
 
 @dataclass
@@ -226,6 +226,21 @@ class BEiTForPreTraining(BEiTPreTrainedModel):
         """(B, rows * cols) target ids from the frozen tokenizer."""
         return self.tokenizer.get_codebook_indices(self.tokenizer_inputs(pixel_values))
 
+    @torch.no_grad()
+    def picture_tokens(self, pixel_values: torch.Tensor) -> TokenMaps:
+        """The token picture's maps, masks drawn as `forward` draws them: the tokenizer's ids, the masks, the ids
+        predicted, and the tokenizer's decoding of the true ids and of the ids with the masked ones predicted."""
+        output = self(pixel_values)
+        token_ids, masked = output.labels, output.bool_masked_pos.bool()
+        predicted = output.logits.argmax(-1)
+        grid = self.tokenizer.check_pixel_values(self.tokenizer_inputs(pixel_values))
+        decoded = [
+            self.tokenizer.decode_ids(token_ids, grid),
+            self.tokenizer.decode_ids(torch.where(masked, predicted, token_ids), grid),
+        ]
+        tokenizer = self.tokenizer.config
+        return TokenMaps(token_ids, decoded, tokenizer.image_mean, tokenizer.image_std, masked, predicted)
+
     def _check_labels(self, labels: torch.Tensor, shape: tuple[int, int]) -> None:
         if labels.ndim == 1:
             raise ValueError(
@@ -393,6 +408,7 @@ METHOD = MethodSpec(
             "The targets are only as good as the visual tokenizer they come from; hf_mim's BEiT has no relative "
             "position bias.",
         ),
+        architecture=masking_rows,
     ),
     # BEiT's ViT-B recipe: lr 1.5e-3 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.08-1
     paper=Recipe(base_lr=1.875e-4),
@@ -402,7 +418,7 @@ METHOD = MethodSpec(
     crop_scale=(0.08, 1.0),
     sample_inputs=sample_mask,
     picture=TOKENS_PICTURE,
-    tiny_config=dict(**TINY_VIT, vocab_size=32, mask_min_num_patches=2),
+    tiny_config=dict(**TINY_VIT, vocab_size=16, mask_min_num_patches=2),
     prepare_config=_with_tokenizer_vocabulary,
 )
 

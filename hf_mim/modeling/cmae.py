@@ -30,7 +30,7 @@ from .ema import EMATeacher, EMATeacherFields, build_teacher, validate_ema_field
 from .heads import MLPHead
 from .losses import NEGATIVES, byol_loss, token_info_nce
 from .masking import MaskedMIMConfig
-from .spec import KONG_ZHANG_BIBTEX, TINY_VIT, MethodCard, MethodSpec, Recipe, draw_inputs
+from .spec import KONG_ZHANG_BIBTEX, TINY_VIT, MethodCard, MethodSpec, Recipe, draw_inputs, masking_rows
 
 
 @dataclass
@@ -294,6 +294,7 @@ METHOD = MethodSpec(
         ),
         bibtex=KONG_ZHANG_BIBTEX,
         target=lambda config: f"EMA-teacher patch features of the other view ({config.loss})",
+        architecture=masking_rows,
     ),
     paper=Recipe(base_lr=1.5e-4),
     # Small data: at base lr 1e-2 (2.5e-3 at batch 64) the token-wise InfoNCE stays at chance on the digits (4.156 ->

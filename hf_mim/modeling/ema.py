@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .backbone import config_error
+
 MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 
@@ -122,8 +124,6 @@ class EMATeacherFields:
 
 def validate_ema_fields(config) -> None:
     """`ema_momentum` and `ema_momentum_end` (in [0, 1]) and `ema_momentum_schedule` of a config with a teacher."""
-    from .backbone import config_error
-
     for field in ("ema_momentum", "ema_momentum_end"):
         if not 0.0 <= getattr(config, field) <= 1.0:
             raise config_error(field, getattr(config, field), "a float in [0, 1]")

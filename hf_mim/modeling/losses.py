@@ -15,6 +15,22 @@ def normalize_patches(patches: torch.Tensor, eps: float = NORM_PIX_EPS) -> torch
     return (patches - mean) / (var + eps) ** 0.5
 
 
+def denormalize_patches(
+    predicted: torch.Tensor, patches: torch.Tensor, visible: torch.Tensor, eps: float = NORM_PIX_EPS
+) -> torch.Tensor:
+    """Predictions of `normalize_patches`'s target put back in the pixels' scale, with what the model saw.
+
+    predicted, patches: (B, L, P); visible: (B, L), 1 for the patches the model was shown. A masked patch's own
+    statistics are what the model had to guess, so every prediction is put back with the average mean and the average
+    variance of the image's visible patches (facebookresearch/mae#190). Pooling all visible values instead would add
+    the between-patch variance and blow up the small per-patch contrasts (the colour offsets of dark patches)."""
+    visible = visible.to(patches.dtype)
+    count = visible.sum(dim=1).clamp_min(1)
+    mean = (patches.mean(dim=-1) * visible).sum(dim=1) / count  # (B,)
+    var = (patches.var(dim=-1) * visible).sum(dim=1) / count
+    return predicted * (var[:, None, None] + eps).sqrt() + mean[:, None, None]
+
+
 def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error per patch, averaged over the patches where `mask` is 1.
 
@@ -186,4 +202,5 @@ __all__ = [
     "reverse_gradient",
     "NEGATIVES",
     "NORM_PIX_EPS",
+    "denormalize_patches",
 ]

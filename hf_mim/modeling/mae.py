@@ -20,7 +20,14 @@ from .backbone import config_error, patchify, to_2tuple, unpatchify
 from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .heads import MAEDecoder
-from .losses import gather_across_ranks, masked_mse_loss, normalize_patches, per_image_masked_mse_loss, reverse_gradient
+from .losses import (
+    denormalize_patches,
+    gather_across_ranks,
+    masked_mse_loss,
+    normalize_patches,
+    per_image_masked_mse_loss,
+    reverse_gradient,
+)
 from .masking import (
     LearnedMask,
     MaskedMIMConfig,
@@ -33,7 +40,18 @@ from .masking import (
     positional_imbalance,
     random_masking,
 )
-from .spec import RECONSTRUCTION_PICTURE, TINY_VIT, Adversary, MethodCard, MethodSpec, Picture, Recipe, draw_inputs
+from .spec import (
+    RECONSTRUCTION_PICTURE,
+    TINY_VIT,
+    Adversary,
+    MethodCard,
+    MethodSpec,
+    Picture,
+    Recipe,
+    decoder_rows,
+    draw_inputs,
+    masking_rows,
+)
 
 
 @dataclass
@@ -477,6 +495,17 @@ class MAEForPreTraining(MAEPreTrainedModel):
             self._add_mask_model_outputs(output, learned, pixel_values)
         return output if return_dict else output.to_tuple()
 
+    @torch.no_grad()
+    def reconstruct_pixels(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction (B, C, H, W) in the input's normalised scale, bool_masked_pos (B, L)), masks drawn as
+        `forward` draws them: the reconstruction picture and error. Normalised-pixel predictions
+        (`norm_pix_loss`) are put back in the pixels' scale with the visible patches' statistics."""
+        output = self(pixel_values)
+        predicted, masked = output.logits.float(), output.mask.bool()  # (B, L, P*P*C), (B, L)
+        if self.config.norm_pix_loss:
+            predicted = denormalize_patches(predicted, self.patchify(pixel_values.float()), ~masked)
+        return self.unpatchify(predicted, pixel_values.shape[-2:]), masked
+
     def _add_mask_model_outputs(self, output: MAEForPreTrainingOutput, learned: LearnedMask, pixel_values) -> None:
         """The penalty the mask model minimises (added to `loss`) and what shows whether its masks are trivial."""
         # Over the scored patches only (the random share is no choice of the mask model's), and in training over
@@ -611,6 +640,7 @@ METHOD = MethodSpec(
         ),
         bibtex=MAE_BIBTEX,
         target=_mae_target,
+        architecture=lambda config: decoder_rows(config) + masking_rows(config),
         limitations=(
             "MAE features are known to need fine-tuning or a non-linear probe: linear-probe accuracy lags "
             "contrastive methods at equal compute.",
@@ -637,10 +667,10 @@ METHOD = MethodSpec(
     config_pictures=lambda config: (LEARNED_MASKS_PICTURE,) if getattr(config, "learned_masks", False) else (),
     tiny_config=dict(
         **TINY_VIT,
-        decoder_hidden_size=32,
-        decoder_num_hidden_layers=1,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=2,
         decoder_num_attention_heads=2,
-        decoder_intermediate_size=64,
+        decoder_intermediate_size=32,
     ),
     adversary=Adversary(
         parameters=lambda model: model.mask_model_parameters(),

@@ -22,7 +22,7 @@ from .base import MIMModel, MIMPreTrainedModel, ViTEncoder
 from .classification import MIMForImageClassification
 from .losses import masked_mse_loss
 from .masking import MaskedMIMConfig, sample_mask
-from .spec import TINY_VIT, MethodCard, MethodSpec, Picture, Recipe
+from .spec import TINY_VIT, MethodCard, MethodSpec, Picture, Recipe, masking_rows
 
 
 @dataclass
@@ -293,6 +293,7 @@ METHOD = MethodSpec(
         target=lambda config: (
             f"HOG of masked patches ({config.hog_nbins} bins, {config.hog_cell_size} px cells), mean squared error"
         ),
+        architecture=masking_rows,
     ),
     # MaskFeat's ViT-B recipe: lr 8e-4 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.5-1
     paper=Recipe(base_lr=1e-4),

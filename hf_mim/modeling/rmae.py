@@ -180,6 +180,7 @@ METHOD = replace(
         ),
         bibtex=KONG_ZHANG_BIBTEX + "\n\n" + MAE_BIBTEX,
         target=_rmae_target,
+        architecture=MAE.card.architecture,
     ),
     # MAE's masks, paper recipe and small recipe; at 3x MAE's step cost, the benchmark's 50 epochs, not MAE's 100
     small=replace(MAE.small, epochs=50),

@@ -20,7 +20,7 @@ from .classification import MIMForImageClassification
 from .heads import PixelShuffleHead
 from .losses import masked_pixel_l1_loss
 from .masking import MaskedMIMConfig, sample_mask
-from .spec import RECONSTRUCTION_PICTURE, TINY_VIT, MethodCard, MethodSpec, Recipe
+from .spec import RECONSTRUCTION_PICTURE, TINY_VIT, MethodCard, MethodSpec, Recipe, masking_rows
 
 
 @dataclass
@@ -177,6 +177,13 @@ class SimMIMForPreTraining(SimMIMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    @torch.no_grad()
+    def reconstruct_pixels(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction (B, C, H, W) in the input's normalised scale, bool_masked_pos (B, L)), masks drawn as
+        `forward` draws them: the reconstruction picture and error."""
+        output = self(pixel_values)
+        return output.reconstruction.float(), output.bool_masked_pos.bool()
+
 
 METHOD = MethodSpec(
     name="simmim",
@@ -205,6 +212,7 @@ METHOD = MethodSpec(
   year      = {2022}
 }""",
         target=lambda config: "raw (normalised-input) pixels of masked patches, L1",
+        architecture=masking_rows,
     ),
     # SimMIM's ViT-B recipe: lr 8e-4 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.67-1
     paper=Recipe(base_lr=1e-4),
@@ -214,7 +222,7 @@ METHOD = MethodSpec(
     crop_scale=(0.67, 1.0),
     sample_inputs=sample_mask,
     picture=RECONSTRUCTION_PICTURE,
-    tiny_config=dict(**TINY_VIT, mask_patch_size=8),
+    tiny_config=dict(**TINY_VIT, mask_patch_size=16),
 )
 
 __all__ = [

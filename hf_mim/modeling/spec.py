@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-#: The ViT of every method's `tiny_config`: 32 px images, a 4x4 grid of 8 px patches, 2 blocks of width 32.
+#: The ViT of every method's `tiny_config`: 32 px images, a 4x4 grid of 8 px patches, 2 blocks of width 32 with 4 heads.
 TINY_VIT = dict(
-    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
 )
 
 #: Kong & Zhang's paper, the source of both C-MAE and R-MAE.
@@ -54,6 +54,9 @@ class MethodCard:
         limitations: method-specific limitations, one sentence each.
         encoder: whether the weights hold a ViT encoder whose features are the product (the card then shows
             feature extraction and fine-tuning); a visual tokenizer's do not.
+        architecture: `architecture(config) -> ((row name, value), ...)`: the card's architecture rows for the
+            method's own parts (a decoder, the masking, a quantizer), shown after the shared ones (class,
+            parameters, image and patch size, the ViT encoder) and before the pooling and target rows.
     """
 
     display_name: str
@@ -64,6 +67,7 @@ class MethodCard:
     target: Callable[[object], str]
     limitations: tuple[str, ...] = ()
     encoder: bool = True
+    architecture: Callable[[object], tuple[tuple[str, str], ...]] = lambda config: ()
 
     @property
     def article(self) -> str:
@@ -72,6 +76,22 @@ class MethodCard:
         if self.display_name[:2].isupper():  # an initialism, read letter by letter: em, ar, ef, ...
             return "An" if first in "AEFHILMNORSX" else "A"
         return "An" if first in "AEIOU" else "A"
+
+
+def masking_rows(config) -> tuple[tuple[str, str], ...]:
+    """The card's row for a config that masks patches (`MaskedMIMConfig`)."""
+    return (("Masking", f"{config.mask_strategy}, ratio {config.mask_ratio}"),)
+
+
+def decoder_rows(config) -> tuple[tuple[str, str], ...]:
+    """The card's row for a config with a Transformer decoder (`MAEDecoder`'s fields)."""
+    return (
+        (
+            "Decoder",
+            f"width {config.decoder_hidden_size}, depth {config.decoder_num_hidden_layers}, "
+            f"{config.decoder_num_attention_heads} heads",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -120,7 +140,8 @@ class MethodSpec:
             generator; the model draws them the same way (`draw_inputs`) when a call does not give them. None: the
             model takes pixels only.
         picture: the method's picture, or None (C-MAE's targets are features: there is nothing to draw).
-        tiny_config: config fields of a model small enough for unit tests (32 px images of 8 px patches).
+        tiny_config: config fields of a model small enough for unit tests (32 px images of 8 px patches): the one
+            tiny config of the method, which its tests and the cross-cutting tests build on.
         encoder_presets: whether `--model-size` (a ViT width and depth) applies.
         prepare_config: maps the config fields a run asks for to those the config is built with (BEiT reads its
             tokenizer's vocabulary size); None keeps them.
@@ -221,5 +242,7 @@ __all__ = [
     "MethodSpec",
     "Picture",
     "Recipe",
+    "decoder_rows",
     "draw_inputs",
+    "masking_rows",
 ]

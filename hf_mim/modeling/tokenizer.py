@@ -22,6 +22,7 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,21 @@ class VisualTokenizerOutput(ModelOutput):
 
 
 QUANTIZERS = ("vq_ema", "gumbel")
+
+
+class TokenMaps(NamedTuple):
+    """What the token picture of a model shows (`picture_tokens`; `hf_mim.model_cards.pictures`).
+
+    token_ids: (B, L) the tokenizer's ids of the images' patches. decoded: the tokenizer's decodings, each
+    (B, C, H, W) in the tokenizer's normalisation (`image_mean`, `image_std`). bool_masked_pos, predicted_ids:
+    (B, L), the masked patches and the ids predicted for every patch, where a model predicts tokens (BEiT)."""
+
+    token_ids: torch.Tensor
+    decoded: list[torch.Tensor]
+    image_mean: Sequence[float]
+    image_std: Sequence[float]
+    bool_masked_pos: torch.Tensor | None = None
+    predicted_ids: torch.Tensor | None = None
 
 
 class VisualTokenizerConfig(ImageFieldsMixin, PretrainedConfig):
@@ -540,6 +556,13 @@ class VisualTokenizer(MIMPreTrainedModel):
             token_ids = token_ids.view(-1, rows, cols)
         return self.decoder(self.quantizer.lookup(token_ids))
 
+    @torch.no_grad()
+    def picture_tokens(self, pixel_values: torch.Tensor) -> TokenMaps:
+        """The token picture's maps: the images' token ids and their decoding."""
+        token_ids = self.get_codebook_indices(pixel_values)
+        decoded = self.decode_ids(token_ids, self.check_pixel_values(pixel_values))
+        return TokenMaps(token_ids, [decoded], self.config.image_mean, self.config.image_std)
+
     def set_training_step(self, step: int) -> None:
         """Gumbel only: the temperature for optimizer step `step`, cosine-annealed over `gumbel_anneal_steps`."""
         if not isinstance(self.quantizer, GumbelQuantizer):
@@ -619,6 +642,11 @@ METHOD = MethodSpec(
         target=lambda config: f"pixels, through a {config.vocab_size}-code {config.quantizer} bottleneck",
         limitations=("It is an image tokenizer, not a feature extractor: use its `token_ids`, not pooled features.",),
         encoder=False,
+        architecture=lambda config: (
+            ("Quantizer", config.quantizer),
+            ("Vocabulary", str(config.vocab_size)),
+            ("Code dimension", str(config.embedding_dim)),
+        ),
     ),
     paper=Recipe(base_lr=1e-3),
     small=Recipe(base_lr=1e-2, config=dict(vocab_size=512, hidden_channels=32), epochs=20),
@@ -631,7 +659,7 @@ METHOD = MethodSpec(
         alt="Visual tokens",
         caption="Per row: the image, the tokenizer's token map (one colour per token id), and its decoding.",
     ),
-    tiny_config=dict(image_size=32, patch_size=8, vocab_size=32, embedding_dim=8, hidden_channels=8),
+    tiny_config=dict(image_size=32, patch_size=8, vocab_size=16, embedding_dim=8, hidden_channels=8),
     encoder_presets=False,
 )
 
@@ -643,4 +671,5 @@ __all__ = [
     "VisualTokenizer",
     "EMAVectorQuantizer",
     "GumbelQuantizer",
+    "TokenMaps",
 ]

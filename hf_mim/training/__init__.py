@@ -1,9 +1,11 @@
 """The pretraining pipeline behind `hf-mim pretrain`. `pretrain(PretrainArguments(...))` runs it from Python; a
 method plugs in through its `MethodSpec` (`hf_mim.modeling.spec`), not here."""
 
+from ..data.pipeline import ImageTransform
+from ..errors import TrainingError
+from .arguments import PretrainArguments
 from .presets import ENCODER_PRESETS
-from .trainer import PretrainArguments, TrainingError, pretrain
-from .transforms import ImageTransform
+from .trainer import pretrain
 
 __all__ = [
     "ENCODER_PRESETS",

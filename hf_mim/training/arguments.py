@@ -11,19 +11,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import PretrainedConfig
-
+from ..data.sources import BUILTIN_DATASET
+from ..errors import one_line
 from ..modeling.auto import METHOD_SPECS, method_spec
-from ..modeling.masking import MaskedMIMConfig
-from ..warm_start import checkpoint_config_fields, read_checkpoint
-from .data import BUILTIN_DATASET, sample_image_sizes
+from ..modeling.masking import MASK_STRATEGIES, MaskedMIMConfig
+from ..names import check_repo_id
 from .presets import (
     ENCODER_PRESETS,
     RECIPES,
     SMALL_DATASET_IMAGES,
     SMALL_IMAGE_SIZE,
     build_config_fields,
-    config_fields,
 )
 
 # The image size follows the images (`image_size_from_data`): their own size where a grid of 4 px patches at least
@@ -49,6 +47,17 @@ class RegisteredMethods:
 
 def _help(text: str, **metadata) -> dict:
     return {"help": text, **metadata}
+
+
+def _mask_strategy_help() -> str:
+    """--mask-strategy's help, from the masking table and the strategies a method's model adds (MAE's learned)."""
+    own = [
+        f"{name} also {', '.join(spec.config_class.model_mask_strategies)}"
+        for name, spec in METHOD_SPECS.items()
+        if issubclass(spec.config_class, MaskedMIMConfig) and spec.config_class.model_mask_strategies
+    ]
+    strategies = "; ".join([", ".join(MASK_STRATEGIES), *own])
+    return f"the config's mask_strategy, for a method that masks patches: {strategies}. Default: the method's own"
 
 
 @dataclass
@@ -109,7 +118,7 @@ class PretrainArguments:
         default=None,
         metadata=_help(
             "learning rate per 256 images: lr = base_lr * effective batch / 256, as in MAE (default: the method's "
-            "recipe's, declared in its MethodSpec; the README lists them)"
+            "recipe's, declared in its MethodSpec; docs/pretrain.md lists them)"
         ),
     )
     lr: float | None = field(default=None, metadata=_help("absolute learning rate; overrides --base-lr"))
@@ -176,10 +185,7 @@ class PretrainArguments:
     )
     mask_strategy: str | None = field(
         default=None,
-        metadata=_help(
-            "the config's mask_strategy, for a method that masks patches: random, mask_patch, block, central, "
-            "rectangles; MAE also learned (a mask model trained against MAE). Default: the method's own"
-        ),
+        metadata=_help(_mask_strategy_help()),
     )
     config: str | None = field(
         default=None,
@@ -390,8 +396,6 @@ def validate(args: PretrainArguments) -> None:
         if value is not None and value < 1:
             bad(name, value, "a positive int")
     if args.push_to_hub is not None:
-        from ..hub import check_repo_id
-
         check_repo_id(args.push_to_hub, "--push-to-hub")  # before training, not after hours of it
     if args.mixed_precision not in ("no", "fp16", "bf16"):
         bad("mixed_precision", args.mixed_precision, "no, fp16 or bf16")
@@ -443,32 +447,11 @@ def build_config(args: PretrainArguments, spec, checkpoint_fields: dict | None =
     return build_config_fields(spec, fields, overrides)
 
 
-def resolve_run(args: PretrainArguments, spec, raw, image_column: str, num_images: int):
-    """(args with every default filled in, the model config, the starting `Checkpoint` or None): the one place where
-    --init-from, a sample of the images' sizes and the recipe decide the run, for `hf-mim pretrain` and the
-    Trainer example alike. Validates the result."""
-    checkpoint = read_checkpoint(args.init_from) if args.init_from else None
-    start_fields, same_method = None, False
-    if checkpoint is not None:
-        own = config_fields(spec.config_class) - set(PretrainedConfig().to_dict())  # not transformers' bookkeeping
-        start_fields, same_method = checkpoint_config_fields(checkpoint, spec.config_class, own)
-    sizes = sample_image_sizes(raw, image_column) if args.image_size is None else None
-    args = resolve_defaults(args, num_images, sizes, start_fields, same_method)
-    validate(args)
-    return args, build_config(args, spec, start_fields), checkpoint
-
-
 def setup_logging(main_process: bool) -> None:
     """hf_mim's messages at INFO on the main process (WARNING on the others); the root logger, and so every other
     library, at WARNING: at INFO each HTTP request of the Hub client would be a line of its own."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("hf_mim").setLevel(logging.INFO if main_process else logging.WARNING)
-
-
-def one_line(err: BaseException) -> str:
-    """An error's first line: what `hf-mim` prints for an error a user can fix."""
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 __all__ = [
@@ -481,9 +464,7 @@ __all__ = [
     "choose_recipe",
     "default_patch_size",
     "image_size_from_data",
-    "one_line",
     "setup_logging",
     "resolve_defaults",
-    "resolve_run",
     "validate",
 ]

@@ -18,13 +18,17 @@ import hashlib
 import json
 import logging
 import os
+import pickle  # for its error type only: nothing here unpickles without weights_only
 import re
 import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils.other import TORCH_SAFE_GLOBALS
+from safetensors.torch import load_file, save_file
 
-from .arguments import one_line
+from ..errors import TrainingError, one_line
+from .run_folder import is_no_space, is_write_failure, no_space_message
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +50,6 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` atomically. Must be called on every process (save_state is collective). A full disk
     (or any write error) on any process stops every process alike, with the last checkpoint kept named."""
-    from .run_folder import is_no_space, is_write_failure, no_space_message
-
     root = checkpoint_root(output_dir)
     run_id = trainer_state.get("run_id")
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
@@ -83,7 +85,6 @@ def save_checkpoint(
     if failed:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        from .trainer import TrainingError
 
         raise TrainingError(problem or f"another process could not write checkpoint {final}")
     if accelerator.is_main_process:
@@ -145,8 +146,6 @@ def _join_tensors(value, tensors: dict):
 
 def save_extra_state(objects, folder: Path) -> None:
     """The `state_dict()` of each object (schedulers, an EMA teacher) as JSON plus safetensors."""
-    from safetensors.torch import save_file
-
     tensors: dict = {}
     states = [_split_tensors(obj.state_dict(), tensors, f"object{i}") for i, obj in enumerate(objects)]
     (Path(folder) / f"{EXTRA_STATE}.json").write_text(json.dumps(states, indent=2))
@@ -156,8 +155,6 @@ def save_extra_state(objects, folder: Path) -> None:
 def load_extra_state(objects, folder: Path) -> None:
     """Restore `objects` from `save_extra_state`'s files; from a checkpoint of an earlier hf_mim, which pickled them
     through accelerate (`custom_checkpoint_N.pkl`), with `weights_only=True`."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     if (folder / f"{EXTRA_STATE}.json").is_file():
         states = json.loads((folder / f"{EXTRA_STATE}.json").read_text())
@@ -174,10 +171,6 @@ def load_extra_state(objects, folder: Path) -> None:
 def _load_pickle(path: Path):
     """A pickle-format file with `weights_only=True` (and accelerate's allow-list for numpy RNG states): tensors,
     containers and plain values only. Anything else raises ValueError naming the file; nothing in it runs."""
-    import pickle
-
-    from accelerate.utils.other import TORCH_SAFE_GLOBALS
-
     try:
         with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -10,7 +10,7 @@ beyond a loss, read from the method's `MethodSpec`, and the records `hf-mim pret
 - AdamW parameter groups as `hf-mim pretrain` builds them (weight decay on matrices only), and the method's
   adversary (ADIOS's occlusion model) in a group of its own at the adversary's learning rate. Under Trainer the
   adversary learns through the model's gradient reversal (`phase=None`), in the same step as the rest: an
-  approximation of `hf-mim pretrain`'s alternating update, documented in the README;
+  approximation of `hf-mim pretrain`'s alternating update, documented in docs/methods/adios.md;
 - a check, at the end of `train`, that every process holds the same weights;
 - on the final `save_model`: `trainer_state.json`, `training_args.json` (TrainingArguments as JSON, tokens
   redacted), `training_summary.json` (the run as the model card reads it), `loss_curve.png` and the method's
@@ -28,12 +28,27 @@ import os
 import tempfile
 from pathlib import Path
 
+import datasets
 from transformers import Trainer, TrainerCallback
 
-from ..model_cards.card import TRAINER_STATE, TRAINING_ARGS, TRAINING_SUMMARY, trainer_run
+from ..data.pipeline import ImageTransform
+from ..data.sources import find_image_column
+from ..errors import DatasetError
+from ..files import write_atomic
+from ..hub import push_folder
+from ..model_cards.card import (
+    TRAINER_STATE,
+    TRAINING_ARGS,
+    TRAINING_SUMMARY,
+    model_card_for_folder,
+    trainer_run,
+    write_model_card,
+)
 from ..modeling.auto import SPECS_BY_MODEL_TYPE
 from .callbacks import TEACHER_FILE, EMATeacherCallback, save_teacher
-from .optim import param_groups
+from .distributed import end_training, hardware_description, needs_cpu_process_group, ranks_in_sync
+from .optim import method_param_groups
+from .records import save_pictures
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +58,6 @@ def cpu_process_group_if_needed() -> bool:
     `TrainingArguments` is created (HfArgumentParser creates it): `accelerate launch --multi_gpu --num_processes 2`
     or torchrun on a machine without GPUs would otherwise start processes that each train alone, all writing the
     same output folder. Returns whether it did (it sets `ACCELERATE_USE_CPU`, which TrainingArguments reads)."""
-    from .trainer import needs_cpu_process_group
-
     if not needs_cpu_process_group():
         return False
     os.environ["ACCELERATE_USE_CPU"] = "true"
@@ -110,12 +123,8 @@ class MIMTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         spec = SPECS_BY_MODEL_TYPE.get(getattr(model.config, "model_type", None))
-        adversary = spec.adversary_for(model.config) if spec is not None else None
-        theirs = adversary.parameters(model) if adversary is not None else []
-        groups = param_groups(model, self.args.weight_decay, exclude=theirs)
-        if theirs:
-            lr = adversary.learning_rate(model.config)
-            groups += [{**g, "lr": lr} for g in param_groups(model, self.args.weight_decay, only=theirs)]
+        groups, adversary_groups, adversary_lr = method_param_groups(model, spec, model.config, self.args.weight_decay)
+        groups += [{**g, "lr": adversary_lr} for g in adversary_groups]
         groups = [g for g in groups if g["params"]]
         if self.optimizer_cls_and_kwargs is not None:
             optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
@@ -131,7 +140,6 @@ class MIMTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
-        from .trainer import ranks_in_sync
 
         model = self.accelerator.unwrap_model(self.model)
         extra = [model.teacher] if hasattr(model, "teacher") else []
@@ -152,8 +160,6 @@ class MIMTrainer(Trainer):
         it with the GIL held while a gloo thread may still need the GIL: on 2 CPU processes a rank then aborted
         ("terminate called without an active exception") in about 1 run of 4 here (pytorch#56297). Training cannot
         continue afterwards."""
-        from .trainer import end_training
-
         if self.accelerator.num_processes > 1:
             self.accelerator.wait_for_everyone()
         self.model_wrapped = self.model  # the DDP wrapper's reducer must not hold the last reference to the group
@@ -173,15 +179,11 @@ class MIMTrainer(Trainer):
         if final:
             self._final_saved_at = self.state.global_step
         if summary is not None:
-            from .trainer import write_atomic
-
             write_atomic(Path(self.args.output_dir, TRAINING_SUMMARY), json.dumps(summary, indent=2))
             self.create_model_card()
 
     def _save_records(self, folder: Path) -> dict:
         """Everything of the run but its summary, which it returns."""
-        from .trainer import hardware_description, save_pictures, write_atomic
-
         folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         spec = SPECS_BY_MODEL_TYPE.get(getattr(model.config, "model_type", None))
@@ -219,10 +221,6 @@ class MIMTrainer(Trainer):
 
     def _picture_source(self):
         """(raw dataset, image column, split) to draw the picture from, or None."""
-        import datasets
-
-        from .data import DatasetError, find_image_column
-
         raw, split = self.picture_dataset, self.picture_split
         if raw is None:
             if not isinstance(self.train_dataset, datasets.Dataset):
@@ -238,7 +236,6 @@ class MIMTrainer(Trainer):
         """hf_mim's model card (written from the folder's records), in place of Trainer's generic one."""
         if not self.is_world_process_zero():
             return
-        from ..model_cards.card import model_card_for_folder, write_model_card
 
         model = self.accelerator.unwrap_model(self.model)
         card = model_card_for_folder(
@@ -270,7 +267,6 @@ class MIMTrainer(Trainer):
             self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        from ..hub import push_folder
 
         repo_id = self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).absolute().name
         return push_folder(
@@ -292,8 +288,6 @@ class MIMTrainer(Trainer):
 
 def image_transform_of(dataset):
     """The `ImageTransform` a `datasets.Dataset` is formatted with (`with_transform`), or None."""
-    from .transforms import ImageTransform
-
     transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
     return transform if isinstance(transform, ImageTransform) else None
 

@@ -20,6 +20,19 @@ def param_groups(model, weight_decay: float, only=None, exclude=()) -> list[dict
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def method_param_groups(model, spec, config, weight_decay: float) -> tuple[list[dict], list[dict], float | None]:
+    """(the model's groups, its method's adversary's groups, the adversary's learning rate): `param_groups` with the
+    adversary's parameters (ADIOS's occlusion model, MAE's learned masks) apart from the rest. An adversary's groups
+    are empty, and its rate None, for a method or config without one. `hf-mim pretrain` gives the adversary an
+    optimizer of its own; `MIMTrainer` puts its groups into Trainer's optimizer at its rate."""
+    adversary = spec.adversary_for(config) if spec is not None else None
+    if adversary is None:
+        return param_groups(model, weight_decay), [], None
+    theirs = adversary.parameters(model)
+    groups = param_groups(model, weight_decay, exclude=theirs)
+    return groups, param_groups(model, weight_decay, only=theirs), adversary.learning_rate(config)
+
+
 def adamw(groups: list[dict], **kwargs) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel (one kernel over all tensors instead of a loop of elementwise ops per tensor),
     the default of transformers' Trainer too. The parameters are still on the CPU here, where torch also has the
@@ -42,4 +55,4 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-__all__ = ["adamw", "cosine_with_warmup", "param_groups"]
+__all__ = ["adamw", "cosine_with_warmup", "method_param_groups", "param_groups"]

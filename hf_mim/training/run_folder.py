@@ -29,6 +29,9 @@ import socket
 import uuid
 from pathlib import Path
 
+from ..errors import RunFolderError
+from ..model_cards.card import GENERATED_MARKER, folder_config, is_weight_shard, written_by_hf_mim_for
+
 LOCK_FILE = ".hf_mim.lock"
 TRAINING_ARGS = "training_args.json"
 TRAINING_SUMMARY = "training_summary.json"
@@ -36,10 +39,6 @@ TRAINING_SUMMARY = "training_summary.json"
 RECORDS_LAST = ("README.md", TRAINING_SUMMARY)
 #: Where a re-run keeps the previous run's training_args.json until its own model is in place.
 PREVIOUS_ARGS = ".hf_mim.previous-args.json"
-
-
-class RunFolderError(ValueError):
-    """The output folder cannot be used, with a one-line reason."""
 
 
 def new_run_id() -> str:
@@ -176,16 +175,12 @@ class RunLock:
 
 
 def is_generated_card(path: Path) -> bool:
-    from ..model_cards.card import GENERATED_MARKER
-
     return path.is_file() and GENERATED_MARKER in path.read_text(encoding="utf-8", errors="replace")
 
 
 def previous_outputs(folder: Path) -> list[str]:
     """What an earlier run of this folder wrote at its top level, by name (`written_by_hf_mim_for` its config;
     README.md only where it is a generated card): what a re-run may replace or, once its model is in, remove."""
-    from ..model_cards.card import folder_config, is_weight_shard, written_by_hf_mim_for
-
     names = written_by_hf_mim_for(folder_config(folder))
     found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -284,7 +279,6 @@ def move_into_place(staging: Path, folder: Path, stale: list[str] = ()) -> tuple
 
 __all__ = [
     "LOCK_FILE",
-    "RunFolderError",
     "RunLock",
     "check_output_dir",
     "check_not_in_dataset",

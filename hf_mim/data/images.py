@@ -7,15 +7,12 @@ Every random choice takes an explicit `torch.Generator`; the data pipeline seeds
 from __future__ import annotations
 
 import io
-import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-
-_logger = logging.getLogger(__name__)
 
 #: The most pixels an image may declare (10,000 x 10,000), checked from its header before it is decoded: a 219 kB PNG
 #: can declare 15,000 x 15,000 and decode to gigabytes. Pillow's own guard only warns below twice its
@@ -241,154 +238,16 @@ class ImageAugmentation:
         return pil_to_uint8(image, self.num_channels)
 
 
-#: The column of sample indices that seeds each sample's draws (added by `prepare_dataset` and `ImageTransform.apply`).
-INDEX_COLUMN = "__hf_mim_index__"
-
-
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator of one sample's random draws in one epoch: the same for any worker count, process count or
-    resume point."""
-    # A large odd multiplier keeps nearby (epoch, index) pairs from sharing seeds.
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2_147_483_659 + index)
-
-
-# Column names taken for the image column when a batch has several candidates (the `datasets` conventions).
-IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
-
-
-def _is_image_value(value) -> bool:
-    return isinstance(value, (Image.Image, bytes, bytearray)) or (
-        isinstance(value, dict) and bool(value.get("bytes") or value.get("path"))
-    )
-
-
-class ImageTransform:
-    """The `datasets` transform that feeds an hf_mim pretraining model under `transformers.Trainer`.
-
-    `dataset.with_transform(ImageTransform.from_config(model.config))` turns a batch of any image dataset (a `datasets`
-    Image column, PIL images, bytes or paths) into what the model's forward takes: `pixel_values` (C, H, W), cropped
-    and flipped as the method's pipeline does, plus the method's per-sample inputs (MAE's `noise`, SimMIM's and
-    BEiT's `bool_masked_pos`, C-MAE's views), drawn as `hf-mim pretrain` draws them. Every other column (labels,
-    ids, captions) is left out of the output, so a labelled dataset needs no `remove_columns`. `hf_mim.MIMTrainer`
-    keeps the image column for the transform; a plain `Trainer` needs `remove_unused_columns=False` (as in
-    transformers' `run_mae.py`), or it drops that column first.
-
-    A sample that does not decode is replaced by a good one of the same batch and logged by name, so one bad file
-    does not end a run; a batch without any good sample raises.
-
-    Randomness: `transform.apply(dataset)` (the dataset with a sample-index column, and this transform) draws each
-    sample's crop, flip and masks from a generator seeded with (`seed`, epoch, sample index), as `hf-mim pretrain`
-    does: the same draws for any number of workers or processes, and after resuming from a checkpoint (`MIMTrainer`
-    sets `epoch` at the start of each epoch). Through a plain `dataset.with_transform(transform)` the generators are
-    seeded from torch's global RNG, which Trainer seeds and DataLoader re-seeds in every worker: reproducible, but a
-    resumed run draws differently, since accelerate's loader has fetched the next batch when a checkpoint is saved.
-
-    Args:
-        augment: the per-image augmentation (`ImageAugmentation`); with `train=False` it resizes and normalises
-            only, and no per-sample inputs are drawn (evaluation, pictures).
-        image_column: the column holding the images; None takes the first column of images (preferring
-            "image", "img", "images", "picture", "pixel_values").
-        sample_inputs: `sample_inputs(generator) -> {name: tensor}`, one image's random inputs besides its pixels.
-        seed: the seed of the per-sample generators when the batch has a sample-index column.
-
-    `ImageTransform.from_config(config)` builds all of them from an hf_mim config.
-    """
-
-    def __init__(self, augment: ImageAugmentation, image_column: str | None = None, sample_inputs=None, seed: int = 0):
-        self.augment = augment
-        self.image_column = image_column
-        self.sample_inputs = sample_inputs if augment.train else None
-        self.seed = seed
-        self.epoch = 0
-
-    @classmethod
-    def from_config(cls, config, train: bool = True, image_column: str | None = None, seed: int = 0) -> ImageTransform:
-        """The transform of an hf_mim config: its size, channels and normalisation, its method's crop scale and
-        per-sample inputs (from the method's `MethodSpec`)."""
-        from functools import partial
-
-        from ..modeling.auto import SPECS_BY_MODEL_TYPE
-
-        spec = SPECS_BY_MODEL_TYPE.get(getattr(config, "model_type", None))
-        if spec is None:
-            raise ValueError(
-                f"config of model_type={getattr(config, 'model_type', None)!r} is not an hf_mim method's; allowed: "
-                f"{sorted(SPECS_BY_MODEL_TYPE)}"
-            )
-        size = config.image_size
-        height, width = (size, size) if isinstance(size, int) else size
-        grid = (height // config.patch_size, width // config.patch_size)
-        sampler = partial(spec.sample_inputs, config, grid) if spec.sample_inputs else None
-        return cls(ImageAugmentation.from_config(config, train, spec.crop_scale), image_column, sampler, seed)
-
-    def apply(self, dataset):
-        """`dataset` (a `datasets.Dataset`) with a sample-index column and this transform: what Trainer trains on,
-        with draws seeded per sample (see the class docstring). Image columns are read undecoded, so that a file
-        that does not decode reaches this transform, which replaces it, instead of raising inside `datasets`."""
-        from .data import undecoded
-
-        dataset = undecoded(dataset)
-        if INDEX_COLUMN not in dataset.column_names:
-            dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
-        return dataset.with_transform(self)
-
-    def find_image_column(self, batch: dict) -> str:
-        if self.image_column is not None:
-            if self.image_column not in batch:
-                raise ValueError(f"image_column={self.image_column!r} is not in the batch; its columns: {list(batch)}")
-            return self.image_column
-        found = [k for k, values in batch.items() if k != INDEX_COLUMN and len(values) and _is_image_value(values[0])]
-        if not found:
-            raise ValueError(
-                f"no image column in the batch (columns: {list(batch)}). Under transformers.Trainer pass "
-                "TrainingArguments(remove_unused_columns=False): otherwise Trainer drops the image column before "
-                "this transform sees it"
-            )
-        return next((name for name in IMAGE_COLUMN_NAMES if name in found), found[0])
-
-    def __call__(self, batch: dict) -> dict:
-        column = self.find_image_column(batch)
-        indices = batch.get(INDEX_COLUMN)
-        pixels, errors = [], {}
-        for i, value in enumerate(batch[column]):
-            if indices is not None:
-                generator = sample_generator(self.seed, self.epoch, int(indices[i]))
-            else:
-                generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-            try:
-                pixels.append((self.augment(open_image(value, load=False), generator), generator))
-            except Exception as err:  # any undecodable input is replaced, whatever the decoder raised
-                pixels.append(None)
-                where = value.get("path") if isinstance(value, dict) and value.get("path") else None
-                name = where or f"sample {int(indices[i]) if indices is not None else i}"
-                errors[name] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
-        good = [p for p in pixels if p is not None]
-        if not good:
-            raise ValueError(f"no image of this batch decodes: {errors}")
-        for name, error in errors.items():
-            _logger.warning(
-                "skipped %s, which does not decode (%s); a good image of its batch takes its place", name, error
-            )
-        pixels = [p if p is not None else good[i % len(good)] for i, p in enumerate(pixels)]
-        out = {"pixel_values": [tensor for tensor, _ in pixels]}
-        if self.sample_inputs is not None:
-            draws = [self.sample_inputs(generator) for _, generator in pixels]
-            out.update({key: [d[key] for d in draws] for key in draws[0]})
-        return out
-
-
 __all__ = [
-    "IMAGE_COLUMN_NAMES",
-    "INDEX_COLUMN",
-    "sample_generator",
-    "ImageTransform",
+    "IMAGE_CHANNELS",
     "ImageAugmentation",
-    "open_image",
-    "to_channels",
-    "random_resized_crop_box",
-    "pil_to_tensor",
-    "pil_to_uint8",
-    "normalize_pixels",
+    "check_image_channels",
     "displayed_size",
     "draft_for_crop",
+    "normalize_pixels",
+    "open_image",
+    "pil_to_tensor",
+    "pil_to_uint8",
+    "random_resized_crop_box",
+    "to_channels",
 ]

@@ -1,31 +1,15 @@
-"""Labelled data for evaluation: a train and a test split, the label column, the low-label subset, and batches.
-
-The image decoding and resizing are the pretraining pipeline's (`ImageAugmentation`, `open_image`); an image that
-cannot be decoded is skipped, named in the log and counted, never fatal, and never leaves a rank waiting: its batch
-keeps its shape (a good image of the batch takes its place) and a `valid` flag drops it after the gather.
-"""
+"""Labelled data for evaluation: a train and a test split of any `--dataset`, the label column, and the
+low-label subset. Its images go through the one per-sample pipeline (`hf_mim.data.pipeline`)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import datasets
 import torch
 
-from ..training.data import (
-    INDEX_COLUMN,
-    DatasetError,
-    _first_line,
-    find_column,
-    find_image_column,
-    hub_dataset_id,
-    load_pretraining_dataset,
-    sample_generator,
-)
-from ..training.transforms import ImageAugmentation, open_image
-
-logger = logging.getLogger(__name__)
+from ..errors import DatasetError
+from .sources import find_column, find_image_column, hub_dataset_id, load_pretraining_dataset
 
 _LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target")
 _TEST_SPLIT_NAMES = ("test", "validation", "val", "valid")
@@ -157,92 +141,9 @@ def labels_per_class_subset(
     return dataset.select(sorted(chosen))
 
 
-@dataclass
-class LabelledTransform:
-    """`with_transform` for evaluation: decoded, resized (or augmented, for fine-tuning) and normalised images
-    with their labels; undecodable images flagged in `error`.
-
-    With `seed=None` (fine-tuning) augmentations come from the global RNG, so every epoch draws new ones; Trainer
-    seeds it (and each DataLoader worker's) from its own seed, so a run is still reproducible. A per-sample seed
-    would give each image the same crop in every epoch, and the model would learn those crops by heart."""
-
-    image_column: str
-    label_column: str
-    transform: ImageAugmentation
-    seed: int | None = 0
-
-    def __call__(self, batch: dict) -> dict:
-        out: dict[str, list] = {"pixel_values": [], "labels": [], "index": [], "error": [], "name": []}
-        for value, label, index in zip(
-            batch[self.image_column], batch[self.label_column], batch[INDEX_COLUMN], strict=True
-        ):
-            try:
-                # one pass (features) or the global RNG (fine-tuning): no epoch in the seed
-                generator = None if self.seed is None else sample_generator(self.seed, 0, int(index))
-                pixels, error = self.transform(open_image(value), generator), None
-            except Exception as err:  # any undecodable input is skipped, whatever the decoder raised
-                pixels, error = None, f"{type(err).__name__}: {_first_line(err)}"
-            out["pixel_values"].append(pixels)
-            out["labels"].append(int(label))
-            out["index"].append(int(index))
-            out["error"].append(error)
-            out["name"].append(value.get("path") if isinstance(value, dict) and value.get("path") else f"#{index}")
-        return out
-
-
-def prepare_labelled(dataset: datasets.Dataset, transform: LabelledTransform) -> datasets.Dataset:
-    dataset = dataset.select_columns([transform.image_column, transform.label_column])
-    if isinstance(dataset.features[transform.image_column], datasets.Image):
-        dataset = dataset.cast_column(transform.image_column, datasets.Image(decode=False))
-    dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
-    return dataset.with_transform(transform)
-
-
-@dataclass
-class KeepShapeCollator:
-    """Stack a batch for feature extraction. An undecodable image is replaced by a good one of the batch and flagged
-    `valid=False`, to be dropped after the gather: every process runs the same batches, so none waits on another.
-    `pixel_shape` (C, H, W) shapes the zero images of a batch where nothing decodes."""
-
-    pixel_shape: tuple[int, int, int]
-
-    def __call__(self, items: list[dict]) -> dict:
-        good = [i for i, item in enumerate(items) if item["error"] is None]
-        for item in items:
-            if item["error"] is not None:
-                logger.warning("skipped %s: %s", item["name"], item["error"])
-        source = [i if not good or items[i]["error"] is None else good[i % len(good)] for i in range(len(items))]
-        return {
-            "pixel_values": torch.stack([items[j]["pixel_values"] for j in source])
-            if good
-            else torch.zeros(len(items), *self.pixel_shape),
-            "labels": torch.tensor([items[j]["labels"] for j in source]),
-            "index": torch.tensor([items[j]["index"] for j in source]),
-            "valid": torch.tensor([item["error"] is None for item in items]),
-        }
-
-
-def collate_drop_bad(items: list[dict]) -> dict:
-    """Stack a batch for `transformers.Trainer`, leaving out (and logging) undecodable images."""
-    good = [item for item in items if item["error"] is None]
-    for item in items:
-        if item["error"] is not None:
-            logger.warning("skipped %s: %s", item["name"], item["error"])
-    if not good:
-        raise DatasetError(f"no image of a batch could be decoded: {[item['name'] for item in items]}")
-    return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in good]),
-        "labels": torch.tensor([item["labels"] for item in good]),
-    }
-
-
 __all__ = [
     "LabelledSplits",
-    "LabelledTransform",
-    "collate_drop_bad",
-    "KeepShapeCollator",
     "find_label_column",
     "labels_per_class_subset",
     "load_labelled_splits",
-    "prepare_labelled",
 ]

@@ -28,8 +28,10 @@ import logging
 
 import datasets
 import torch
+from datasets.distributed import split_dataset_by_node
 
-from .data import DatasetError, PretrainingTransform
+from ..errors import DatasetError
+from .pipeline import SamplePipeline
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class StreamingImages(torch.utils.data.IterableDataset):
         self,
         stream: datasets.IterableDataset,
         image_column: str,
-        transform: PretrainingTransform,
+        transform: SamplePipeline,
         rank: int,
         num_processes: int,
         workers: int,
@@ -89,8 +91,6 @@ class StreamingImages(torch.utils.data.IterableDataset):
 
     def node(self, worker: int) -> datasets.IterableDataset:
         """The part of the data worker `worker` of this process reads."""
-        from datasets.distributed import split_dataset_by_node
-
         return split_dataset_by_node(self.stream, self.rank * self.workers + worker, self.num_processes * self.workers)
 
     def resume_from(self, positions: list, batches: int) -> None:

@@ -1,43 +1,37 @@
-"""Datasets for pretraining: resolution of `--dataset`, the embedded default, and a loader that survives bad files.
+"""Where images come from: `--dataset` resolved to a `datasets` split, the built-in digits, data shards, and the
+columns that hold images.
 
-Design points:
-- Decoding and augmentation run lazily in `with_transform`, in the DataLoader's workers. The image column is cast
-  to `Image(decode=False)` so that a corrupt file reaches our own decoder (which can skip it) instead of raising
-  inside `datasets`.
-- Each sample's randomness (crop, flip, the method's masking noise) comes from a generator seeded with
-  (seed, epoch, sample index). The data a run sees is therefore the same for any number of workers or processes,
-  and after a resume.
-- A sample that cannot be decoded is replaced in its batch by a good one, so every batch keeps its shape and
-  every process takes part in every step (no rank waits on another). A batch with no good sample at all gets
-  `loss_weight` 0. The names of skipped files travel with the batch for the log.
+`SOURCES` lists every kind of `--dataset` in the order they are tried; each kind says whether it claims a name and
+how to read it. A new kind of data is one more entry here: the pretraining run, `MIMTrainer`'s helpers, evaluation
+and the pictures all resolve `--dataset` through `load_pretraining_dataset`.
 """
 
 from __future__ import annotations
 
+import glob
+import itertools
 import logging
 import os
+import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import datasets
-import torch
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
-from .transforms import (
-    IMAGE_COLUMN_NAMES,
-    INDEX_COLUMN,
-    ImageAugmentation,
-    displayed_size,
-    open_image,
-    sample_generator,
-)
+from ..errors import DatasetError, one_line
+from ..names import looks_like_path, shown_name
+from .images import displayed_size, open_image
 
 logger = logging.getLogger(__name__)
 
+# Column names taken for the image column when a batch has several candidates (the `datasets` conventions).
+IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values")
+
 BUILTIN_DATASET = "digits"
-
-
-class DatasetError(ValueError):
-    """A dataset problem found before training, with a message meant to be shown as is."""
 
 
 #: The built-in dataset's splits: a fixed, stratified 80/20 cut, so that pretraining on "train" (the default split)
@@ -52,9 +46,7 @@ def builtin_digits(split: str | None = "train") -> datasets.Dataset:
 
     `split`: "train" (1,437 images) or "test" (360), a stratified cut with a fixed seed, the same on every machine;
     None gives all 1,797. No image occurs twice in the data, so the two splits share no image."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn: imported only when the built-in data is asked for
 
     if split is not None and split not in BUILTIN_SPLITS:
         raise DatasetError(
@@ -75,16 +67,6 @@ def builtin_digits(split: str | None = "train") -> datasets.Dataset:
         test_size=_BUILTIN_TEST_FRACTION, seed=_BUILTIN_SPLIT_SEED, stratify_by_column="label"
     )
     return parts[split]
-
-
-def looks_like_path(name: str) -> bool:
-    # A Hub id has at most one "/"; anything else path-like is a local path that does not exist.
-    return (
-        name.startswith((".", "/", "~"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-        or any(c in name for c in "*?[")  # a glob of data files
-    )
 
 
 def hub_dataset_id(name: str | None) -> str | None:
@@ -123,69 +105,126 @@ def load_pretraining_dataset(
 MAP_STYLE_SHARDS = 16
 
 
-def shown_name(name: str) -> str:
-    """How records, logs of the run and model cards name a local dataset: its folder's or file's name, never the
-    path (a pushed card would show the uploader's folders); a glob keeps its pattern after the folder's name."""
-    path = os.path.abspath(os.path.expanduser(name))
-    if any(c in os.path.basename(path) for c in "*?["):
-        return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
-    return os.path.basename(path.rstrip(os.sep)) or name
+@dataclass(frozen=True)
+class Request:
+    """What `load_pretraining_dataset` was asked for. `path` is `name` with `~` expanded; `shown` is how logs and
+    records name it (a local path's last part, never the path)."""
+
+    name: str
+    config_name: str | None
+    split: str
+    strict_split: bool
+    streaming: bool
+
+    @property
+    def path(self) -> str:
+        return os.path.expanduser(self.name)
+
+    @property
+    def shown(self) -> str:
+        return shown_name(self.name) if os.path.exists(self.path) or looks_like_path(self.name) else self.name
 
 
-def _load(name, config_name, split: str, strict_split: bool, streaming: bool):
-    name = name or BUILTIN_DATASET
-    if name == BUILTIN_DATASET:
-        return builtin_digits(split), f"scikit-learn digits (built in), {split!r} split"
-    path = os.path.expanduser(name)
-    shown = shown_name(name) if os.path.exists(path) or looks_like_path(name) else name  # else a Hub id
-    shards = local_data_files(path)
-    if shards is not None:
-        builder, files = shards
-        files, damaged = readable_shards(builder, files)
-        description = f"{shown} ({len(files)} {builder} files{', streamed' if streaming else ''})"
-        if damaged:
-            description = description[:-1] + f"; {len(damaged)} damaged, skipped: {', '.join(damaged)})"
-        try:
-            return datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming), description
-        except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as err:
-            cause = err.__cause__ or err
-            raise DatasetError(f"could not read the {builder} files {name}: {_first_line(cause)}") from None
-    if os.path.isdir(path):
-        if any(os.path.exists(os.path.join(path, f)) for f in _SAVED_DATASET_FILES):
-            try:
-                loaded = datasets.load_from_disk(path)
-            except (IndexError, ValueError, FileNotFoundError) as err:  # a saved dataset of 0 rows has no shard
-                raise DatasetError(
-                    f"could not read the saved dataset {name}: empty or damaged ({_first_line(err)})"
-                ) from None
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise DatasetError(f"{name} has splits {sorted(loaded)}, not {split!r}; pass --split")
-                loaded = loaded[split]
-            elif strict_split:
-                own = str(loaded.split) if loaded.split is not None else "train"
-                if split != own:
-                    raise DatasetError(
-                        f"{name} holds one split ({own!r}), not {split!r}; save a DatasetDict for several splits"
-                    )
-            return loaded, f"{shown} (saved dataset)"
-        try:
-            return datasets.load_dataset("imagefolder", data_dir=path, split=split), f"{shown} (image folder)"
-        except (ValueError, FileNotFoundError) as err:
-            raise DatasetError(f"could not read images from {name}: {_first_line(err)}") from None
-    if os.path.exists(path):
-        raise DatasetError(f"--dataset {name} is a file; pass a folder of images, a saved dataset or a Hub id")
-    if looks_like_path(name):
-        raise DatasetError(f"dataset path not found: {name}")
+@dataclass(frozen=True)
+class Source:
+    """One kind of `--dataset`: `claims(request)` says whether a name is of this kind; `load(request)` returns
+    (the split, its description) or raises `DatasetError`."""
+
+    kind: str
+    claims: Callable[[Request], bool]
+    load: Callable[[Request], tuple]
+
+
+def _load_builtin(request: Request):
+    return builtin_digits(request.split), f"scikit-learn digits (built in), {request.split!r} split"
+
+
+def _load_shards(request: Request):
+    builder, files = local_data_files(request.path)
+    files, damaged = readable_shards(builder, files)
+    description = f"{request.shown} ({len(files)} {builder} files{', streamed' if request.streaming else ''})"
+    if damaged:
+        description = description[:-1] + f"; {len(damaged)} damaged, skipped: {', '.join(damaged)})"
     try:
-        loaded = datasets.load_dataset(name, config_name, split=split, streaming=streaming)
-        return loaded, f"{name} (streamed)" if streaming else name
+        loaded = datasets.load_dataset(builder, data_files=files, split="train", streaming=request.streaming)
+    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as err:
+        cause = err.__cause__ or err
+        raise DatasetError(f"could not read the {builder} files {request.name}: {one_line(cause)}") from None
+    return loaded, description
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in _SAVED_DATASET_FILES)
+
+
+def _load_saved(request: Request):
+    name, split = request.name, request.split
+    try:
+        loaded = datasets.load_from_disk(request.path)
+    except (IndexError, ValueError, FileNotFoundError) as err:  # a saved dataset of 0 rows has no shard
+        raise DatasetError(f"could not read the saved dataset {name}: empty or damaged ({one_line(err)})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DatasetError(f"{name} has splits {sorted(loaded)}, not {split!r}; pass --split")
+        loaded = loaded[split]
+    elif request.strict_split:
+        own = str(loaded.split) if loaded.split is not None else "train"
+        if split != own:
+            raise DatasetError(
+                f"{name} holds one split ({own!r}), not {split!r}; save a DatasetDict for several splits"
+            )
+    return loaded, f"{request.shown} (saved dataset)"
+
+
+def _load_image_folder(request: Request):
+    try:
+        loaded = datasets.load_dataset("imagefolder", data_dir=request.path, split=request.split)
+    except (ValueError, FileNotFoundError) as err:
+        raise DatasetError(f"could not read images from {request.name}: {one_line(err)}") from None
+    return loaded, f"{request.shown} (image folder)"
+
+
+def _refuse_file(request: Request):
+    raise DatasetError(f"--dataset {request.name} is a file; pass a folder of images, a saved dataset or a Hub id")
+
+
+def _refuse_missing(request: Request):
+    raise DatasetError(f"dataset path not found: {request.name}")
+
+
+def _load_hub(request: Request):
+    name = request.name
+    try:
+        loaded = datasets.load_dataset(name, request.config_name, split=request.split, streaming=request.streaming)
     except Exception as err:  # the Hub client raises many types; the user needs the first line of any of them
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise DatasetError(
-            f"could not load dataset {name!r} from the Hub{offline}: {_first_line(err)}. "
+            f"could not load dataset {name!r} from the Hub{offline}: {one_line(err)}. "
             f"For local data pass a folder path; the built-in dataset is {BUILTIN_DATASET!r}"
         ) from None
+    return loaded, f"{name} (streamed)" if request.streaming else name
+
+
+#: Every kind of `--dataset`, in the order they are tried; the first that claims a name reads it.
+SOURCES = (
+    Source("built-in digits", lambda r: r.name == BUILTIN_DATASET, _load_builtin),
+    Source(
+        "data shards (a glob or a folder of tar, parquet or arrow files)",
+        lambda r: local_data_files(r.path) is not None,
+        _load_shards,
+    ),  # fmt: skip
+    Source("saved dataset (save_to_disk)", lambda r: _is_saved_dataset(r.path), _load_saved),
+    Source("image folder", lambda r: os.path.isdir(r.path), _load_image_folder),
+    Source("a file (refused)", lambda r: os.path.exists(r.path), _refuse_file),
+    Source("a path that does not exist (refused)", lambda r: looks_like_path(r.name), _refuse_missing),
+    Source("Hub dataset id", lambda r: True, _load_hub),
+)
+
+
+def _load(name, config_name, split: str, strict_split: bool, streaming: bool):
+    request = Request(name or BUILTIN_DATASET, config_name, split, strict_split, streaming)
+    source = next(source for source in SOURCES if source.claims(request))
+    return source.load(request)
 
 
 _SAVED_DATASET_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")  # what save_to_disk writes
@@ -198,8 +237,6 @@ SHARD_BUILDERS = {".tar": "webdataset", ".parquet": "parquet", ".arrow": "arrow"
 def local_data_files(path: str) -> tuple[str, list[str]] | None:
     """(builder, files) when `path` is a glob (`shards/train-*.tar`) or a folder of data shards (tar, parquet or
     arrow files, all of one kind, not an image folder or a `save_to_disk` folder); None when it is neither."""
-    import glob
-
     if glob.has_magic(path):
         files = sorted(glob.glob(path))
         if not files:
@@ -225,8 +262,6 @@ def shard_problem(builder: str, path: str) -> str | None:
     size = os.path.getsize(path)
     try:
         if builder == "parquet":
-            import pyarrow.parquet as pq
-
             metadata = pq.ParquetFile(path).metadata
             for g in range(metadata.num_row_groups):
                 group = metadata.row_group(g)
@@ -236,8 +271,6 @@ def shard_problem(builder: str, path: str) -> str | None:
                     if start + column.total_compressed_size > size:
                         return f"row group {g} runs past the end of the file (truncated)"
         elif builder == "arrow":
-            import pyarrow as pa
-
             with pa.memory_map(path) as source:
                 try:
                     reader = pa.ipc.open_stream(source)
@@ -250,8 +283,6 @@ def shard_problem(builder: str, path: str) -> str | None:
                     for _ in reader:
                         pass
         elif builder == "webdataset":
-            import tarfile
-
             with tarfile.open(path, "r:") as tar:  # its first header: a tar file at all
                 if tar.next() is None:
                     return "no members"
@@ -264,7 +295,7 @@ def shard_problem(builder: str, path: str) -> str | None:
             if size % tarfile.BLOCKSIZE or len(tail) < 2 * tarfile.BLOCKSIZE or tail.strip(b"\0"):
                 return "it does not end in the end-of-archive blocks (truncated)"
     except Exception as err:  # noqa: BLE001 - pyarrow and tarfile raise their own types for a damaged file
-        return _first_line(err)
+        return one_line(err)
     return None
 
 
@@ -282,11 +313,6 @@ def readable_shards(builder: str, files: list[str]) -> tuple[list[str], list[str
     if not good:
         raise DatasetError(f"every {builder} shard is damaged: {', '.join(damaged[:5])} ({len(damaged)} files)")
     return good, damaged
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def find_column(
@@ -317,8 +343,6 @@ def sample_image_sizes(dataset, image_column: str, count: int = 64) -> list[tupl
     """(width, height) of up to `count` images, read from their headers: spread evenly over a dataset, the first ones
     of a stream. Images that cannot be opened are left out (training skips them too)."""
     if isinstance(dataset, datasets.IterableDataset):
-        import itertools
-
         rows = itertools.islice(dataset.decode(False), count)
     else:
         total = len(dataset)
@@ -343,41 +367,6 @@ def check_size(dataset: datasets.Dataset, num_processes: int, description: str) 
         )
 
 
-@dataclass
-class PretrainingTransform:
-    """The `with_transform` function: decode, augment and draw per-sample extras (e.g. MAE's noise)."""
-
-    image_column: str
-    augment: ImageAugmentation
-    seed: int
-    extras: Callable[[torch.Generator], dict[str, torch.Tensor]] | None = None
-    epoch: int = 0
-    # False: uint8 crops, normalised later on the device (`ImageAugmentation.normalize`), as hf-mim pretrain does
-    normalize: bool = True
-
-    def __call__(self, batch: dict) -> dict:
-        items = [self.sample(v, int(i)) for v, i in zip(batch[self.image_column], batch[INDEX_COLUMN], strict=True)]
-        return {key: [item[key] for item in items] for key in items[0]} if items else {}
-
-    def sample(self, value, index: int, epoch: int | None = None, name: str | None = None) -> dict:
-        """One sample: pixel_values (None if it does not decode), error, name, and the method's per-sample inputs,
-        every draw from the generator of (seed, epoch, index)."""
-        generator = sample_generator(self.seed, self.epoch if epoch is None else epoch, index)
-        try:
-            augment = self.augment if self.normalize else self.augment.crop
-            pixels, error = augment(open_image(value, load=False), generator), None
-        except Exception as err:  # any undecodable input is skipped, whatever the decoder raised
-            pixels, error = None, f"{type(err).__name__}: {_first_line(err)}"
-        item = {"pixel_values": pixels, "error": error, "name": name or _describe(value, index)}
-        return {**item, **(self.extras(generator) if self.extras else {})}
-
-
-def _describe(value, index: int) -> str:
-    if isinstance(value, dict) and value.get("path"):
-        return os.path.basename(value["path"])
-    return f"sample {index}"
-
-
 def undecoded(dataset: datasets.Dataset) -> datasets.Dataset:
     """`dataset` with its Image columns read as bytes or paths, for our own decoder, which can skip a bad file."""
     for name, feature in dataset.features.items():
@@ -386,72 +375,24 @@ def undecoded(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset
 
 
-def prepare_dataset(dataset: datasets.Dataset, image_column: str, transform: PretrainingTransform) -> datasets.Dataset:
-    keep = [image_column]
-    dataset = undecoded(dataset.select_columns(keep))
-    dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
-    return dataset.with_transform(transform)
-
-
-@dataclass
-class SkipReport:
-    """Files skipped so far on this process: name -> reason."""
-
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    def add(self, names: list[str], errors: list[str]) -> list[str]:
-        new = [n for n in names if n not in self.skipped]
-        self.skipped.update(zip(names, errors, strict=True))
-        return new
-
-
-@dataclass
-class Collator:
-    """Stack a batch, replacing undecodable samples by good ones of the same batch (see the module docstring).
-    `pixel_shape` (C, H, W) shapes the zero batch used when no sample of a batch decodes."""
-
-    pixel_shape: tuple[int, int, int]
-    dtype: torch.dtype = torch.float32
-
-    def __call__(self, items: list[dict]) -> dict:
-        good = [i for i, item in enumerate(items) if item["error"] is None]
-        bad = [i for i, item in enumerate(items) if item["error"] is not None]
-        batch: dict = {
-            "skipped_names": [items[i]["name"] for i in bad],
-            "skipped_errors": [items[i]["error"] for i in bad],
-            "loss_weight": torch.tensor(1.0 if good else 0.0),
-        }
-        # each bad sample takes the place of a good one, cycling through them; with no good one, keep the indices
-        source = [i if not good or items[i]["error"] is None else good[i % len(good)] for i in range(len(items))]
-        if good:
-            batch["pixel_values"] = torch.stack([items[j]["pixel_values"] for j in source])
-        else:
-            batch["pixel_values"] = torch.zeros(len(items), *self.pixel_shape, dtype=self.dtype)
-        if "stream_position" in items[0]:  # streaming: where the worker's stream stands after this batch
-            batch["stream_position"] = torch.tensor(items[-1]["stream_position"])
-        for key in items[0]:
-            if key not in ("pixel_values", "error", "name", "stream_position"):
-                batch[key] = torch.stack([items[j][key] for j in source])
-        return batch
-
-
 __all__ = [
     "BUILTIN_DATASET",
-    "DatasetError",
-    "PretrainingTransform",
-    "SkipReport",
     "BUILTIN_SPLITS",
+    "IMAGE_COLUMN_NAMES",
+    "MAP_STYLE_SHARDS",
+    "SHARD_BUILDERS",
+    "SOURCES",
+    "Request",
+    "Source",
     "builtin_digits",
     "check_size",
-    "Collator",
     "find_column",
     "find_image_column",
+    "hub_dataset_id",
     "load_pretraining_dataset",
-    "MAP_STYLE_SHARDS",
-    "looks_like_path",
-    "prepare_dataset",
+    "local_data_files",
+    "readable_shards",
     "sample_image_sizes",
-    "shown_name",
-    "sample_generator",
+    "shard_problem",
     "undecoded",
 ]
