@@ -49,7 +49,7 @@ METHODS = tuple(name for name, spec in METHOD_SPECS.items() if spec.card.encoder
 PEER = "transformers-mae"
 RANDOM = "random init"
 RESULTS = Path(__file__).with_name("RESULTS.md")
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "evaluate.md"  # its quality-benchmark section
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -145,7 +145,7 @@ def train_peer(out: Path, epochs: int) -> None:
         sample_inputs=lambda config, grid, generator: {"noise": torch.rand(grid[0] * grid[1], generator=generator)},
         picture=None,
     )
-    arguments.build_config = build_config  # what hf-mim pretrain's resolve_run builds the model config with
+    arguments.build_config = build_config  # what hf-mim pretrain's plan_run builds the model config with
     summary = trainer.pretrain(trainer.PretrainArguments(method=PEER, epochs=epochs, output_dir=str(out)))
     converted = convert_checkpoint(out, out / "converted")
     # hf-mim pretrain measures the reconstruction error of hf_mim's own models only; the converted copy computes
@@ -160,8 +160,8 @@ def train_peer(out: Path, epochs: int) -> None:
 def test_images(config):
     import torch
 
-    from hf_mim.training.data import builtin_digits
-    from hf_mim.training.transforms import ImageAugmentation
+    from hf_mim.data.images import ImageAugmentation
+    from hf_mim.data.sources import builtin_digits
 
     transform = ImageAugmentation.from_config(config)
     return torch.stack([transform(image, None) for image in builtin_digits("test")["image"]])
@@ -239,7 +239,7 @@ def table(runs: dict, scores: dict, seeds) -> str:
     return "\n".join(lines)
 
 
-def record(marker: str, block: str, files=(RESULTS, README)) -> None:
+def record(marker: str, block: str, files=(RESULTS, DOCS_PAGE)) -> None:
     """Replace the text between `<!-- marker:start -->` and `<!-- marker:end -->` in each file that has them."""
     for path in files:
         text = path.read_text()
@@ -259,7 +259,7 @@ def few_image_dataset(work: Path, count: int, seed: int = 0) -> Path:
     training split: every run then takes the same steps per epoch, and every row its own augmentation."""
     import torch
 
-    from hf_mim.training.data import builtin_digits
+    from hf_mim.data.sources import builtin_digits
 
     folder = work / f"few-{count}"
     if not folder.exists():
@@ -315,7 +315,7 @@ def main() -> None:
     parser.add_argument("--few-images", type=int, nargs="+", help="instead: MAE pretrained on this many images")
     parser.add_argument("--workdir", default="outputs/bench_quality")
     parser.add_argument("--reuse", action="store_true", help="read back runs already in --workdir")
-    parser.add_argument("--record", action="store_true", help="write the table into RESULTS.md and README.md")
+    parser.add_argument("--record", action="store_true", help="write the table into RESULTS.md and docs/evaluate.md")
     parser.add_argument("--train-peer", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

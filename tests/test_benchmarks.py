@@ -90,7 +90,7 @@ def test_gpu_check_script_parses_and_names_its_stages():
 
 
 def test_quality_benchmark_compares_methods_and_the_peer_with_random_init_on_held_out_digits(tmp_path):
-    readme, results = BENCHMARKS.parent / "README.md", BENCHMARKS / "RESULTS.md"
+    readme, results = BENCHMARKS.parent / "docs" / "evaluate.md", BENCHMARKS / "RESULTS.md"
     before = readme.read_text(), results.read_text()
     work = tmp_path / "bq"
     out = run(
