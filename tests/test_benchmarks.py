@@ -201,3 +201,23 @@ def test_learned_mask_benchmark_compares_three_arms_on_held_out_digits(tmp_path)
     expected = round(22 * per_step["learned-0"] / per_step["random-0"])
     assert json.loads((work / "random-wall-0" / "training_summary.json").read_text())["steps"] == expected
     assert results.read_text() == before
+
+
+def test_fingerprint_finds_the_same_code_identical_and_a_changed_card_different(tmp_path):
+    import subprocess
+
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    run("fingerprint.py", "--methods", "simmim", "--steps", "2", "--out", str(first))
+    out = run("fingerprint.py", "--methods", "simmim", "--steps", "2", "--out", str(second), "--compare", str(first))
+    assert "differs: nothing" in out and out.count("identical") == 2  # the training run, the tiny config's card
+    recorded = json.loads(first.read_text())
+    recorded["simmim"]["cards_and_pictures"]["tiny"]["card_sha256"] = "0" * 64  # as if the card had changed
+    first.write_text(json.dumps(recorded))
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "fingerprint.py"), "--methods", "simmim", "--steps", "2"]
+        + ["--out", str(second), "--compare", str(first)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1 and "simmim: card and pictures, tiny" in result.stdout
