@@ -5,7 +5,8 @@ give the same bytes and floats, bit for bit).
     PYTHONPATH=. python benchmarks/fingerprint.py --out after.json --compare before.json
 
 - training: every method's `hf-mim pretrain` on the built-in digits with its default recipe, `--steps` optimizer
-  steps logged one by one: the losses, the logged metrics and the SHA-256 of the final weights;
+  steps logged one by one: the losses, the logged metrics, the SHA-256 of the final weights and of the pictures the
+  run drew, and its reconstruction error on the held-out digits;
 - cards and pictures: for each method's tiny config (the before run's, read from its file, so a later change of
   `tiny_config` does not count), a model built from seed 0: the SHA-256 of its generated card's text, of each picture
   its method draws, and its reconstruction error where it has one.
@@ -45,6 +46,9 @@ def training(method: str, steps: int, folder: Path) -> dict:
         "losses": [repr(loss) for _, loss in summary["loss_history"]],
         "metrics": json.loads(json.dumps(summary["metrics_history"], default=repr)),
         "weights_sha256": digest.hexdigest(),
+        # what the run drew of its held-out images: its pictures and reconstruction error
+        "pictures": {path.name: _sha(path.read_bytes()) for path in sorted(out.glob("*.png"))},
+        "reconstruction": json.loads(json.dumps(summary.get("reconstruction"), default=repr)),
     }
 
 

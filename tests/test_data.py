@@ -265,3 +265,26 @@ def test_uint8_crops_normalised_later_equal_the_float_path_bit_for_bit():
     assert torch.equal(pil_to_tensor(image, 3), old)
     transform = SamplePipeline("image", augment, seed=0, normalize=False)
     assert transform.sample(data, 0)["pixel_values"].dtype == torch.uint8
+
+
+def test_first_decoded_skips_bad_images_names_them_and_decodes_no_more_than_it_needs(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, colour in (("a.png", 10), ("c.png", 200), ("d.png", 90)):
+        Image.new("L", (8, 8), colour).save(folder / name)
+    (folder / "b.png").write_bytes(b"not an image")
+    paths = [str(folder / name) for name in ("a.png", "b.png", "c.png", "d.png")]
+    read = []
+
+    def values():
+        for path in paths:
+            read.append(path)
+            yield path
+
+    pipeline = SamplePipeline(None, ImageAugmentation(4, MEAN, STD), seed=None, decode_lazily=False)
+    images, skipped = pipeline.first_decoded(values(), 2)
+    assert len(images) == 2 and len(read) == 3  # d.png is never read
+    expected = [(torch.full((3, 4, 4), colour / 255) - 0.5) / 0.25 for colour in (10, 200)]
+    for image, want in zip(images, expected, strict=True):
+        torch.testing.assert_close(image, want, atol=1e-6, rtol=0)
+    assert len(skipped) == 1 and skipped[0].startswith("b.png: ")  # its file name, never its folder

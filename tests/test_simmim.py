@@ -11,7 +11,8 @@ from hf_mim.modeling.simmim import METHOD
 
 from .model_tester import ModelTesterMixin
 
-TINY = METHOD.tiny_config
+# squares of 2x2 patches, so that the mask_patch strategy's own geometry is tested (8 px squares are patches)
+TINY = {**METHOD.tiny_config, "mask_patch_size": 16}
 
 
 def tiny_config(**overrides) -> SimMIMConfig:
@@ -213,7 +214,7 @@ def test_loads_as_transformers_masked_image_modeling_model(tmp_path):
     pretraining model with its weights, as AutoModelForPreTraining does."""
     from transformers import AutoModelForMaskedImageModeling
 
-    model = SimMIMForPreTraining(SimMIMConfig(**{**TINY, "mask_patch_size": 8})).eval()
+    model = SimMIMForPreTraining(SimMIMConfig(**METHOD.tiny_config)).eval()
     model.save_pretrained(tmp_path)
     loaded = AutoModelForMaskedImageModeling.from_pretrained(tmp_path).eval()
     assert type(loaded) is SimMIMForPreTraining

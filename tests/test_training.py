@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining
 
 from hf_mim import MAEForPreTraining
+from hf_mim.modeling.auto import METHOD_SPECS
 from hf_mim.training.arguments import PretrainArguments, choose_recipe, resolve_defaults
 from hf_mim.training.trainer import TrainingError, pretrain
 
@@ -581,7 +582,9 @@ def test_tokenizer_then_beit_on_two_processes(tmp_path):
     run = run_cli(["--output-dir", str(tmp_path / "beit"), *flags, "--tokenizer", str(tokenizer_dir)])
     assert run.returncode == 0, run.stderr[-3000:]
     config = json.loads((tmp_path / "beit" / "config.json").read_text())
-    assert config["vocab_size"] == 32 and config["tokenizer_name_or_path"] == str(tokenizer_dir)
+    vocabulary = METHOD_SPECS["visual-tokenizer"].tiny_config["vocab_size"]  # the tokenizer's, not BEiT's own
+    assert vocabulary != METHOD_SPECS["beit"].config_class().vocab_size
+    assert config["vocab_size"] == vocabulary and config["tokenizer_name_or_path"] == str(tokenizer_dir)
     beit = weights(tmp_path / "beit")
     for key, value in tokenizer.items():
         assert torch.equal(beit[f"tokenizer.{key}"], value), key  # frozen through training

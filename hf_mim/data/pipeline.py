@@ -54,6 +54,8 @@ def sample_name(value, index: int) -> str:
     """How logs and records name a sample: its file's name (never the folder it lies in), else its index."""
     if isinstance(value, dict) and value.get("path"):
         return os.path.basename(value["path"])
+    if isinstance(value, str):
+        return os.path.basename(value)
     return f"sample {index}"
 
 
@@ -136,6 +138,21 @@ class SamplePipeline:
                 for i, value in enumerate(values)
             ]
         return [self.sample(value, int(index)) for value, index in zip(values, indices, strict=True)]
+
+    def first_decoded(self, values, count: int) -> tuple[list[torch.Tensor], list[str]]:
+        """The first `count` images of `values` (an iterable of image values) that decode, and why each one before
+        them did not: the "drop" policy (`settle`) read lazily, so that no more images are decoded than are needed
+        (a model's pictures, `hf-mim visualize`)."""
+        kept, skipped = [], []
+        for index, value in enumerate(values if count > 0 else ()):
+            item = self.sample(value, index)
+            if item["error"] is not None:
+                skipped.append(f"{item['name']}: {item['error']}")
+                continue
+            kept.append(item["pixel_values"])
+            if len(kept) == count:
+                break
+        return kept, skipped
 
     def __call__(self, batch: dict) -> dict:
         """The `with_transform` function of a dataset `with_sample_index` gave: a list of each item's fields."""

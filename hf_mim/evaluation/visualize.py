@@ -18,7 +18,8 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from .. import modeling  # noqa: F401  (registers hf_mim's classes with the Auto classes)
-from ..data.images import ImageAugmentation, open_image
+from ..data.images import ImageAugmentation
+from ..data.pipeline import SamplePipeline
 from ..data.sources import find_image_column, load_pretraining_dataset
 from ..loading import load_checked
 from ..model_cards.pictures import save_method_pictures
@@ -94,21 +95,14 @@ def load_images(
     """Up to `num_images` images (from files and folders, else from the first images of `dataset`, the built-in
     digits by default) resized to the model's size and normalised with its mean and std: (B, C, H, W).
     Undecodable files are skipped; none at all is an error."""
-    transform = ImageAugmentation.from_config(config)
     if images:
-        sources = image_files(images)
+        sources = [str(path) for path in image_files(images)]
     else:
         raw, _ = load_pretraining_dataset(dataset)
         column = find_image_column(raw)
-        sources = [raw[i][column] for i in range(min(len(raw), 4 * num_images))]
-    tensors, errors = [], []
-    for source in sources:
-        try:
-            tensors.append(transform(open_image(str(source) if isinstance(source, Path) else source), None))
-        except Exception as err:  # a bad file is skipped, as in training
-            errors.append(f"{source}: {type(err).__name__}")
-        if len(tensors) == num_images:
-            break
+        sources = (raw[i][column] for i in range(min(len(raw), 4 * num_images)))
+    pipeline = SamplePipeline(None, ImageAugmentation.from_config(config), seed=None, decode_lazily=False)
+    tensors, errors = pipeline.first_decoded(sources, num_images)  # a bad file is skipped, as in training
     if not tensors:
         raise ValueError(f"no image could be decoded: {errors[:5]}")
     return torch.stack(tensors)

@@ -222,7 +222,7 @@ METHOD = MethodSpec(
     crop_scale=(0.67, 1.0),
     sample_inputs=sample_mask,
     picture=RECONSTRUCTION_PICTURE,
-    tiny_config=dict(**TINY_VIT, mask_patch_size=16),
+    tiny_config=dict(**TINY_VIT, mask_patch_size=8),
 )
 
 __all__ = [

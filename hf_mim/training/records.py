@@ -14,7 +14,8 @@ from pathlib import Path
 import datasets
 import torch
 
-from ..data.images import ImageAugmentation, open_image
+from ..data.images import ImageAugmentation
+from ..data.pipeline import SamplePipeline
 from ..data.sources import BUILTIN_DATASET, builtin_digits, undecoded
 from ..errors import one_line
 from ..model_cards.pictures import reconstruction_error, save_loss_curve, save_method_pictures
@@ -104,19 +105,12 @@ def save_pictures(model, spec, raw, image_column, split, config, summary, output
         if not draw_model:
             logger.info("parameters are sharded: no reconstruction or mask picture (draw it from the saved model)")
             return None
-        transform = ImageAugmentation.from_config(config)
+        pipeline = SamplePipeline(image_column, ImageAugmentation.from_config(config), seed=None, decode_lazily=False)
         pixel_target = spec.picture is not None and spec.picture.kind == "reconstruction"
         wanted = 512 if pixel_target else 8
-        images = []
         # undecoded, so that a bad file is skipped here (as in training) instead of ending the iteration
         rows = raw.decode(False) if isinstance(raw, datasets.IterableDataset) else undecoded(raw)
-        for row in itertools.islice(rows, 4 * wanted):
-            try:
-                images.append(transform(open_image(row[image_column]), None))
-            except Exception:  # noqa: BLE001  (bad files are skipped in training too)
-                continue
-            if len(images) == wanted:
-                break
+        images, _ = pipeline.first_decoded((row[image_column] for row in itertools.islice(rows, 4 * wanted)), wanted)
         if not images:
             return None
         images = torch.stack(images)
