@@ -40,6 +40,7 @@ from hf_mim.errors import one_line
 from hf_mim.modeling.auto import METHOD_SPECS, method_spec
 from hf_mim.training.arguments import PretrainArguments, setup_logging, validate
 from hf_mim.training.hf_trainer import MIMTrainer, cpu_process_group_if_needed
+from hf_mim.training.monitor import KNNProbeCallback
 from hf_mim.training.plan import plan_run
 from hf_mim.training.presets import ENCODER_PRESETS
 from hf_mim.training.run_folder import check_not_in_dataset, check_output_dir
@@ -100,6 +101,18 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "split to train on"})
     image_column: str | None = field(default=None, metadata={"help": "the image column (default: detected)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "train on the first N samples only"})
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "watch the run learn: a labelled dataset ('digits' is the built-in one) whose k-NN probe "
+            "(hf_mim.KNNProbeCallback) runs every --eval_steps steps (default: as many times as fit in 5%% of the "
+            "training time) and is logged, summarised and drawn on the card"
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "--eval_dataset: stop after N evaluations without a better k-NN accuracy, keeping the best"},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "write into an --output_dir holding files no hf_mim run wrote (they may be overwritten)"},
@@ -213,10 +226,25 @@ def main(argv: list[str] | None = None) -> dict:
     held_out = (
         builtin_digits("test") if data_args.dataset == BUILTIN_DATASET and data_args.train_split == "train" else None
     )
+    callbacks = []
+    if data_args.eval_dataset is not None:
+        callbacks.append(
+            KNNProbeCallback(
+                data_args.eval_dataset,
+                # TrainingArguments reads --eval_steps as a float (a ratio below 1); the probe takes whole steps
+                eval_steps=int(training_args.eval_steps) if "eval_steps" in given else None,
+                early_stopping_patience=data_args.early_stopping_patience,
+                batch_size=training_args.per_device_eval_batch_size,
+                seed=training_args.seed,
+            )
+        )
+    elif data_args.early_stopping_patience is not None:
+        raise ValueError("--early_stopping_patience is invalid without --eval_dataset: there is nothing to stop on")
     trainer = MIMTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
+        callbacks=callbacks,
         picture_dataset=held_out,
         picture_split="test",
         run_info={

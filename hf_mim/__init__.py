@@ -7,12 +7,13 @@ from . import hub  # noqa: F401  (installs the model-card and push hooks on ever
 from . import modeling as _modeling
 from .data.pipeline import ImageTransform
 from .training.callbacks import EMATeacherCallback
+from .training.monitor import KNNProbeCallback
 from .version import __version__
 
 # the shared pieces and every registered method's classes (hf_mim.MAEConfig, hf_mim.ADIOSForPreTraining, ...)
 globals().update({name: getattr(_modeling, name) for name in _modeling.__all__})
 
-__all__ = [*_modeling.__all__, "EMATeacherCallback", "ImageTransform", "MIMTrainer", "__version__"]
+__all__ = [*_modeling.__all__, "EMATeacherCallback", "ImageTransform", "KNNProbeCallback", "MIMTrainer", "__version__"]
 
 
 def __getattr__(name):

@@ -42,6 +42,13 @@ EVAL_RESULTS = "eval_results.json"
 #: Pictures of any run, with their alt text and caption; the method's own picture (its `MethodSpec.picture`) goes
 #: between them on the card.
 LOSS_CURVE = ("loss_curve.png", "Training loss", "Training loss per optimizer step.")
+EVAL_CURVE = (
+    "eval_curve.png",
+    "Held-out k-NN accuracy",
+    "Accuracy of a k-NN probe (k = 20) on the frozen encoder's features of a labelled held-out dataset during "
+    "pretraining (`hf-mim pretrain --eval-dataset`), and, for pixel targets, the reconstruction error of its test "
+    "images (dashed, right axis).",
+)
 OCCLUSION_CKA = (
     "occlusion_cka.png",
     "Occlusion invariance",
@@ -58,7 +65,7 @@ def card_pictures(config) -> list[tuple[str, str, str]]:
     """(file, alt, caption) of every picture a card for this config may show, in the order it shows them."""
     spec = SPECS_BY_MODEL_TYPE.get(config.model_type)
     own = [(p.file, p.alt, p.caption) for p in spec.pictures(config)] if spec is not None else []
-    return [LOSS_CURVE, *own, OCCLUSION_CKA]
+    return [LOSS_CURVE, EVAL_CURVE, *own, OCCLUSION_CKA]
 
 
 #: Top-level files of a model folder that hf_mim (save_pretrained, a run, an evaluation) writes, whatever the method.
@@ -96,7 +103,7 @@ def written_by_hf_mim_for(config) -> frozenset[str]:
 def _method_picture_names() -> frozenset[str]:
     """The pictures of every registered method's default config, and those of any run: a picture an earlier run of
     another method left in a folder is hf_mim's too."""
-    names = {LOSS_CURVE[0], OCCLUSION_CKA[0]}
+    names = {LOSS_CURVE[0], EVAL_CURVE[0], OCCLUSION_CKA[0]}
     for spec in SPECS_BY_MODEL_TYPE.values():
         names.update(picture.file for picture in spec.pictures(spec.config_class()))
     return frozenset(names)
@@ -215,6 +222,16 @@ def _recipe(run: dict, args: dict) -> list[tuple[str, str]]:
     if run.get("wall_time_seconds") is not None:
         add("Wall time", f"{run['wall_time_seconds']} s ({run.get('images_per_second')} images/s)")
     add("Final loss", run.get("final_loss"))
+    history, best = run.get("eval_history") or [], run.get("best_eval")
+    if history and best:
+        (first_step, first), (last_step, last) = history[0], history[-1]
+        start = f" ({first['eval_knn_accuracy']:.2f}% at step {first_step})" if first_step < last_step else ""
+        add(
+            "Held-out k-NN accuracy",
+            f"{last['eval_knn_accuracy']:.2f}% at step {last_step}{start}; best {best['eval_knn_accuracy']:.2f}% at "
+            f"step {best['step']}" + (f" (on {run['eval_dataset']})" if run.get("eval_dataset") else ""),
+        )
+        add("Saved weights", run.get("saved_weights"))
     error = run.get("reconstruction")
     if error:
         add(
@@ -233,6 +250,17 @@ def _linked(start: dict) -> str:
     return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{start['name']}` (a local checkpoint)"
 
 
+def best_evaluation(history: list) -> dict | None:
+    """The best entry of a run's held-out probe history ([[step, {"eval_knn_accuracy": %, ...}], ...]) as
+    {"step": ..., **figures}: the highest k-NN accuracy after step 0 (whose untrained weights are a reference, not a
+    candidate), the earliest on a tie; None without one."""
+    trained = [entry for entry in history if entry[0] > 0]
+    if not trained:
+        return None
+    step, figures = max(trained, key=lambda entry: entry[1]["eval_knn_accuracy"])
+    return {"step": step, **figures}
+
+
 def trainer_run(state: dict, args: dict | None = None) -> dict:
     """A `transformers.Trainer` run as the card's recipe reads it, from its `trainer_state.json` and, when known, its
     `TrainingArguments` (as a dict): steps, epochs, peak learning rate, warm-up, precision, wall time, the loss
@@ -240,6 +268,11 @@ def trainer_run(state: dict, args: dict | None = None) -> dict:
     args = args or {}
     history = [h for h in state.get("log_history", []) if isinstance(h, dict)]
     losses = [[h["step"], h["loss"]] for h in history if "loss" in h and "step" in h]
+    evaluations = [
+        [h["step"], {k: v for k, v in h.items() if k.startswith("eval_") and k != "eval_dataset"}]
+        for h in history
+        if "eval_knn_accuracy" in h and "step" in h
+    ]
     rates = [h["learning_rate"] for h in history if isinstance(h.get("learning_rate"), (int, float))]
     final = next((h for h in reversed(history) if "train_runtime" in h), {})
     runtime, rate = final.get("train_runtime"), final.get("train_samples_per_second")
@@ -259,6 +292,8 @@ def trainer_run(state: dict, args: dict | None = None) -> dict:
         "images_per_second": round(rate, 1) if isinstance(rate, (int, float)) else None,
         "final_loss": losses[-1][1] if losses else None,
         "loss_history": losses,
+        "eval_history": evaluations or None,
+        "best_eval": best_evaluation(evaluations),
     }
     return {k: v for k, v in run.items() if v is not None}
 

@@ -199,29 +199,55 @@ def save_masks_picture(model, pixel_values: torch.Tensor, path: str | os.PathLik
     return str(path)
 
 
-@torch.no_grad()
-def save_loss_curve(loss_history: Sequence[Sequence[float]], path: str | os.PathLike, title: str = "") -> str:
-    """Plot [[step, loss], ...] (as `training_summary.json` records it) as a PNG. Returns the path."""
-    if not loss_history:
-        raise ValueError("loss_history is empty; there is no curve to draw")
+def _step_plot():
+    """(figure, axes) of a curve over optimizer steps."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)  # no display on training machines
     from matplotlib.figure import Figure  # not pyplot: no global state, safe in threads and notebooks
 
-    steps = [float(s) for s, _ in loss_history]
-    losses = [float(v) for _, v in loss_history]
     figure = Figure(figsize=(6, 3.5), dpi=100)
     axes = figure.add_subplot()
-    axes.plot(steps, losses, linewidth=1.2, color="#0072B2")
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("training loss")
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def _save_plot(figure, axes, path: str | os.PathLike, title: str) -> str:
     if title:
         axes.set_title(title)
-    axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, format="png")
     return str(path)
+
+
+@torch.no_grad()
+def save_loss_curve(loss_history: Sequence[Sequence[float]], path: str | os.PathLike, title: str = "") -> str:
+    """Plot [[step, loss], ...] (as `training_summary.json` records it) as a PNG. Returns the path."""
+    if not loss_history:
+        raise ValueError("loss_history is empty; there is no curve to draw")
+    figure, axes = _step_plot()
+    axes.plot([float(s) for s, _ in loss_history], [float(v) for _, v in loss_history], linewidth=1.2, color="#0072B2")
+    axes.set_ylabel("training loss")
+    return _save_plot(figure, axes, path, title)
+
+
+def save_eval_curve(eval_history: Sequence, path: str | os.PathLike, title: str = "") -> str:
+    """Plot the held-out probe's [[step, {"eval_knn_accuracy": %, "eval_reconstruction_error": ...}], ...] (as
+    `training_summary.json` records it): the k-NN accuracy, and the reconstruction error on a second axis where it
+    was measured. Returns the path."""
+    if not eval_history:
+        raise ValueError("eval_history is empty; there is no curve to draw")
+    figure, axes = _step_plot()
+    steps = [float(step) for step, _ in eval_history]
+    axes.plot(steps, [logs["eval_knn_accuracy"] for _, logs in eval_history], marker="o", color="#009E73")
+    axes.set_ylabel("held-out k-NN accuracy (%)", color="#009E73")
+    errors = [logs.get("eval_reconstruction_error") for _, logs in eval_history]
+    if all(error is not None for error in errors):
+        second = axes.twinx()
+        second.plot(steps, errors, marker="s", linestyle="--", color="#D55E00")
+        second.set_ylabel("reconstruction error", color="#D55E00")
+    return _save_plot(figure, axes, path, title)
 
 
 def reconstruction_grid(
@@ -365,6 +391,7 @@ __all__ = [
     "save_adios_masks",
     "save_masks_picture",
     "model_draws",
+    "save_eval_curve",
     "save_loss_curve",
     "save_method_pictures",
     "save_model_panels",

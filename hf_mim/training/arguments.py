@@ -227,6 +227,37 @@ class PretrainArguments:
     logging_steps: int = field(
         default=10, metadata=_help("log loss, lr and images/s every N steps (default: %(default)s)")
     )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata=_help(
+            "watch the run learn on a labelled dataset (what hf-mim evaluate --dataset takes; 'digits' is the built-in "
+            "one): every --eval-steps steps, a k-NN probe on the encoder's frozen features (its train split the "
+            "bank, its test split the queries) and, for a method with pixel targets, the reconstruction error of "
+            "its test images; logged, in training_summary.json and drawn on the card",
+            metavar="PATH_OR_ID",
+        ),
+    )
+    eval_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "--eval-dataset: evaluate every N optimizer steps (default: as many evaluations as fit in 5%% of the "
+            "training time, start and end included, measured against the first 20 steps; the run logs what it chose)"
+        ),
+    )
+    eval_max_images: int = field(
+        default=5000,
+        metadata=_help(
+            "--eval-dataset: at most this many train images as the probe's bank and a fifth as many test images as "
+            "its queries, a seeded random subset of each (default: %(default)s)"
+        ),
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata=_help(
+            "--eval-dataset: stop after N evaluations without a better k-NN accuracy; the saved model is then the "
+            "best evaluation's weights (kept in every checkpoint, so a resumed run ends with them too)"
+        ),
+    )
     max_non_finite_steps: int = field(
         default=5,
         metadata=_help("stop after this many consecutive steps with a non-finite loss (default: %(default)s)"),
@@ -391,7 +422,15 @@ def validate(args: PretrainArguments) -> None:
         bad("epochs", args.epochs, "not used with --streaming, which trains by --max-steps")
     if args.shuffle_buffer < 1:
         bad("shuffle_buffer", args.shuffle_buffer, "a positive int (1: no shuffle buffer)")
-    for name in ("max_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit"):
+    if args.eval_dataset is not None and not method_spec(args.method).card.encoder:
+        bad("eval_dataset", args.eval_dataset, f"--method {args.method} has no encoder whose features a k-NN can probe")
+    for name in ("eval_steps", "early_stopping_patience"):
+        if getattr(args, name) is not None and args.eval_dataset is None:
+            bad(name, getattr(args, name), "only used with --eval-dataset")
+    if args.eval_max_images < 20:
+        bad("eval_max_images", args.eval_max_images, "at least 20, the k-NN probe's neighbours")
+    for name in ("max_steps", "epochs", "checkpointing_steps", "checkpoints_total_limit", "eval_steps",
+                 "early_stopping_patience"):  # fmt: skip
         value = getattr(args, name)
         if value is not None and value < 1:
             bad(name, value, "a positive int")

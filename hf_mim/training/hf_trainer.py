@@ -47,6 +47,7 @@ from ..model_cards.card import (
 from ..modeling.auto import SPECS_BY_MODEL_TYPE
 from .callbacks import TEACHER_FILE, EMATeacherCallback, save_teacher
 from .distributed import end_training, hardware_description, needs_cpu_process_group, ranks_in_sync
+from .monitor import KNNProbeCallback
 from .optim import method_param_groups
 from .records import save_pictures
 
@@ -89,6 +90,9 @@ class MIMTrainer(Trainer):
             )
         if not any(isinstance(c, EMATeacherCallback) for c in self.callback_handler.callbacks):
             self.add_callback(EMATeacherCallback())
+        self.probe = next((c for c in self.callback_handler.callbacks if isinstance(c, KNNProbeCallback)), None)
+        if self.probe is not None:
+            self.probe.trainer = self  # its loaders are sharded over this run's processes; it logs through `log`
         transform = image_transform_of(self.train_dataset)
         if transform is not None:
             if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
@@ -202,6 +206,12 @@ class MIMTrainer(Trainer):
             **trainer_run(state, args),
             **self.run_info,
         }
+        if self.probe is not None and self.probe.monitor is not None:
+            run["eval_dataset"] = self.probe.monitor.dataset
+            if self.probe.best is not None and self.probe.best.step is not None:
+                run["saved_weights"] = (
+                    f"step {self.probe.best.step}'s, the best held-out k-NN accuracy ({self.probe.best.knn_accuracy}%)"
+                )
         write_atomic(folder / TRAINER_STATE, json.dumps(state, indent=2, sort_keys=True) + "\n")
         write_atomic(folder / TRAINING_ARGS, json.dumps(args, indent=2))
         sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled  # a forward on one process would wait for all

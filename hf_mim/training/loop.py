@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import broadcast_object_list, gather_object, send_to_device
 from tqdm.auto import tqdm
 
 from ..data.images import normalize_pixels
 from ..data.pipeline import SkipReport
 from ..errors import TrainingError
+from ..model_cards.card import best_evaluation
+from .monitor import EVAL_BUDGET, STEPS_TIMED, interval_for_budget
 
 logger = logging.getLogger("hf_mim.pretrain")
 
@@ -54,6 +56,9 @@ class TrainingLoop:
         max_steps,
         source,
         stream=None,
+        monitor=None,
+        eval_steps=None,
+        best=None,
     ):
         self.accelerator, self.args, self.model = accelerator, args, model
         self.optimizer, self.adversary_optimizer, self.schedulers = optimizer, adversary_optimizer, schedulers
@@ -64,6 +69,16 @@ class TrainingLoop:
         self.skips = SkipReport(dict(state["skipped"]))
         self.images_seen = 0
         self.stream = stream  # the StreamingImages of a --streaming run, else None
+        # --eval-dataset: the probe (`LearningMonitor`), its interval (None: measured, `_choose_eval_steps`; a
+        # resumed run keeps the one chosen before), and with --early-stopping-patience the best evaluation's weights
+        self.monitor, self.best = monitor, best
+        self.eval_steps = eval_steps or state.get("eval_steps")
+        self.eval_seconds, self.evaluations, self.stopped_early = 0.0, 0, False
+        self.postfix: dict[str, str] = {}
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.max_steps or self.stopped_early
 
     def run(self, loader, transform, epochs: int, checkpoint) -> float:
         """Train to `max_steps`; returns the wall time in seconds."""
@@ -85,10 +100,12 @@ class TrainingLoop:
         self.consecutive_bad = 0
         self.decoded_batches = zero.clone()
         self.start = time.perf_counter()
+        if self.monitor is not None and not any(step == self.step for step, _ in state["eval_history"]):
+            self._evaluate(progress)  # where the run starts: the reference point, and the probe's measured cost
         if self.stream is not None:
             self._run_stream(loader, checkpoint, progress)
         for epoch in range(state["epoch"], epochs or 0):
-            if self.step >= self.max_steps:
+            if self.done:
                 break
             transform.epoch = epoch
             loader.set_epoch(epoch)
@@ -98,7 +115,7 @@ class TrainingLoop:
                 if self._train_on(batch, progress) and args.checkpointing_steps:
                     if self.step % args.checkpointing_steps == 0:
                         checkpoint(self.step, epoch, batches_in_epoch, self.skips)
-                if self.step >= self.max_steps:
+                if self.done:
                     break
             self._check_something_decoded("in a whole epoch")
         progress.close()
@@ -109,7 +126,7 @@ class TrainingLoop:
         stream positions (per worker: epoch, examples read), gathered at the step it is written."""
         positions = [list(p) for p in self.stream.start]
         batches = iter(loader)
-        while self.step < self.max_steps:
+        while not self.done:
             batch = send_to_device(next(batches), self.accelerator.device)
             worker, epoch, read = batch.pop("stream_position").tolist()
             positions[worker] = [epoch, read]
@@ -132,14 +149,61 @@ class TrainingLoop:
         self.step += 1
         progress.update(1)
         self._log(progress, self.start)
-        if self.step - self.first_step == ETA_AFTER_STEPS and self.step < self.max_steps:
-            per_step = (time.perf_counter() - self.start) / ETA_AFTER_STEPS
-            remaining = per_step * (self.max_steps - self.step)
-            logger.info(
-                "%d steps took %.2f s each: about %s to finish %d steps",
-                ETA_AFTER_STEPS, per_step, _duration(remaining), self.max_steps,
-            )  # fmt: skip
+        if self.step - self.first_step == ETA_AFTER_STEPS:
+            per_step = (time.perf_counter() - self.start - self.eval_seconds) / ETA_AFTER_STEPS  # training alone
+            if self.monitor is not None and self.eval_steps is None:
+                self._choose_eval_steps(per_step)
+            if self.step < self.max_steps:
+                remaining = per_step * (self.max_steps - self.step)
+                logger.info(
+                    "%d steps took %.2f s each: about %s to finish %d steps",
+                    ETA_AFTER_STEPS, per_step, _duration(remaining), self.max_steps,
+                )  # fmt: skip
+        if self.monitor is not None and (
+            self.step == self.max_steps or (self.eval_steps and self.step % self.eval_steps == 0)
+        ):
+            self._evaluate(progress)
         return True
+
+    def _choose_eval_steps(self, per_step: float) -> None:
+        """The default interval of the probe: the fewest steps between evaluations that keep its cost, as measured
+        (the first evaluation's time against a step's), within `EVAL_BUDGET` of training; recorded in the state, so
+        a resumed run keeps it. Every process takes the main process's measurement, so all evaluate at the same
+        steps."""
+        seconds = self.eval_seconds / max(1, self.evaluations)
+        steps = interval_for_budget(seconds, per_step, self.max_steps)
+        self.eval_steps = int(broadcast_object_list([steps])[0]) if self.accelerator.num_processes > 1 else steps
+        self.state["eval_steps"] = self.eval_steps
+        logger.info(
+            "the probe: every %d steps (one evaluation took %.2f s, a step %.3f s: at most %.0f%% of training)",
+            self.eval_steps, seconds, per_step, 100 * EVAL_BUDGET,
+        )  # fmt: skip
+
+    def _evaluate(self, progress) -> None:
+        """The probe at this step, on every process alike (so all stop early alike), logged and recorded."""
+        start = time.perf_counter()
+        report = self.monitor.evaluate(self.model, self.step)
+        self.eval_seconds += time.perf_counter() - start
+        self.evaluations += 1
+        logs = report.as_logs()
+        self.state["eval_history"].append([self.step, logs])
+        self.accelerator.log(logs, step=self.step)
+        self.postfix["knn"] = f"{report.knn_accuracy:.1f}%"
+        progress.set_postfix(self.postfix)
+        recon = (
+            "" if report.reconstruction_error is None else f", reconstruction error {report.reconstruction_error:.4f}"
+        )
+        logger.info("step %d: held-out k-NN accuracy %.2f%%%s", self.step, report.knn_accuracy, recon)
+        if self.best is None or self.step == 0:  # the untrained weights are a reference, not a candidate
+            return
+        self.best.offer(report, self.accelerator.unwrap_model(self.model))
+        waited = self.best.evaluations_since(self.state["eval_history"])
+        if waited >= self.args.early_stopping_patience and self.step < self.max_steps:
+            self.stopped_early = True
+            logger.info(
+                "step %d: %d evaluations without a better k-NN accuracy than step %d's %.2f%%: stopping early",
+                self.step, waited, self.best.step, self.best.knn_accuracy,
+            )  # fmt: skip
 
     def _check_something_decoded(self, when: str) -> None:
         # a dataset of which nothing decodes would "train" on zero losses and save an untrained model
@@ -225,7 +289,8 @@ class TrainingLoop:
         self.state["loss_history"].append([step, mean_loss])
         if names:
             self.state["metrics_history"].append([step, dict(zip(names, metric_values, strict=True))])
-        progress.set_postfix(loss=f"{mean_loss:.4f}")
+        self.postfix["loss"] = f"{mean_loss:.4f}"
+        progress.set_postfix(self.postfix)
         self.accelerator.log(logs, step=step)
         self.logged = _Sums(torch.zeros_like(logged.loss))
 
@@ -247,11 +312,26 @@ class TrainingLoop:
             non_finite_steps=state["non_finite_steps"],
             skipped_images=skipped,
             resumed_from=str(resume_path) if resume_path else None,
+            **self._eval_summary(wall),
+        )
+
+    def _eval_summary(self, wall: float) -> dict:
+        if self.monitor is None:
+            return {}
+        history = self.state["eval_history"]
+        return dict(
+            eval_steps=self.eval_steps,
+            eval_history=history,
+            eval_seconds=round(self.eval_seconds, 2),
+            eval_share_of_wall=round(self.eval_seconds / wall, 4) if wall > 0 else None,
+            best_eval=best_evaluation(history),
+            stopped_early_at=self.step if self.stopped_early else None,
         )
 
 
-#: Steps after which the run logs its estimated time to finish (the first steps, warm caches aside, are typical).
-ETA_AFTER_STEPS = 20
+#: Steps after which the run logs its estimated time to finish (the first steps, warm caches aside, are typical), and
+#: chooses the interval of the --eval-dataset probe.
+ETA_AFTER_STEPS = STEPS_TIMED
 
 
 def _duration(seconds: float) -> str:

@@ -23,6 +23,7 @@ from ..names import hub_id_of
 from ..warm_start import Checkpoint, checkpoint_config_fields, checkpoint_name, read_checkpoint
 from . import arguments
 from .arguments import PretrainArguments, resolve_defaults
+from .monitor import EVAL_BUDGET, STEPS_TIMED
 from .presets import SMALL_DATASET_IMAGES, config_fields
 
 logger = logging.getLogger("hf_mim.pretrain")
@@ -43,6 +44,8 @@ class RunPlan:
         num_samples: the number of training images (None: a stream whose metadata does not say).
         num_processes: the processes the run trains on.
         max_steps, epochs, warmup_steps: the run's length, known once the loader is (`with_length`).
+        eval_steps: --eval-steps, the probe's interval; None: measured by the loop (`TrainingLoop._choose_eval_steps`).
+        evaluation: --eval-dataset: the probe as the plan names it (`LearningMonitor.describe`), else None.
     """
 
     args: PretrainArguments
@@ -57,6 +60,8 @@ class RunPlan:
     max_steps: int | None = None
     epochs: int | None = None
     warmup_steps: int | None = None
+    eval_steps: int | None = None
+    evaluation: str | None = None
 
     @property
     def effective_batch(self) -> int:
@@ -71,7 +76,7 @@ class RunPlan:
     def with_length(self, batches_per_epoch: int | None) -> RunPlan:
         """The plan with its length, from the batches one epoch of the prepared loader has (None: a stream)."""
         max_steps, epochs, warmup = _run_length(self.args, batches_per_epoch)
-        return replace(self, max_steps=max_steps, epochs=epochs, warmup_steps=warmup)
+        return replace(self, max_steps=max_steps, epochs=epochs, warmup_steps=warmup, eval_steps=self.args.eval_steps)
 
     def describe(self, model, init_report: list[str]) -> dict:
         """What the run will do and why, as `format_plan` prints it before step 1 (and the summary and card
@@ -102,8 +107,24 @@ class RunPlan:
             f"process(es) x {args.grad_accum} accumulation)",
             "learning rate": f"{self.learning_rate:.3g} ({how_lr})",
             "weights": init_report[0].removeprefix("init from ") if init_report else "fresh (random initialisation)",
+            "evaluation": self._evaluation(),
             "output": args.output_dir,
         }
+
+    def _evaluation(self) -> str | None:
+        if self.evaluation is None:
+            return None
+        if self.eval_steps:
+            when = f"at the start, then every {self.eval_steps:,} steps (--eval-steps)"
+        else:
+            when = (
+                f"at the start, then as many times as fit in {EVAL_BUDGET:.0%} of the training time (measured after "
+                f"{STEPS_TIMED} steps)"
+            )
+        text = f"{when}, and at the end: {self.evaluation}"
+        if self.args.early_stopping_patience:
+            text += f"; stops after {self.args.early_stopping_patience} evaluations without a better accuracy"
+        return text
 
     def summary(self, model, init_report: list[str]) -> dict:
         """The run's settings as `training_summary.json` records them (it is pushed: no local path)."""
@@ -126,6 +147,7 @@ class RunPlan:
             "max_steps": self.max_steps,
             "epochs": self.epochs,
             "mixed_precision": args.mixed_precision,
+            "eval_steps": self.eval_steps,
         }
 
 

@@ -18,7 +18,7 @@ from ..data.images import ImageAugmentation
 from ..data.pipeline import SamplePipeline
 from ..data.sources import BUILTIN_DATASET, builtin_digits, undecoded
 from ..errors import one_line
-from ..model_cards.pictures import reconstruction_error, save_loss_curve, save_method_pictures
+from ..model_cards.pictures import reconstruction_error, save_eval_curve, save_loss_curve, save_method_pictures
 from .arguments import PretrainArguments
 from .callbacks import TEACHER_FILE, save_teacher
 from .checkpoints import list_checkpoints
@@ -102,6 +102,9 @@ def save_pictures(model, spec, raw, image_column, split, config, summary, output
     try:
         if summary["loss_history"]:
             save_loss_curve(summary["loss_history"], Path(output_dir, "loss_curve.png"), summary["method"])
+        if summary.get("eval_history"):
+            title = f"{summary['method']}: held-out k-NN probe"
+            save_eval_curve(summary["eval_history"], Path(output_dir, "eval_curve.png"), title)
         if not draw_model:
             logger.info("parameters are sharded: no reconstruction or mask picture (draw it from the saved model)")
             return None

@@ -45,9 +45,11 @@ from .distributed import (
     fresh_accelerate_state,
     hardware_description,
     needs_cpu_process_group,
+    parameters_are_sharded,
     ranks_in_sync,
 )
 from .loop import TrainingLoop
+from .monitor import BestWeights, LearningMonitor
 from .optim import adamw, cosine_with_warmup, method_param_groups
 from .plan import RunPlan, format_plan, plan_run
 from .records import save_final
@@ -83,6 +85,7 @@ def pretrain(args: PretrainArguments) -> dict:
         args, config = plan.args, plan.config
         check_distributed_setup(spec, config)
         pipeline, loader, stream = _data(plan, accelerator)
+        monitor = _monitor(plan, accelerator)  # the eval dataset is read now: a bad one ends the run before step 1
 
         # ---- model, optimizers, schedules ----------------------------------------------------------------------
         model = spec.pretraining_class(config)
@@ -114,6 +117,14 @@ def pretrain(args: PretrainArguments) -> dict:
                 model, optimizer, loader, adversary_optimizer
             )
         plan = plan.with_length(None if stream else len(loader))
+        if monitor is not None:
+            plan = replace(plan, evaluation=monitor.describe())
+        best = BestWeights() if args.early_stopping_patience else None
+        if best is not None and parameters_are_sharded(accelerator):
+            raise ValueError(
+                f"--early-stopping-patience={args.early_stopping_patience} is invalid under FSDP or DeepSpeed ZeRO-3: "
+                "the best weights are kept whole on every process; leave it out there"
+            )
         schedulers = [
             cosine_with_warmup(o, plan.warmup_steps, plan.max_steps) for o in (optimizer, adversary_optimizer) if o
         ]
@@ -122,7 +133,7 @@ def pretrain(args: PretrainArguments) -> dict:
         extra_state = [unwrapped.teacher] if hasattr(unwrapped, "teacher") else []
         # schedulers and the EMA teacher are checkpointed as JSON and safetensors by checkpoints.py, not registered
         # with accelerate, which would pickle them and unpickle them on resume with weights_only=False
-        extra_objects = [*schedulers, *extra_state]
+        extra_objects = [*schedulers, *extra_state, *([best] if best is not None else [])]
 
         # ---- resume: the same run, from its newest (or the given) checkpoint -----------------------------------
         layout = {
@@ -133,6 +144,8 @@ def pretrain(args: PretrainArguments) -> dict:
         }
         if stream:  # where each worker's stream stands depends on these too
             layout.update(streaming_workers=stream.workers, shuffle_buffer=args.shuffle_buffer)
+        if best is not None:  # its checkpoints hold the best weights besides the state
+            layout.update(early_stopping=True)
         # what the checkpoint must have been written by: the same method and model config
         identity = {"method": args.method, "config": _config_fields(config)}
         state, resume_path, run_id = _resume(accelerator, args, run_id, layout, identity, extra_objects)
@@ -145,6 +158,8 @@ def pretrain(args: PretrainArguments) -> dict:
         if accelerator.is_main_process:
             print(format_plan(plan.describe(model, init_report)), flush=True)
         summary = {**plan.summary(model, init_report), "hardware": hardware_description(accelerator)}
+        if monitor is not None:
+            summary["eval_dataset"] = monitor.dataset
         set_aside = _start_records(accelerator, args, run_id, resume_path)
 
         # ---- train -----------------------------------------------------------------------------------------------
@@ -160,6 +175,9 @@ def pretrain(args: PretrainArguments) -> dict:
             plan.max_steps,
             description,
             stream=stream,
+            monitor=monitor,
+            eval_steps=plan.eval_steps,
+            best=best,
         )
         checkpoint = partial(
             _checkpoint, accelerator, args, state, dict(layout=layout, run_id=run_id, **identity), extra_objects
@@ -168,6 +186,11 @@ def pretrain(args: PretrainArguments) -> dict:
 
         # ---- finish: the final model, pictures and records, then the hub -------------------------------------------
         summary.update(loop.summary(wall, resume_path))
+        if best is not None and best.weights is not None:
+            # the saved model is the best evaluation's, on every process (the ranks' check below compares them)
+            unwrapped.load_state_dict(best.weights)
+            summary["saved_weights"] = f"step {best.step}'s, the best held-out k-NN accuracy ({best.knn_accuracy}%)"
+            logger.info("the saved model is %s", summary["saved_weights"])
         in_sync = ranks_in_sync(accelerator, model, extra_state)
         summary["ranks_in_sync"] = in_sync
         state_dict = accelerator.get_state_dict(model)
@@ -258,6 +281,24 @@ def _data(plan: RunPlan, accelerator):
     return pipeline, loader, None
 
 
+def _monitor(plan: RunPlan, accelerator) -> LearningMonitor | None:
+    """--eval-dataset's probe (`monitor.LearningMonitor`), else None."""
+    args = plan.args
+    if args.eval_dataset is None:
+        return None
+    pixel_target = any(picture.kind == "reconstruction" for picture in plan.spec.pictures(plan.config))
+    return LearningMonitor.load(
+        args.eval_dataset,
+        plan.config,
+        pixel_target,
+        accelerator,
+        args.batch_size,
+        args.eval_max_images,
+        args.seed,
+        args.num_workers,
+    )
+
+
 def _optimizers(model, plan: RunPlan):
     """(AdamW of the model, AdamW of the method's adversary or None). The adversary's parameters (ADIOS's
     occlusion model) are left to its own optimizer; it is prepared with the rest, so accelerate checkpoints it."""
@@ -278,6 +319,7 @@ def _resume(accelerator, args: PretrainArguments, run_id, layout: dict, identity
         "step": 0,
         "loss_history": [],
         "metrics_history": [],
+        "eval_history": [],
         "non_finite_steps": [],
         "skipped": {},
     }
