@@ -211,3 +211,13 @@ def test_a_plain_trainer_runs_the_callback_too(tmp_path):
     )
     trainer.train()
     assert [h["step"] for h in trainer.state.log_history if "eval_knn_accuracy" in h] == [0, 2, 4]
+
+
+def test_early_stopping_is_refused_where_parameters_are_sharded(tmp_path, monkeypatch):
+    from hf_mim.training import trainer
+
+    monkeypatch.setattr(trainer, "parameters_are_sharded", lambda accelerator: True)
+    args = tiny_args(tmp_path, eval_dataset="digits", early_stopping_patience=2)
+    with pytest.raises(ValueError, match="--early-stopping-patience=2 is invalid under FSDP or DeepSpeed"):
+        pretrain(args)
+    assert not (tmp_path / "run" / "model.safetensors").exists()

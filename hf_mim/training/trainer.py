@@ -86,6 +86,11 @@ def pretrain(args: PretrainArguments) -> dict:
         check_distributed_setup(spec, config)
         pipeline, loader, stream = _data(plan, accelerator)
         monitor = _monitor(plan, accelerator)  # the eval dataset is read now: a bad one ends the run before step 1
+        if args.early_stopping_patience and parameters_are_sharded(accelerator):
+            raise ValueError(
+                f"--early-stopping-patience={args.early_stopping_patience} is invalid under FSDP or DeepSpeed: the "
+                "best evaluation's weights are kept whole on every process; leave it out there"
+            )
 
         # ---- model, optimizers, schedules ----------------------------------------------------------------------
         model = spec.pretraining_class(config)
@@ -120,11 +125,6 @@ def pretrain(args: PretrainArguments) -> dict:
         if monitor is not None:
             plan = replace(plan, evaluation=monitor.describe())
         best = BestWeights() if args.early_stopping_patience else None
-        if best is not None and parameters_are_sharded(accelerator):
-            raise ValueError(
-                f"--early-stopping-patience={args.early_stopping_patience} is invalid under FSDP or DeepSpeed ZeRO-3: "
-                "the best weights are kept whole on every process; leave it out there"
-            )
         schedulers = [
             cosine_with_warmup(o, plan.warmup_steps, plan.max_steps) for o in (optimizer, adversary_optimizer) if o
         ]
