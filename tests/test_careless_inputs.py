@@ -238,6 +238,7 @@ def test_the_example_script_makes_user_errors_one_line_and_never_writes_into_a_u
     marker = tmp_path / "RAN"
     remote = with_remote_code(copy_of(trained, tmp_path / "remote"), marker)
     # without --model_size, which a starting checkpoint refuses before it is read (the encoder is the checkpoint's)
+    assert EXAMPLE_TINY[:2] == ["--model_size", "tiny"]
     start = [*EXAMPLE_TINY[2:], "--model_name_or_path", str(remote)]
     assert "'evil'" in example_error(capsys, "--output_dir", out, *start)
     assert not marker.exists()

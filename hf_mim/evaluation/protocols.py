@@ -22,6 +22,8 @@ from ..training.optim import cosine_with_warmup
 
 METRIC_MODULES = Path(__file__).with_name("metric_modules")
 POOLINGS = ("cls", "mean")
+#: DINO's k-NN: neighbours and vote temperature (`hf-mim evaluate`'s defaults, and the `--eval-dataset` probe's).
+KNN_K, KNN_TEMPERATURE = 20, 0.07
 
 
 def load_metric(name: str = "accuracy"):

@@ -34,7 +34,16 @@ from ..training.arguments import setup_logging
 from ..training.distributed import fresh_accelerate_state, needs_cpu_process_group
 from .cka import DEFAULT_RATIOS, OCCLUSIONS, cka_table, occlusion_features, plot_cka
 from .finetune import finetune
-from .protocols import check_block, extract_features, knn_scores, linear_probe, load_encoder, load_metric
+from .protocols import (
+    KNN_K,
+    KNN_TEMPERATURE,
+    check_block,
+    extract_features,
+    knn_scores,
+    linear_probe,
+    load_encoder,
+    load_metric,
+)
 
 logger = logging.getLogger("hf_mim.evaluate")
 
@@ -92,8 +101,8 @@ class EvaluateArguments:
     block: int | None = field(
         default=None, metadata=_help("k-NN / linear: features of this block, 1-based (default: the last)")
     )
-    knn_k: int = field(default=20, metadata=_help("neighbours (default: %(default)s)"))
-    knn_temperature: float = field(default=0.07, metadata=_help("vote temperature (default: %(default)s)"))
+    knn_k: int = field(default=KNN_K, metadata=_help("neighbours (default: %(default)s)"))
+    knn_temperature: float = field(default=KNN_TEMPERATURE, metadata=_help("vote temperature (default: %(default)s)"))
     linear_epochs: int = field(default=100, metadata=_help("linear probe epochs (default: %(default)s)"))
     linear_batch_size: int = field(default=256, metadata=_help("linear probe batch size (default: %(default)s)"))
     linear_lr: float = field(default=0.1, metadata=_help("linear probe base lr per 256 (SGD; default: %(default)s)"))

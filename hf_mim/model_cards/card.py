@@ -250,6 +250,16 @@ def _linked(start: dict) -> str:
     return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{start['name']}` (a local checkpoint)"
 
 
+def eval_history_of(log_history: list) -> list:
+    """The held-out probe's [[step, {"eval_knn_accuracy": ..., ...}], ...] from Trainer's log history, whose entries
+    carry the probe's figures (`KNNProbeCallback`) among the others."""
+    return [
+        [h["step"], {k: v for k, v in h.items() if k.startswith("eval_")}]
+        for h in log_history
+        if isinstance(h, dict) and "eval_knn_accuracy" in h and "step" in h
+    ]
+
+
 def best_evaluation(history: list) -> dict | None:
     """The best entry of a run's held-out probe history ([[step, {"eval_knn_accuracy": %, ...}], ...]) as
     {"step": ..., **figures}: the highest k-NN accuracy after step 0 (whose untrained weights are a reference, not a
@@ -268,11 +278,7 @@ def trainer_run(state: dict, args: dict | None = None) -> dict:
     args = args or {}
     history = [h for h in state.get("log_history", []) if isinstance(h, dict)]
     losses = [[h["step"], h["loss"]] for h in history if "loss" in h and "step" in h]
-    evaluations = [
-        [h["step"], {k: v for k, v in h.items() if k.startswith("eval_") and k != "eval_dataset"}]
-        for h in history
-        if "eval_knn_accuracy" in h and "step" in h
-    ]
+    evaluations = eval_history_of(history)
     rates = [h["learning_rate"] for h in history if isinstance(h.get("learning_rate"), (int, float))]
     final = next((h for h in reversed(history) if "train_runtime" in h), {})
     runtime, rate = final.get("train_runtime"), final.get("train_samples_per_second")

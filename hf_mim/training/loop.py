@@ -152,7 +152,7 @@ class TrainingLoop:
         if self.step - self.first_step == ETA_AFTER_STEPS:
             per_step = (time.perf_counter() - self.start - self.eval_seconds) / ETA_AFTER_STEPS  # training alone
             if self.monitor is not None and self.eval_steps is None:
-                self._choose_eval_steps(per_step)
+                self._choose_eval_steps(per_step, progress)
             if self.step < self.max_steps:
                 remaining = per_step * (self.max_steps - self.step)
                 logger.info(
@@ -165,12 +165,14 @@ class TrainingLoop:
             self._evaluate(progress)
         return True
 
-    def _choose_eval_steps(self, per_step: float) -> None:
-        """The default interval of the probe: the fewest steps between evaluations that keep its cost, as measured
-        (the first evaluation's time against a step's), within `EVAL_BUDGET` of training; recorded in the state, so
-        a resumed run keeps it. Every process takes the main process's measurement, so all evaluate at the same
-        steps."""
-        seconds = self.eval_seconds / max(1, self.evaluations)
+    def _choose_eval_steps(self, per_step: float, progress) -> None:
+        """The default interval of the probe (`interval_for_budget`): as many evaluations as fit in `EVAL_BUDGET` of
+        the training time, the start's and the end's included, from the evaluations timed so far and `per_step`;
+        recorded in the state, so a resumed run keeps it. Every process takes the main process's choice, so all
+        evaluate at the same steps."""
+        if not self.evaluations:  # resumed where the probe had run, with the interval still to choose: time one now
+            self._evaluate(progress)
+        seconds = self.eval_seconds / self.evaluations
         steps = interval_for_budget(seconds, per_step, self.max_steps)
         self.eval_steps = int(broadcast_object_list([steps])[0]) if self.accelerator.num_processes > 1 else steps
         self.state["eval_steps"] = self.eval_steps
@@ -180,7 +182,10 @@ class TrainingLoop:
         )  # fmt: skip
 
     def _evaluate(self, progress) -> None:
-        """The probe at this step, on every process alike (so all stop early alike), logged and recorded."""
+        """The probe at this step, on every process alike (so all stop early alike), logged and recorded; once per
+        step."""
+        if self.state["eval_history"] and self.state["eval_history"][-1][0] == self.step:
+            return
         start = time.perf_counter()
         report = self.monitor.evaluate(self.model, self.step)
         self.eval_seconds += time.perf_counter() - start

@@ -16,6 +16,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -31,15 +32,15 @@ from ..data.labelled import LabelledSplits, load_labelled_splits
 from ..data.pipeline import KeepShapeCollator, LabelledTransform, SamplePipeline, prepare_labelled
 from ..data.sources import undecoded
 from ..errors import DatasetError
-from ..evaluation.protocols import extract_features, knn_scores
+from ..evaluation.protocols import KNN_K, KNN_TEMPERATURE, extract_features, knn_scores
+from ..files import write_atomic
+from ..model_cards.card import eval_history_of
 from ..model_cards.pictures import reconstruction_error
 from ..modeling.auto import SPECS_BY_MODEL_TYPE
 from ..modeling.backbone import to_2tuple
 
 logger = logging.getLogger("hf_mim.pretrain")
 
-#: The k-NN probe's neighbours and temperature (`hf-mim evaluate`'s defaults, DINO's).
-KNN_K, KNN_TEMPERATURE = 20, 0.07
 #: Held-out images whose reconstruction error is measured at each evaluation (pixel-target methods).
 RECONSTRUCTION_IMAGES = 256
 
@@ -262,7 +263,7 @@ class KNNProbeCallback(TrainerCallback):
             self.monitor = LearningMonitor.load(
                 self.eval_dataset, model.config, pixel_target, accelerator, self.batch_size, self.max_images, self.seed
             )
-        self.history = [[h["step"], _figures(h)] for h in state.log_history if "eval_knn_accuracy" in h]
+        self.history = eval_history_of(state.log_history)
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if self.eval_steps is None and os.path.isfile(os.path.join(checkpoint, PROBE_FILE)):
             with open(os.path.join(checkpoint, PROBE_FILE)) as f:
@@ -298,11 +299,12 @@ class KNNProbeCallback(TrainerCallback):
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, PROBE_FILE), "w") as f:
-            json.dump({"eval_steps": self.eval_steps}, f)
+        write_atomic(Path(folder, PROBE_FILE), json.dumps({"eval_steps": self.eval_steps}))
         if self.best is not None and self.best.weights is not None:
             metadata = {"step": str(self.best.step), "knn_accuracy": repr(self.best.knn_accuracy)}
-            save_file(self.best.weights, os.path.join(folder, BEST_WEIGHTS_FILE), metadata=metadata)
+            partial = os.path.join(folder, f".{BEST_WEIGHTS_FILE}.tmp")  # a resume never finds half a file
+            save_file(self.best.weights, partial, metadata=metadata)
+            os.replace(partial, os.path.join(folder, BEST_WEIGHTS_FILE))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.best is not None and self.best.weights is not None:
@@ -336,10 +338,6 @@ class KNNProbeCallback(TrainerCallback):
                         self.best.step)  # fmt: skip
             control.should_training_stop = True
         return seconds
-
-
-def _figures(entry: dict) -> dict:
-    return {k: v for k, v in entry.items() if k.startswith("eval_")}
 
 
 __all__ = [
