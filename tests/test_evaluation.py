@@ -424,7 +424,8 @@ def test_cli_runs_knn_linear_and_cka_and_records_results_for_the_card(tiny_mae, 
         "linear accuracy",
     }
     assert "occlusion_cka.png" in str(card)
-    assert "| knn (k=5, T=0.07, cls) | data | test | accuracy |" in str(card)
+    # a small-image model is probed on the mean of its patches (the small recipe), unless --pooling says otherwise
+    assert "| knn (k=5, T=0.07, mean) | data | test | accuracy |" in str(card)
     # a second run replaces the same results, it does not pile them up
     assert cli("evaluate", args[:6] + ["knn", "--knn-k", "5", "--output-dir", str(out)]).returncode == 0
     again = json.loads((tiny_mae / "eval_results.json").read_text())["results"]
@@ -483,3 +484,39 @@ def test_cli_errors_are_one_line(tiny_mae, tmp_path, flags, message):
     run = cli("evaluate", ["--model", str(tiny_mae), "--dataset", data, *flags])
     assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+def test_the_downstream_recipe_follows_the_image_size_and_the_labelled_set():
+    """Issue 28: ImageNet's fine-tuning recipe (crop 8-100%, 50 epochs) on 28 px images underfits; a model of small
+    images gets the small-image recipe, whose length follows the number of labelled images."""
+    from hf_mim.evaluation.recipes import RECIPES, choose_recipe
+
+    small, why = choose_recipe("auto", 28)
+    assert small.name == "small" and "28 px" in why and small.crop_scale == (0.8, 1.0)
+    assert choose_recipe("auto", (224, 224))[0].name == "paper" and choose_recipe("paper", 28)[0].name == "paper"
+    assert choose_recipe("auto", 64)[0].name == "small" and choose_recipe("auto", 65)[0].name == "paper"
+    # ~target_steps optimizer steps, within [min_epochs, max_epochs]
+    steps = small.target_steps
+    assert [small.epochs_for(n, 64) for n in (600, 6000, 60000)] == [
+        min(small.max_epochs, -(-steps // 10)),
+        -(-steps // 94),
+        small.min_epochs,
+    ]
+    assert small.epochs_for(6000, 32, processes=2) == small.epochs_for(6000, 64)  # the global batch counts
+    assert RECIPES["paper"].epochs_for(600, 64) == 50
+    with pytest.raises(ValueError, match="--recipe 'big' is invalid"):
+        choose_recipe("big", 28)
+
+
+def test_unset_finetuning_settings_come_from_the_recipe_and_given_ones_win(tiny_mae):
+    from hf_mim.evaluation.recipes import RECIPES
+    from hf_mim.evaluation.runner import EvaluateArguments, finetune_settings
+
+    args = EvaluateArguments(model=[str(tiny_mae)], finetune_lr=5e-3)
+    tuned = finetune_settings(args, str(tiny_mae), 600)
+    small = RECIPES["small"]
+    assert tuned.crop_scale == list(small.crop_scale) and tuned.finetune_epochs == small.epochs_for(600, 64)
+    assert tuned.finetune_lr == 5e-3 and "given: finetune_lr" in tuned.recipe and tuned.recipe.startswith("small")
+    assert args.crop_scale is None and args.finetune_epochs is None  # the caller's arguments are not changed
+    paper = finetune_settings(EvaluateArguments(model=[str(tiny_mae)], recipe="paper"), str(tiny_mae), 600)
+    assert (paper.crop_scale, paper.finetune_epochs, paper.finetune_lr) == ([0.08, 1.0], 50, 1e-3)

@@ -484,3 +484,22 @@ def test_every_registered_method_has_a_complete_spec():
             first = spec.sample_inputs(config, grid, torch.Generator().manual_seed(3))
             again = spec.sample_inputs(config, grid, torch.Generator().manual_seed(3))
             assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first), name
+
+
+@pytest.mark.parametrize(
+    ("image_size", "crop", "epochs"),
+    [(28, "scale=(0.8, 1)", "num_train_epochs=6"), (224, "scale=(0.08, 1)", "num_train_epochs=50")],
+)
+def test_the_finetuning_snippet_is_the_recipe_hf_mim_evaluate_picks_for_the_image_size(image_size, crop, epochs):
+    """Issue 28: the card's Trainer snippet used ImageNet's settings for every model; a colleague with only
+    transformers fine-tunes a 28 px model with the small-image recipe that `hf-mim evaluate` measured."""
+    from hf_mim.evaluation.recipes import choose_recipe
+
+    config = _config("hf_mim_mae")
+    config.image_size = image_size
+    config.patch_size = 4 if image_size < 64 else 16
+    text = build_model_card(config).text
+    snippet = text[text.index("Fine-tune for image classification") :]
+    recipe, _ = choose_recipe("auto", image_size)
+    assert crop in snippet and epochs in snippet and f"{recipe.name} recipe for {image_size} px images" in snippet
+    assert f"learning_rate={recipe.finetune_lr * 64 / 256:g}" in snippet

@@ -155,6 +155,21 @@ def test_the_small_recipe_sets_epochs_rate_and_fields_that_explicit_flags_overri
     assert resolve_defaults(PretrainArguments(method=method, max_steps=7), 1437).epochs is None
 
 
+def test_the_small_recipe_length_follows_the_dataset_size():
+    """Issue 28: the small recipe's 100 MAE epochs were set on 1,437 digits; on 60,000 images they would be 93,800
+    steps. Above SMALL_RECIPE_IMAGES images seen, the epochs are cut, and the plan says so."""
+    from hf_mim.training.presets import SMALL_RECIPE_IMAGES
+
+    digits = resolve_defaults(PretrainArguments(method="mae"), 1437)
+    assert digits.epochs == 100 and digits.reasons["epochs"] == "the small recipe's"
+    fashion = resolve_defaults(PretrainArguments(method="mae", image_size=28), 60_000)
+    assert fashion.epochs == SMALL_RECIPE_IMAGES // 60_000 and fashion.epochs < 100
+    assert "cut to" in fashion.reasons["epochs"] and "60,000 per epoch" in fashion.reasons["epochs"]
+    huge = resolve_defaults(PretrainArguments(method="mae", image_size=28), 10 * SMALL_RECIPE_IMAGES)
+    assert huge.epochs == 1
+    assert resolve_defaults(PretrainArguments(method="mae", image_size=28, epochs=40), 60_000).epochs == 40
+
+
 def test_a_folder_of_small_images_gets_the_small_recipe_whatever_its_source(tmp_path):
     """Issue 16: a user's own small images used to get the ImageNet recipe (lr 3.75e-5 at batch 64, MAE's 8 x 512
     decoder); the scale of the run decides, and what the user gives still wins."""

@@ -16,7 +16,7 @@ import math
 import os
 import platform
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
+from transformers import AutoConfig
 
 from ..data.images import ImageAugmentation
 from ..data.labelled import labels_per_class_subset, load_labelled_splits
@@ -44,6 +45,7 @@ from .protocols import (
     load_encoder,
     load_metric,
 )
+from .recipes import DOWNSTREAM_RECIPES, choose_recipe
 
 logger = logging.getLogger("hf_mim.evaluate")
 
@@ -96,7 +98,11 @@ class EvaluateArguments:
     )
     pooling: str | None = field(
         default=None,
-        metadata=_help("feature pooling: CLS token or mean of patches (default: config's)", choices=["cls", "mean"]),
+        metadata=_help(
+            "feature pooling: CLS token or mean of patches (default: k-NN and linear probe the recipe's, mean for "
+            "small; otherwise and fine-tuning the config's)",
+            choices=["cls", "mean"],
+        ),
     )
     block: int | None = field(
         default=None, metadata=_help("k-NN / linear: features of this block, 1-based (default: the last)")
@@ -106,24 +112,44 @@ class EvaluateArguments:
     linear_epochs: int = field(default=100, metadata=_help("linear probe epochs (default: %(default)s)"))
     linear_batch_size: int = field(default=256, metadata=_help("linear probe batch size (default: %(default)s)"))
     linear_lr: float = field(default=0.1, metadata=_help("linear probe base lr per 256 (SGD; default: %(default)s)"))
-    finetune_epochs: float = field(default=50, metadata=_help("fine-tuning epochs (default: %(default)s)"))
+    recipe: str = field(
+        default="auto",
+        metadata=_help(
+            "downstream recipe for every fine-tuning setting left unset: small (images of at most 64 px: a crop "
+            "keeping 80-100%% of the image, epochs from the number of labelled images), paper (MAE's ImageNet "
+            "fine-tuning: 50 epochs, crop 8-100%%), or auto: small when the model's image size is at most 64 px, "
+            "as hf-mim pretrain picks its recipe (default: %(default)s)",
+            choices=DOWNSTREAM_RECIPES,
+        ),
+    )
+    finetune_epochs: float | None = field(
+        default=None, metadata=_help("fine-tuning epochs (default: the recipe's; small: ~500 steps, 5 to 100 epochs)")
+    )
     finetune_batch_size: int = field(
         default=64, metadata=_help("fine-tuning batch size per process (default: %(default)s)")
     )
-    finetune_lr: float = field(
-        default=1e-3, metadata=_help("fine-tuning base lr per 256 (AdamW; default: %(default)s)")
+    finetune_lr: float | None = field(
+        default=None,
+        metadata=_help("fine-tuning base lr per 256 (AdamW; default: the recipe's: small 2.5e-3, paper 1e-3)"),
     )
-    weight_decay: float = field(default=0.05, metadata=_help("fine-tuning weight decay (default: %(default)s)"))
-    layer_decay: float = field(
-        default=1.0, metadata=_help("layer-wise lr decay, e.g. 0.75 as MAE (default: %(default)s, off)")
+    weight_decay: float | None = field(
+        default=None, metadata=_help("fine-tuning weight decay (default: the recipe's, 0.05)")
+    )
+    layer_decay: float | None = field(
+        default=None, metadata=_help("layer-wise lr decay, e.g. 0.75 as MAE (default: the recipe's, 1: off)")
     )
     drop_path: float | None = field(
         default=None, metadata=_help("fine-tuning stochastic depth rate (default: the config's)")
     )
-    label_smoothing: float = field(default=0.1, metadata=_help("fine-tuning label smoothing (default: %(default)s)"))
-    crop_scale: list[float] = field(
-        default_factory=lambda: [0.08, 1.0],
-        metadata=_help("fine-tuning random resized crop area range, MIN MAX (default: 0.08 1, as MAE)"),
+    label_smoothing: float | None = field(
+        default=None, metadata=_help("fine-tuning label smoothing (default: the recipe's, 0.1)")
+    )
+    crop_scale: list[float] | None = field(
+        default=None,
+        metadata=_help(
+            "fine-tuning random resized crop area range, MIN MAX (default: the recipe's: small 0.8 1, "
+            "paper 0.08 1 as MAE)"
+        ),
     )
     mask_ratios: list[float] = field(
         default_factory=lambda: list(DEFAULT_RATIOS), metadata=_help("cka: mask ratios (default: 0.1 ... 0.9)")
@@ -160,15 +186,19 @@ def validate(args: EvaluateArguments) -> None:
     for flag in ("batch_size", "knn_k", "linear_epochs", "linear_batch_size", "finetune_batch_size", "cka_samples"):
         if getattr(args, flag) < 1:
             bad(flag.replace("_", "-"), getattr(args, flag), "a positive integer")
-    if not args.finetune_epochs > 0:
+    if args.recipe not in DOWNSTREAM_RECIPES:
+        bad("recipe", args.recipe, DOWNSTREAM_RECIPES)
+    if args.finetune_epochs is not None and not args.finetune_epochs > 0:
         bad("finetune-epochs", args.finetune_epochs, "a positive number")
     if not 0.0 < args.test_size < 1.0:
         bad("test-size", args.test_size, "a fraction strictly between 0 and 1")
-    if not 0.0 < args.layer_decay <= 1.0:
+    if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
         bad("layer-decay", args.layer_decay, "a number in (0, 1]; 1 turns it off")
     if not args.knn_temperature > 0:
         bad("knn-temperature", args.knn_temperature, "a positive number")
-    if len(args.crop_scale) != 2 or not 0.0 < args.crop_scale[0] <= args.crop_scale[1] <= 1.0:
+    if args.crop_scale is not None and (
+        len(args.crop_scale) != 2 or not 0.0 < args.crop_scale[0] <= args.crop_scale[1] <= 1.0
+    ):
         bad("crop-scale", args.crop_scale, "MIN MAX with 0 < MIN <= MAX <= 1")
     if args.occlusion not in OCCLUSIONS:
         bad("occlusion", args.occlusion, OCCLUSIONS)
@@ -178,13 +208,13 @@ def validate(args: EvaluateArguments) -> None:
         bad("mixed-precision", args.mixed_precision, "no, fp16 or bf16")
     if args.drop_path is not None and not 0.0 <= args.drop_path < 1.0:
         bad("drop-path", args.drop_path, "a probability in [0, 1)")
-    if not 0.0 <= args.label_smoothing < 1.0:
+    if args.label_smoothing is not None and not 0.0 <= args.label_smoothing < 1.0:
         bad("label-smoothing", args.label_smoothing, "a number in [0, 1); 0 turns it off")
     for flag in ("linear_lr", "finetune_lr"):
         value = getattr(args, flag)
-        if not (math.isfinite(value) and value > 0):
+        if value is not None and not (math.isfinite(value) and value > 0):
             bad(flag.replace("_", "-"), value, "a positive, finite number")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+    if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         bad("weight-decay", args.weight_decay, "a finite number, 0 or more")
 
 
@@ -208,6 +238,37 @@ def _settings(args: EvaluateArguments, protocol: str, pooling: str) -> str:
         f"{args.finetune_epochs:g} epochs, lr {args.finetune_lr:g}, batch {args.finetune_batch_size}, weight decay "
         f"{args.weight_decay:g}, label smoothing {args.label_smoothing:g}{layer_decay}{drop_path}{crop}{pool}{low}"
     )
+
+
+def finetune_settings(args: EvaluateArguments, model_name: str, num_images: int, processes: int = 1):
+    """`args` with every fine-tuning setting the user left unset taken from the downstream recipe that `--recipe`
+    picks for this model (by its image size); `.recipe` says which and why, and is logged."""
+    config = AutoConfig.from_pretrained(model_name, trust_remote_code=False)
+    recipe, why = choose_recipe(args.recipe, config.image_size)
+    chosen = {
+        "finetune_lr": recipe.finetune_lr,
+        "weight_decay": recipe.weight_decay,
+        "layer_decay": recipe.layer_decay,
+        "drop_path": recipe.drop_path,
+        "label_smoothing": recipe.label_smoothing,
+        "crop_scale": list(recipe.crop_scale),
+        "finetune_epochs": recipe.epochs_for(num_images, args.finetune_batch_size, processes),
+    }
+    unset = {k: v for k, v in chosen.items() if getattr(args, k) is None}
+    tuned = replace(args, **unset)
+    given = sorted(set(chosen) - set(unset))
+    tuned.recipe = f"{recipe.name} ({why})" + (f"; given: {', '.join(given)}" if given else "")
+    logger.info(
+        "fine-tuning recipe %s: %g epochs over %d images, lr %g, crop %g-%g, label smoothing %g, layer decay %g",
+        tuned.recipe,
+        tuned.finetune_epochs,
+        num_images,
+        tuned.finetune_lr,
+        *tuned.crop_scale,
+        tuned.label_smoothing,
+        tuned.layer_decay,
+    )
+    return tuned
 
 
 def _dataset_key(splits, args: EvaluateArguments) -> str:
@@ -279,6 +340,7 @@ def evaluate_models(args: EvaluateArguments) -> dict:
     dataset_key = _dataset_key(splits, args)
     entries = [(m, False) for m in args.model] + ([(args.model[0], True)] if args.random_init else [])
     rows: list[dict] = []
+    recipes: dict[str, str] = {}  # model -> the fine-tuning recipe it got, and why
     cka_results: dict[str, torch.Tensor] = {}
     skipped = 0
     for model_name, random_init in entries:
@@ -287,7 +349,8 @@ def evaluate_models(args: EvaluateArguments) -> dict:
         if feature_protocols:
             model = load_encoder(model_name, random_init=random_init, seed=args.seed)
             check_block(model.config, args.block)
-            pooling = args.pooling or model.config.pooling
+            recipe, _ = choose_recipe(args.recipe, model.config.image_size)
+            pooling = args.pooling or recipe.probe_pooling or model.config.pooling
             # no DDP wrapper: nothing is trained, each process only encodes its shard
             encoder = model.to(accelerator.device)
             if "knn" in args.protocol or "linear" in args.protocol:
@@ -323,6 +386,8 @@ def evaluate_models(args: EvaluateArguments) -> dict:
             del model, encoder
             gc.collect()
         if "finetune" in args.protocol:
+            tuned = finetune_settings(args, model_name, len(train), accelerator.num_processes)
+            recipes.setdefault(name, tuned.recipe)
             set_seed(args.seed)
             run_dir = output_dir / "finetune" / (RANDOM_INIT if random_init else (Path(model_name).name or "model"))
             metrics = finetune(
@@ -331,24 +396,21 @@ def evaluate_models(args: EvaluateArguments) -> dict:
                 run_dir,
                 random_init=random_init,
                 labels_per_class=args.labels_per_class,
-                epochs=args.finetune_epochs,
+                epochs=tuned.finetune_epochs,
                 batch_size=args.finetune_batch_size,
-                base_lr=args.finetune_lr,
-                weight_decay=args.weight_decay,
-                layer_decay=args.layer_decay,
-                drop_path_rate=args.drop_path,
-                label_smoothing=args.label_smoothing,
-                crop_scale=tuple(args.crop_scale),
+                base_lr=tuned.finetune_lr,
+                weight_decay=tuned.weight_decay,
+                layer_decay=tuned.layer_decay,
+                drop_path_rate=tuned.drop_path,
+                label_smoothing=tuned.label_smoothing,
+                crop_scale=tuple(tuned.crop_scale),
                 pooling=args.pooling,
                 seed=args.seed,
                 num_workers=args.num_workers,
                 mixed_precision=args.mixed_precision,
             )
-            rows.append(
-                _row(
-                    name, model_name, random_init, "finetune", args, None, splits, dataset_key, metrics["eval_accuracy"]
-                )
-            )
+            accuracy = metrics["eval_accuracy"]
+            rows.append(_row(name, model_name, random_init, "finetune", tuned, None, splits, dataset_key, accuracy))
 
     summary = {
         "results": rows,
@@ -359,6 +421,7 @@ def evaluate_models(args: EvaluateArguments) -> dict:
         }
         if cka_results
         else None,
+        "finetune_recipes": recipes or None,
         "skipped_images": skipped,
         "dataset": splits.description,
         "test_split": splits.test_split,

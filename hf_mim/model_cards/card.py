@@ -22,6 +22,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors import safe_open
 from transformers import AutoConfig
 
+from ..evaluation.recipes import trainer_snippet
 from ..modeling.auto import SPECS_BY_MODEL_TYPE
 from ..modeling.base import remote_code_sources
 from ..modeling.spec import MethodCard
@@ -480,6 +481,7 @@ def build_model_card(
     if not run:
         limitations.append("The training data, recipe and any biases they carry are unknown.")
 
+    finetune_args, finetune_note = trainer_snippet(config.image_size)
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -502,6 +504,8 @@ def build_model_card(
         repo_id=repo_id or "<repo_id>",
         usage_output=usage_output,
         show_finetuning=not tokenizer,
+        finetune_args=finetune_args,
+        finetune_note=finetune_note,
         transformers_class=transformers_class,
         limitations=limitations,
         version=__version__,

@@ -25,6 +25,11 @@ KONG_ZHANG_BIBTEX = """@article{kong2022understanding,
 }"""
 
 
+#: Images of at most this many px a side are small: `hf-mim pretrain --recipe auto` trains them with each method's
+#: small recipe, and `hf-mim evaluate --recipe auto` fine-tunes a model of that image size with the small-image one.
+SMALL_IMAGE_SIZE = 64
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What one scale of training sets for a method, when the user does not.
@@ -242,6 +247,7 @@ __all__ = [
     "MethodSpec",
     "Picture",
     "Recipe",
+    "SMALL_IMAGE_SIZE",
     "decoder_rows",
     "draw_inputs",
     "masking_rows",

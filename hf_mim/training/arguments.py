@@ -21,6 +21,7 @@ from .presets import (
     RECIPES,
     SMALL_DATASET_IMAGES,
     SMALL_IMAGE_SIZE,
+    SMALL_RECIPE_IMAGES,
     build_config_fields,
 )
 
@@ -381,6 +382,13 @@ def resolve_defaults(
     if args.max_steps is None and args.epochs is None:
         args.epochs = recipe.epochs or (PAPER_EPOCHS if args.recipe == "paper" else 1)
         reasons["epochs"] = f"the {args.recipe} recipe's"
+        if args.recipe == "small" and args.epochs * num_images > SMALL_RECIPE_IMAGES:
+            # the small recipe's epochs were set on 1,437 digits; 60,000 images need fewer passes
+            wanted, args.epochs = args.epochs, max(1, SMALL_RECIPE_IMAGES // num_images)
+            reasons["epochs"] = (
+                f"the small recipe's {wanted}, cut to {args.epochs} so that the run sees at most "
+                f"{SMALL_RECIPE_IMAGES:,} images ({num_images:,} per epoch)"
+            )
     if not same_method:
         args.config_overrides = {**recipe.config, **args.config_overrides}
     return args

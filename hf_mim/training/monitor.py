@@ -33,6 +33,7 @@ from ..data.pipeline import KeepShapeCollator, LabelledTransform, SamplePipeline
 from ..data.sources import undecoded
 from ..errors import DatasetError
 from ..evaluation.protocols import KNN_K, KNN_TEMPERATURE, extract_features, knn_scores
+from ..evaluation.recipes import choose_recipe
 from ..files import write_atomic
 from ..model_cards.card import eval_history_of
 from ..model_cards.pictures import reconstruction_error
@@ -98,7 +99,8 @@ class LearningMonitor:
 
     def __init__(self, splits: LabelledSplits, config, pixel_target: bool, accelerator, batch_size: int, num_workers=0):
         self.splits, self.accelerator, self.config = splits, accelerator, config
-        self.pooling = getattr(config, "pooling", "cls")
+        # the features `hf-mim evaluate` probes by default for this model: the same curve, the same figures
+        self.pooling = choose_recipe("auto", config.image_size)[0].probe_pooling or getattr(config, "pooling", "cls")
         augment = ImageAugmentation.from_config(config)
         shape = (config.num_channels, *to_2tuple(config.image_size))
         transform = LabelledTransform(splits.image_column, splits.label_column, augment)
