@@ -168,6 +168,58 @@ def test_images(config):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The raw-pixel baseline
+# ----------------------------------------------------------------------------------------------------------------
+
+PIXELS = "raw pixels"
+PIXEL_C_GRID = (0.001, 0.01, 0.1, 1.0)
+
+
+def pixel_logistic(train_x, train_y, test_x, test_y, seed: int) -> dict:
+    """Logistic regression on standardised raw pixels (scikit-learn), its C picked from PIXEL_C_GRID on a stratified
+    fifth of the training labels, then refit on all of them: the first row of every self-supervised table."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def model(c):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+    fit_x, val_x, fit_y, val_y = train_test_split(train_x, train_y, test_size=0.2, stratify=train_y, random_state=seed)
+    scores = {c: model(c).fit(fit_x, fit_y).score(val_x, val_y) for c in PIXEL_C_GRID}
+    best = max(scores, key=scores.get)
+    return {"accuracy": 100 * model(best).fit(train_x, train_y).score(test_x, test_y), "C": best}
+
+
+def pixel_scores(seeds, labels_per_class: int) -> dict[str, list[float]]:
+    """The digits' raw pixels (64 values) in the table's columns: k-NN (the same DINO k-NN as the models') and
+    logistic regression with every training label, and logistic regression on the fine-tuning column's labelled
+    images (`labels_per_class` per class, drawn by each seed exactly as `hf-mim evaluate` draws them)."""
+    import numpy as np
+    import torch
+
+    from hf_mim.data.labelled import labels_per_class_subset
+    from hf_mim.data.sources import builtin_digits
+    from hf_mim.evaluation.protocols import KNN_K, KNN_TEMPERATURE, knn_scores
+
+    train, test = builtin_digits("train"), builtin_digits("test")
+    train_x = np.stack([np.asarray(im, dtype=np.float64).ravel() for im in train["image"]]) / 255.0
+    test_x = np.stack([np.asarray(im, dtype=np.float64).ravel() for im in test["image"]]) / 255.0
+    train_y, test_y = np.array(train["label"]), np.array(test["label"])
+    votes = knn_scores(torch.tensor(train_x), torch.tensor(train_y), torch.tensor(test_x), 10, KNN_K, KNN_TEMPERATURE)
+    knn = 100 * float((votes.argmax(-1).numpy() == test_y).mean())
+    linear = pixel_logistic(train_x, train_y, test_x, test_y, seed=0)["accuracy"]
+    few = []
+    indexed = train.add_column("row", list(range(len(train))))
+    for seed in seeds:
+        index = np.array(labels_per_class_subset(indexed, "label", labels_per_class, seed)["row"])
+        few.append(pixel_logistic(train_x[index], train_y[index], test_x, test_y, seed)["accuracy"])
+    # the pixels do not move with the seed; only the labelled subset of the few-label column does
+    return {"knn": [knn] * len(seeds), "linear": [linear] * len(seeds), "finetune": few}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -207,10 +259,12 @@ def fmt(values: list[float] | None) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def comparison(scores, name: str) -> tuple[str, bool]:
-    """The paired difference to random initialisation on fine-tuning, and whether it exceeds twice the larger of
+def comparison(scores, name: str, baseline: str = RANDOM) -> tuple[str, bool]:
+    """The paired difference to `baseline` on the few-label column, and whether it exceeds twice the larger of
     the two seeds' standard deviations."""
-    ours, base = scores[name]["finetune"], scores[RANDOM]["finetune"]
+    if baseline not in scores:
+        return "-", False
+    ours, base = scores[name]["finetune"], scores[baseline]["finetune"]
     diffs = [a - b for a, b in zip(ours, base, strict=True)]
     mean, std = mean_std(diffs)
     bar = 2 * max(mean_std(ours)[1], mean_std(base)[1])
@@ -220,22 +274,31 @@ def comparison(scores, name: str) -> tuple[str, bool]:
 def table(runs: dict, scores: dict, seeds) -> str:
     lines = [
         "| model | epochs (steps) | pretraining wall (s) | final loss | reconstruction error | k-NN | linear probe "
-        f"| fine-tune, {len(seeds)} seeds | vs random init (paired) | ahead by > 2σ |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| fine-tune, {len(seeds)} seeds | vs random init (paired) | ahead by > 2σ | vs raw pixels (paired) "
+        "| ahead by > 2σ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run_info in runs.items():
         diff, ahead = comparison(scores, name)
+        pixel_diff, beats_pixels = comparison(scores, name, PIXELS)
         recon = run_info.get("reconstruction")
         lines.append(
             f"| {name} | {run_info['epochs']} ({run_info['steps']}) | {run_info['wall']:.0f} "
             f"| {run_info['final_loss']:.4f} | {'-' if recon is None else f'{recon:.3f}'} "
             f"| {fmt(scores[name].get('knn'))} | {fmt(scores[name].get('linear'))} "
-            f"| {fmt(scores[name]['finetune'])} | {diff} | {'yes' if ahead else 'no'} |"
+            f"| {fmt(scores[name]['finetune'])} | {diff} | {'yes' if ahead else 'no'} "
+            f"| {pixel_diff} | {'yes' if beats_pixels else 'no'} |"
         )
     lines.append(
         f"| {RANDOM} | - | - | - | - | {fmt(scores[RANDOM].get('knn'))} | {fmt(scores[RANDOM].get('linear'))} "
-        f"| {fmt(scores[RANDOM]['finetune'])} | - | - |"
+        f"| {fmt(scores[RANDOM]['finetune'])} | - | - | - | - |"
     )
+    if PIXELS in scores:
+        lines.append(
+            f"| {PIXELS} (logistic regression; its fine-tune column: on the same labelled images) | - | - | - | - "
+            f"| {fmt(scores[PIXELS]['knn'])} | {fmt(scores[PIXELS]['linear'])} | {fmt(scores[PIXELS]['finetune'])} "
+            "| - | - | - | - |"
+        )
     return "\n".join(lines)
 
 
@@ -316,6 +379,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="outputs/bench_quality")
     parser.add_argument("--reuse", action="store_true", help="read back runs already in --workdir")
     parser.add_argument("--record", action="store_true", help="write the table into RESULTS.md and docs/evaluate.md")
+    parser.add_argument("--pixels-only", action="store_true", help="only the raw-pixel row (seconds)")
     parser.add_argument("--train-peer", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -323,6 +387,11 @@ def main() -> None:
         train_peer(Path(args.train_peer), args.epochs)
         return
 
+    if args.pixels_only:
+        pixels = pixel_scores(args.seeds, args.labels_per_class)
+        print(f"| {PIXELS} | k-NN {fmt(pixels['knn'])} | logistic, every label {fmt(pixels['linear'])} "
+              f"| logistic, {args.labels_per_class} labels per class {fmt(pixels['finetune'])} |")  # fmt: skip
+        return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
@@ -345,6 +414,7 @@ def main() -> None:
             runs[method]["wall"] += tokenizer_wall
             print(f"{method}: {runs[method]}", flush=True)
         scores = evaluate({name: r["folder"] for name, r in runs.items()}, args.seeds, args, work, log)
+        scores[PIXELS] = pixel_scores(args.seeds, args.labels_per_class)
         text = table(runs, scores, args.seeds)
         marker = "bench_quality"
         command = "python benchmarks/bench_quality.py " + " ".join(sys.argv[1:]).replace(" --record", "")

@@ -105,6 +105,9 @@ def test_quality_benchmark_compares_methods_and_the_peer_with_random_init_on_hel
         assert cells[1] == "1 (22)"  # one epoch of the 1,437 training digits at batch 64, for both
         assert 0.0 < float(cells[4]) < 2.0  # reconstruction error on the test split, for the peer too
         assert cells[7].count("±") == 1 and cells[8].count("±") == 1  # 2 seeds: mean ± std, paired difference
+        assert cells[10].count("±") == 1  # paired against logistic regression on the same labelled pixels
+    pixels = next(cells for name, cells in rows.items() if name.startswith("raw pixels"))
+    assert all(pixels[i].count("±") == 1 for i in (5, 6, 7))
     recorded = json.loads((work / "results.json").read_text())
     assert len(recorded["scores"]["random init"]["finetune"]) == 2
     # every pretraining run read the training split only
@@ -221,3 +224,118 @@ def test_fingerprint_finds_the_same_code_identical_and_a_changed_card_different(
         timeout=600,
     )
     assert result.returncode == 1 and "simmim: card and pictures, tiny" in result.stdout
+
+
+def _fashion_module():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_fashion_mnist
+
+        return bench_fashion_mnist
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _write_idx(folder: Path, per_class: int = 6, test_per_class: int = 3) -> None:
+    """Fashion-MNIST's four IDX files, with `per_class` 28 px images of each class: class c is bright in row band c."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", per_class), ("t10k", test_per_class)):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), count)
+        images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 2 * c : 2 * c + 3] = 250
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", *images.shape) + images.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", len(labels)) + labels.tobytes())
+
+
+def test_fashion_mnist_benchmark_refuses_in_one_line_without_the_data(tmp_path):
+    result = run_group(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_fashion_mnist.py"),
+            "--idx-dir",
+            str(tmp_path / "none"),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],  # fmt: skip
+        timeout=120,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "apt-get install dataset-fashion-mnist" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_fashion_mnist_data_is_the_idx_files_as_a_train_and_test_dataset(tmp_path):
+    import datasets
+    import numpy as np
+
+    bench = _fashion_module()
+    _write_idx(tmp_path / "idx")
+    images, labels = bench.arrays(tmp_path / "idx", "train")
+    assert images.shape == (60, 28, 28) and labels.tolist() == [c for c in range(10) for _ in range(6)]
+    folder = bench.write_dataset(tmp_path / "idx", tmp_path / "data")
+    saved = datasets.load_from_disk(str(folder))
+    assert set(saved) == {"train", "test"} and len(saved["test"]) == 30
+    assert saved["train"].features["label"].names[0] == "T-shirt/top"
+    assert np.array_equal(np.asarray(saved["train"][7]["image"]), images[7])
+    # the raw-pixel baseline separates the bands; its subset is the one hf-mim evaluate draws
+    index = bench.subset_indices(labels, 5, seed=1)
+    assert len(index) == 50 and np.bincount(labels[index]).tolist() == [5] * 10
+    test_x, test_y = bench.arrays(tmp_path / "idx", "test")
+    flat = images.reshape(60, -1) / 255.0
+    result = bench.pixel_logistic(flat[index], labels[index], test_x.reshape(30, -1) / 255.0, test_y, seed=0)
+    assert result["accuracy"] == 100.0 and result["C"] in bench.PIXEL_C_GRID
+
+
+def test_fashion_mnist_parts_resume_and_stop_at_the_time_limit(tmp_path):
+    bench = _fashion_module()
+    calls = []
+    parts = bench.Parts(tmp_path, None, tmp_path / "log")
+    assert parts.get("a/b", lambda: calls.append(1) or {"x": 1})["x"] == 1
+    again = bench.Parts(tmp_path, None, tmp_path / "log")
+    assert again.get("a/b", lambda: calls.append(2) or {"x": 2})["x"] == 1 and calls == [1]
+    late = bench.Parts(tmp_path, -1, tmp_path / "log")  # past its deadline: it starts nothing new
+    assert late.get("c", lambda: calls.append(3) or {"x": 3}) is None and late.pending == ["c"] and calls == [1]
+    assert late.get("a/b", lambda: {"x": 4})["x"] == 1  # what is already done is still read
+
+
+def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
+    bench = _fashion_module()
+    assert bench.paired({0: 80.0, 1: 82.0, 2: 81.0}, {0: 70.0, 1: 71.0, 2: 72.0}) == "+10.0 ± 1.0 ✓ > 2σ"
+    assert bench.paired({0: 80.0, 1: 70.0}, {0: 79.0, 1: 69.0}).endswith("✗")  # +1 against a 7-point spread
+    rows = {bench.PIXELS: {("1%", "linear"): {0: 70.0, 1: 72.0}}, "mae": {("1%", "linear"): {0: 75.0, 1: 78.0}}}
+    text = bench.tables(rows, ["1%"])
+    assert "| mae | not run | 76.5 ± 2.1 (2) | not run |" in text
+    assert "| mae | +5.5 ± 0.7" in text
+
+
+@pytest.mark.slow
+def test_fashion_mnist_benchmark_runs_and_resumes_on_toy_data(tmp_path):
+    _write_idx(tmp_path / "idx", per_class=8, test_per_class=2)
+    args = ["--idx-dir", str(tmp_path / "idx"), "--workdir", str(tmp_path / "w"), "--methods", "mae"]
+    args += ["--pretrain-seeds", "0", "--seeds", "0", "--budgets", "1%"]
+    out = run("bench_fashion_mnist.py", *args, "--time-limit", "0")
+    assert "partial" in out  # the pixels part ran; past the limit, nothing else started
+    out = run("bench_fashion_mnist.py", *args)
+    assert out.strip().endswith("complete") and "| ViT from scratch |" in out
+
+
+def test_fashion_mnist_parts_are_shared_by_two_invocations_through_a_lock(tmp_path):
+    import os
+
+    bench = _fashion_module()
+    parts = bench.Parts(tmp_path, None, tmp_path / "log")
+    lock = parts.results / "a.json.lock"
+    lock.write_text(str(os.getpid()))  # a live holder: the part is left to it
+    assert parts.get("a", lambda: {"x": 1}) is None and parts.pending == ["a"]
+    lock.write_text("999999999")  # a holder that died: its part is taken over, and the lock released
+    assert parts.get("a", lambda: {"x": 2})["x"] == 2 and not lock.exists()

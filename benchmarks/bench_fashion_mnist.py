@@ -1,0 +1,436 @@
+"""Fashion-MNIST: do hf_mim's pretrained features and fine-tuned models beat raw pixels and a ViT from scratch?
+
+Protocol (issue 28):
+
+- Data: Fashion-MNIST (60,000 training and 10,000 test images of clothes, 28 px grey, 10 classes), installed with
+  `sudo apt-get install dataset-fashion-mnist` (the IDX files under /usr/share/datasets/fashion-mnist) and written
+  once as a saved `DatasetDict` with "train" and "test" splits. Pretraining reads "train" only; every accuracy is
+  measured on "test", which no pretraining and no downstream training sees. The script refuses a pretraining run
+  whose summary names another split.
+- Pretraining: `hf-mim pretrain --dataset DATA --method M --seed S` with no recipe flag: what a user gets
+  (`--recipe auto` picks the small recipe for 28 px images; the plan it printed is in each run's log).
+- Label budgets: 1% (60 images per class), 10% (600 per class) and 100% (all 60,000). Downstream seed i draws the
+  labelled subset; the same subset serves every model and the raw-pixel baseline, so differences are paired.
+- Protocols, all through `hf-mim evaluate` with its defaults (what a user gets): k-NN and the linear probe on frozen
+  features, and fine-tuning.
+- Seeds: a row of a method pretrained with several seeds pairs pretraining seed i with downstream seed i; a method
+  pretrained once is evaluated with every downstream seed. The from-scratch ViT (the same architecture, freshly
+  initialised from seed i) is fine-tuned with the same recipe on the same subset.
+- Baselines run here: logistic regression on the 784 raw pixels (scaled to [0, 1] and standardised; its inverse
+  regularisation C picked from a grid on a stratified fifth of the labelled subset, then refit on all of it); the
+  ViT from scratch. Published figures of the dataset's own benchmark are cited rows, not rerun.
+- Reported: mean ± std over seeds, paired differences, and wall times. Every unit of work (a part) writes its
+  result under WORKDIR/results as it ends; a later run skips the parts already there, so `--time-limit` lets the
+  benchmark run in pieces that resume.
+
+    sudo apt-get install dataset-fashion-mnist
+    python benchmarks/bench_fashion_mnist.py --time-limit 80 --record      # again until it says "complete"
+    python benchmarks/bench_fashion_mnist.py --methods mae --pretrain-seeds 0 --seeds 0 --budgets 1%   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import METHODS, PIXEL_C_GRID, hf_mim, pixel_logistic, record, run  # noqa: E402,F401
+
+IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
+INSTALL = "sudo apt-get install dataset-fashion-mnist"
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+#: label budget -> labelled images per class (None: every training image)
+BUDGETS = {"1%": 60, "10%": 600, "100%": None}
+SCRATCH = "ViT from scratch"
+KINDS = ("pixels", "pretrain", "frozen", "finetune")
+PIXELS = "raw pixels, logistic regression"
+# Cited, not rerun: the dataset's README (zalandoresearch/fashion-mnist, "Benchmark") and its scikit-learn
+# benchmark site, every training label.
+PUBLISHED = [
+    ("LogisticRegression (scikit-learn benchmark, best setting)", 84.2),
+    ("MLP 256-128-100 (README table)", 88.3),
+    ("SVC (scikit-learn benchmark, best setting)", 89.7),
+    ("2 conv + pooling, TensorFlow tutorial (README table)", 91.6),
+    ("ResNet18 with augmentation (README table)", 94.9),
+]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        data = f.read()
+    _, _, ndim = struct.unpack(">HBB", data[:4])
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def arrays(idx_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    return read_idx(idx_dir / f"{prefix}-images-idx3-ubyte.gz"), read_idx(idx_dir / f"{prefix}-labels-idx1-ubyte.gz")
+
+
+def write_dataset(idx_dir: Path, folder: Path) -> Path:
+    """The IDX files as a saved DatasetDict ("train", "test"; PNG images, ClassLabel labels), written once."""
+    import datasets
+    from PIL import Image
+
+    if (folder / "dataset_dict.json").exists():
+        return folder
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    splits = {}
+    for split in ("train", "test"):
+        images, labels = arrays(idx_dir, split)
+        rows = {"image": [Image.fromarray(a) for a in images], "label": labels.tolist()}
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    tmp = folder.with_name(folder.name + ".tmp")
+    datasets.DatasetDict(splits).save_to_disk(str(tmp))
+    os.replace(tmp, folder)
+    return folder
+
+
+def subset_indices(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """The labelled subset of a budget, exactly as `hf-mim evaluate --labels-per-class N --seed S` draws it."""
+    if per_class is None:
+        return np.arange(len(labels))
+    import datasets
+
+    from hf_mim.data.labelled import labels_per_class_subset
+
+    table = datasets.Dataset.from_dict({"label": labels.tolist(), "i": list(range(len(labels)))})
+    return np.array(labels_per_class_subset(table, "label", per_class, seed)["i"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parts: each writes WORKDIR/results/<key>.json when it ends; a later run reads it back instead of redoing it
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Parts:
+    """Units of work that survive the process: `get(key, compute)` returns the stored result, or computes and
+    stores it. Past the deadline, or while another invocation holds the part's lock (two invocations can share the
+    work, one core each), it computes nothing and notes the part as pending."""
+
+    def __init__(self, work: Path, time_limit_min: float | None, log: Path):
+        self.results = work / "results"
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.deadline = None if time_limit_min is None else time.monotonic() + 60 * time_limit_min
+        self.log = log
+        self.pending: list[str] = []
+        self.kinds = KINDS
+
+    def get(self, key: str, compute, *arguments) -> dict | None:
+        path = self.results / f"{key.replace('/', '__')}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        late = self.deadline is not None and time.monotonic() > self.deadline
+        if late or key.split("/")[0] not in self.kinds:
+            self.pending.append(key)
+            return None
+        lock = path.with_name(path.name + ".lock")
+        if not self._lock(lock):
+            self.pending.append(key)
+            return None
+        try:
+            print(f"[part] {key}", flush=True)
+            began = time.perf_counter()
+            value = compute(*arguments)
+            value["wall_s"] = round(time.perf_counter() - began, 1)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(value, indent=2))
+            os.replace(tmp, path)
+            return value
+        finally:
+            lock.unlink(missing_ok=True)
+
+    @staticmethod
+    def _lock(lock: Path) -> bool:
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    os.kill(int(lock.read_text() or 0), 0)
+                    return False  # another invocation is computing this part
+                except (ProcessLookupError, ValueError):
+                    lock.unlink(missing_ok=True)  # its holder died: take the part over
+                    continue
+                except PermissionError:
+                    return False
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return True
+        return False
+
+
+def evaluate_flags(per_class: int | None, seed: int, out: Path) -> list[str]:
+    """`hf-mim evaluate`'s flags of one budget and seed: nothing else, so every recipe setting is the default."""
+    budget = ["--labels-per-class", str(per_class)] if per_class else []
+    return [*budget, "--seed", str(seed), "--no-save-to-model", "--output-dir", str(out)]
+
+
+def evaluate_part(model: str, protocols: list[str], per_class: int | None, seed: int, out: Path, log: Path) -> dict:
+    cmd = hf_mim("evaluate", "--model", model, "--dataset", str(DATA), "--protocol", *protocols,
+                 *evaluate_flags(per_class, seed, out))  # fmt: skip
+    run(cmd, log)
+    rows = json.loads((out / "evaluation.json").read_text())["results"]
+    return {row["protocol"]: 100 * row["value"] for row in rows} | {"command": " ".join(cmd[2:])}
+
+
+def pretrain_part(method: str, seed: int, work: Path, log: Path, extra: list[str]) -> dict:
+    out = work / "pretrain" / f"{method}-seed{seed}"
+    if not (out / "training_summary.json").exists():
+        run(
+            hf_mim(
+                *("pretrain", "--method", method, "--dataset", str(DATA), "--seed", str(seed)),
+                *extra,
+                *("--output-dir", str(out)),
+            ),
+            log,
+        )
+    summary = json.loads((out / "training_summary.json").read_text())
+    if not summary["dataset"].rstrip().endswith("'train' split"):
+        raise SystemExit(f"{out} was pretrained on {summary['dataset']!r}, not Fashion-MNIST's training split")
+    return {
+        "folder": str(out),
+        "steps": summary["steps"],
+        "epochs": summary["epochs"],
+        "pretrain_wall_s": summary["wall_time_seconds"],
+        "final_loss": summary["final_loss"],
+    }
+
+
+def scratch_model(reference: str, seed: int, work: Path) -> str:
+    """The reference checkpoint's architecture, freshly initialised from `seed` and saved: the from-scratch ViT."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from hf_mim import modeling  # noqa: F401  (registers the Auto classes)
+
+    out = work / "scratch" / f"seed{seed}"
+    if not (out / "config.json").exists():
+        torch.manual_seed(seed)
+        AutoModel.from_config(AutoConfig.from_pretrained(reference)).save_pretrained(out)
+    return str(out)
+
+
+def scratch_part(reference: str, seed: int, work: Path, per_class: int | None, out: Path, log: Path) -> dict:
+    folder = scratch_model(reference, seed, work)
+    return evaluate_part(folder, ["knn", "linear", "finetune"], per_class, seed, out, log)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "not run"
+    mean, std = mean_std(values)
+    return f"{mean:.1f} ± {std:.1f} ({len(values)})"
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> str:
+    """mean ± std of a - b over the seeds both have, and whether the mean exceeds 2 std of a's seeds."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "-"
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, std = mean_std(diffs)
+    bar = 2 * mean_std([a[s] for s in seeds])[1]
+    verdict = "" if len(seeds) < 2 else (" ✓ > 2σ" if mean > bar else " ✗")
+    return f"{mean:+.1f} ± {std:.1f}{verdict}"
+
+
+def tables(rows: dict[str, dict], budgets) -> str:
+    """rows: {name: {(budget, protocol): {seed: accuracy}}} -> the accuracy table and the paired comparisons."""
+    protocols = ("knn", "linear", "finetune")
+    head = "| model |" + "".join(f" {b} {p} |" for b in budgets for p in ("k-NN", "linear", "fine-tune"))
+    lines = [head, "|---|" + "---|" * (3 * len(budgets))]
+    for name, cells in rows.items():
+        lines.append(
+            f"| {name} |"
+            + "".join(f" {fmt(list(cells.get((b, p), {}).values()))} |" for b in budgets for p in protocols)
+        )
+    pixels = rows.get(PIXELS, {})
+    scratch = rows.get(SCRATCH, {})
+    head2 = "| model |" + "".join(
+        f" {b} linear − pixels | {b} fine-tune − scratch | {b} fine-tune − linear |" for b in budgets
+    )
+    lines += ["", head2, "|---|" + "---|" * (3 * len(budgets))]
+    for name, cells in rows.items():
+        if name in (PIXELS, SCRATCH):
+            continue
+        cols = []
+        for b in budgets:
+            cols.append(paired(cells.get((b, "linear"), {}), pixels.get((b, "linear"), {})))
+            cols.append(paired(cells.get((b, "finetune"), {}), scratch.get((b, "finetune"), {})))
+            cols.append(paired(cells.get((b, "finetune"), {}), cells.get((b, "linear"), {})))
+        lines.append(f"| {name} |" + "".join(f" {c} |" for c in cols))
+    return "\n".join(lines)
+
+
+DATA = Path()  # set in main
+
+
+def main() -> None:
+    global DATA
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--pretrain-seeds", type=int, nargs="+", default=[0, 1, 2], help="pretraining seeds of MAE and --best"
+    )
+    parser.add_argument("--best", default="adios", help="the other method pretrained with every --pretrain-seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="downstream seeds (label draws)")
+    parser.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    parser.add_argument("--idx-dir", type=Path, default=IDX_DIR, help="where the IDX files are (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_fashion_mnist"))
+    parser.add_argument("--time-limit", type=float, help="minutes: start no new part after this; run again to resume")
+    parser.add_argument(
+        "--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+        help="which kinds of part this invocation may start (it reads every stored one): e.g. one invocation "
+        "pretrains while another evaluates what is pretrained",
+    )  # fmt: skip
+    parser.add_argument("--record", action="store_true", help="write the tables into RESULTS.md and the README")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    missing = [p.name for p in (args.idx_dir / "train-images-idx3-ubyte.gz", args.idx_dir / "t10k-labels-idx1-ubyte.gz")
+               if not p.exists()]  # fmt: skip
+    if missing:
+        raise SystemExit(f"Fashion-MNIST is not in {args.idx_dir} ({', '.join(missing)} missing): run `{INSTALL}`")
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "log.txt"
+    DATA = write_dataset(args.idx_dir, work / "fashion-mnist")
+    parts = Parts(work, args.time_limit, log)
+    parts.kinds = tuple(args.kinds)
+    began = time.perf_counter()
+    rows: dict[str, dict] = {PIXELS: {}}
+    walls: dict[str, float] = {PIXELS: 0.0}
+
+    def put(name, budget, protocol, seed, value, wall):
+        rows.setdefault(name, {}).setdefault((budget, protocol), {})[seed] = value
+        walls[name] = walls.get(name, 0.0) + wall
+
+    # raw pixels: cheap, and the bar every other row must clear
+    train_x, train_y = arrays(args.idx_dir, "train")
+    test_x, test_y = arrays(args.idx_dir, "test")
+    train_x = train_x.reshape(len(train_x), -1) / 255.0
+    test_x = test_x.reshape(len(test_x), -1) / 255.0
+    for budget in args.budgets:
+        # every labelled image: the seed draws nothing, one fit stands for every seed
+        for seed in args.seeds if BUDGETS[budget] else args.seeds[:1]:
+            index = subset_indices(train_y, BUDGETS[budget], seed)
+            key = f"pixels/{budget}/seed{seed}"
+            result = parts.get(key, pixel_logistic, train_x[index], train_y[index], test_x, test_y, seed)
+            if result:
+                put(PIXELS, budget, "linear", seed, result["accuracy"], result["wall_s"])
+
+    # pretraining: MAE and --best with every pretraining seed, the other methods with the first
+    runs: dict[str, list[tuple[int, dict]]] = {}
+    order = ["mae", args.best] + [m for m in args.methods if m not in ("mae", args.best)]
+    for method in [m for m in order if m in args.methods]:
+        seeds = args.pretrain_seeds if method in ("mae", args.best) else args.pretrain_seeds[:1]
+        for seed in seeds:
+            extra = []
+            if method == "beit":
+                tok = parts.get(
+                    f"pretrain/visual-tokenizer/seed{seed}", pretrain_part, "visual-tokenizer", seed, work, log, []
+                )
+                if tok is None:
+                    continue
+                extra = ["--tokenizer", tok["folder"]]
+            info = parts.get(f"pretrain/{method}/seed{seed}", pretrain_part, method, seed, work, log, extra)
+            if info is not None:
+                runs.setdefault(method, []).append((seed, info))
+                walls[method] = walls.get(method, 0.0) + info["pretrain_wall_s"]
+
+    def downstream_seeds(method: str) -> list[tuple[int, int]]:
+        # by the plan, not by what has run so far: a part's key must mean the same in every invocation
+        if method in ("mae", args.best) and len(args.pretrain_seeds) > 1:  # pretraining seed i, downstream seed i
+            return list(zip(args.pretrain_seeds, args.seeds, strict=False))
+        return [(args.pretrain_seeds[0], s) for s in args.seeds]
+
+    reference = next((info["folder"] for infos in runs.values() for _, info in infos), None)
+    # frozen features first (cheap), budget by budget; fine-tuning after, the 100% budget last (the dearest)
+    for kind in ("frozen", "finetune"):
+        for budget in args.budgets:
+            per_class = BUDGETS[budget]
+            for method, infos in runs.items():
+                folders = dict(infos)
+                for pseed, seed in downstream_seeds(method):
+                    if pseed not in folders:
+                        continue
+                    name = "mae" if method == "mae" else method
+                    key = f"{kind}/{method}-p{pseed}/{budget}/seed{seed}"
+                    protocols = ["knn", "linear"] if kind == "frozen" else ["finetune"]
+                    out = work / "eval" / key.replace("/", "-")
+                    folder = folders[pseed]["folder"]
+                    result = parts.get(key, evaluate_part, folder, protocols, per_class, seed, out, log)
+                    if result:
+                        for protocol in protocols:
+                            put(name, budget, protocol, seed, result[protocol], result["wall_s"] / len(protocols))
+            if kind == "finetune" and reference is not None:
+                for seed in args.seeds:
+                    key = f"finetune/scratch/{budget}/seed{seed}"
+                    out = work / "eval" / key.replace("/", "-")
+                    result = parts.get(key, scratch_part, reference, seed, work, per_class, out, log)
+                    if result:
+                        for protocol in ("knn", "linear", "finetune"):
+                            put(SCRATCH, budget, protocol, seed, result[protocol], result["wall_s"] / 3)
+
+    order_rows = {PIXELS: rows.pop(PIXELS)}
+    if SCRATCH in rows:
+        order_rows[SCRATCH] = rows.pop(SCRATCH)
+    order_rows.update(rows)
+    names = {m: f"{m} ({len(runs[m])} pretraining seed{'s' if len(runs[m]) > 1 else ''})" for m in runs}
+    named = {names.get(k, k): v for k, v in order_rows.items()}
+    text = tables(named, args.budgets)
+    pretrained = [
+        f"| {m} | {infos[0][1]['epochs']} ({infos[0][1]['steps']}) | "
+        + ", ".join(f"{i['pretrain_wall_s']:.0f}" for _, i in infos)
+        + " | "
+        + ", ".join(f"{i['final_loss']:.4f}" for _, i in infos)
+        + " |"
+        for m, infos in runs.items()
+    ]
+    text += "\n\n| pretrained | epochs (steps) | wall per seed (s) | final loss per seed |\n|---|---|---|---|\n"
+    text += "\n".join(pretrained)
+    text += "\n\nWall time, every part of a row summed (s): " + ", ".join(
+        f"{names.get(k, k)} {v:.0f}" for k, v in walls.items()
+    )
+    text += "\n\nPublished, every training label (cited, not rerun): " + "; ".join(f"{n} {v}" for n, v in PUBLISHED)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {__import__('torch').__version__}"
+    status = (
+        "complete"
+        if not parts.pending
+        else f"partial: {len(parts.pending)} parts not yet run (first: {parts.pending[0]}); run it again to resume"
+    )
+    command = "python benchmarks/bench_fashion_mnist.py " + " ".join(sys.argv[1:]).replace(" --record", "")
+    block = (
+        f"`{command.strip()}`: {machine}; this invocation {(time.perf_counter() - began) / 60:.0f} min "
+        f"({time.strftime('%Y-%m-%d')}); {status}\n\n{text}"
+    )
+    (work / "bench_fashion_mnist.md").write_text(block + "\n")
+    print(block)
+    if args.record:
+        record("bench_fashion_mnist", block, files=(Path(__file__).with_name("RESULTS.md"),
+                                                    Path(__file__).resolve().parents[1] / "README.md"))  # fmt: skip
+    print(status)
+
+
+if __name__ == "__main__":
+    main()
