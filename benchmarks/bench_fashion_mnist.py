@@ -197,8 +197,11 @@ def pretrain_part(method: str, seed: int, work: Path, log: Path, extra: list[str
             log,
         )
     summary = json.loads((out / "training_summary.json").read_text())
-    if not summary["dataset"].rstrip().endswith("'train' split"):
-        raise SystemExit(f"{out} was pretrained on {summary['dataset']!r}, not Fashion-MNIST's training split")
+    run_args = json.loads((out / "training_args.json").read_text())
+    # the held-out guarantee: the run read this benchmark's data, its training split, all 60,000 images of it
+    read = Path(run_args.get("dataset") or "").resolve(), run_args.get("split"), summary.get("num_samples")
+    if read != (DATA.resolve(), "train", len(arrays(IDX, "train")[1])):
+        raise SystemExit(f"{out} was pretrained on {read}, not Fashion-MNIST's training split")
     return {
         "folder": str(out),
         "steps": summary["steps"],
@@ -284,10 +287,11 @@ def tables(rows: dict[str, dict], budgets) -> str:
 
 
 DATA = Path()  # set in main
+IDX = IDX_DIR  # set in main
 
 
 def main() -> None:
-    global DATA
+    global DATA, IDX
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument(
@@ -314,7 +318,7 @@ def main() -> None:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
-    DATA = write_dataset(args.idx_dir, work / "fashion-mnist")
+    DATA, IDX = write_dataset(args.idx_dir, work / "fashion-mnist"), args.idx_dir
     parts = Parts(work, args.time_limit, log)
     parts.kinds = tuple(args.kinds)
     began = time.perf_counter()

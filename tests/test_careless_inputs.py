@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -458,8 +459,10 @@ def test_evaluation_settings_are_checked_and_recorded():
     for field, value in (("drop_path", 2.0), ("label_smoothing", 5.0), ("finetune_lr", float("nan"))):
         with pytest.raises(ValueError, match=field.replace("_", "-")):
             validate_evaluation(EvaluateArguments(model=["m"], **{field: value}))
-    default = EvaluateArguments(model=["m"])
-    changed = EvaluateArguments(model=["m"], finetune_lr=5e-3, label_smoothing=0.0, drop_path=0.2)
+    # the fine-tuning settings as `finetune_settings` fills them in from a recipe (the paper's here)
+    recipe = dict(finetune_epochs=50, finetune_lr=1e-3, weight_decay=0.05, layer_decay=1.0, label_smoothing=0.1)
+    default = EvaluateArguments(model=["m"], crop_scale=[0.08, 1.0], **recipe)
+    changed = replace(default, finetune_lr=5e-3, label_smoothing=0.0, drop_path=0.2)
     assert _settings(default, "finetune", "cls") != _settings(changed, "finetune", "cls")
     assert "lr 0.005" in _settings(changed, "finetune", "cls") and "label smoothing 0" in _settings(
         changed, "finetune", "cls"

@@ -167,7 +167,9 @@ def test_dataset_resolution(tmp_path):
     saved.save_to_disk(tmp_path / "flat")
     datasets.DatasetDict({"train": saved, "test": saved.select(range(2))}).save_to_disk(tmp_path / "dict")
     assert len(load_pretraining_dataset(str(tmp_path / "flat"))[0]) == 10
-    assert len(load_pretraining_dataset(str(tmp_path / "dict"), split="test")[0]) == 2
+    test_split, description = load_pretraining_dataset(str(tmp_path / "dict"), split="test")
+    assert len(test_split) == 2
+    assert description == "dict (saved dataset), 'test' split"  # the record says which split a run read
     with pytest.raises(DatasetError, match="splits"):
         load_pretraining_dataset(str(tmp_path / "dict"), split="validation")
 

@@ -166,7 +166,8 @@ def _load_saved(request: Request):
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise DatasetError(f"{name} has splits {sorted(loaded)}, not {split!r}; pass --split")
-        loaded = loaded[split]
+        # the record names the split read, so that a summary or a card shows the test images stayed out
+        return loaded[split], f"{request.shown} (saved dataset), {split!r} split"
     elif request.strict_split:
         own = str(loaded.split) if loaded.split is not None else "train"
         if split != own:
