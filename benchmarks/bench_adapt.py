@@ -27,7 +27,6 @@ checkpoints (which cannot be downloaded here), on data neither stand-in saw.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -37,20 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fashion_mnist import IDX_DIR as FASHION_MNIST  # noqa: E402
+from bench_fashion_mnist import read_idx as read_idx_images  # noqa: E402
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 ROWS = ("adapted from transformers", "adapted from hf_mim", "adapted from hf_mim, from-scratch lr",
         "transformers stand-in, unadapted",
         "hf_mim stand-in, unadapted", "digits only, same steps", "random init", "raw pixels")  # fmt: skip
-
-
-def read_idx_images(path: Path):
-    import numpy as np
-
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    count, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in (4, 8, 12))
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols)
 
 
 def fashion_training_set(work: Path) -> Path:
