@@ -49,8 +49,16 @@ from bench_quality import METHODS, PIXEL_C_GRID, hf_mim, pixel_logistic, record,
 IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
 INSTALL = "sudo apt-get install dataset-fashion-mnist"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-#: label budget -> labelled images per class (None: every training image)
-BUDGETS = {"1%": 60, "10%": 600, "100%": None}
+#: label budget -> the fraction of the training images labelled, as images per class (60 and 600 of Fashion-MNIST)
+BUDGETS = {"1%": 0.01, "10%": 0.1, "100%": None}
+
+
+def labelled_per_class(budget: str, labels: np.ndarray) -> int | None:
+    """Labelled images per class of a budget (None: every training image)."""
+    fraction = BUDGETS[budget]
+    return None if fraction is None else max(1, round(fraction * len(labels) / len(np.unique(labels))))
+
+
 SCRATCH = "ViT from scratch"
 KINDS = ("pixels", "pretrain", "frozen", "finetune")
 PIXELS = "raw pixels, logistic regression"
@@ -337,7 +345,7 @@ def main() -> None:
     for budget in args.budgets:
         # every labelled image: the seed draws nothing, one fit stands for every seed
         for seed in args.seeds if BUDGETS[budget] else args.seeds[:1]:
-            index = subset_indices(train_y, BUDGETS[budget], seed)
+            index = subset_indices(train_y, labelled_per_class(budget, train_y), seed)
             key = f"pixels/{budget}/seed{seed}"
             result = parts.get(key, pixel_logistic, train_x[index], train_y[index], test_x, test_y, seed)
             if result:
@@ -372,7 +380,7 @@ def main() -> None:
     # frozen features first (cheap), budget by budget; fine-tuning after, the 100% budget last (the dearest)
     for kind in ("frozen", "finetune"):
         for budget in args.budgets:
-            per_class = BUDGETS[budget]
+            labelled = labelled_per_class(budget, train_y)
             for method, infos in runs.items():
                 folders = dict(infos)
                 for pseed, seed in downstream_seeds(method):
@@ -383,7 +391,7 @@ def main() -> None:
                     protocols = ["knn", "linear"] if kind == "frozen" else ["finetune"]
                     out = work / "eval" / key.replace("/", "-")
                     folder = folders[pseed]["folder"]
-                    result = parts.get(key, evaluate_part, folder, protocols, per_class, seed, out, log)
+                    result = parts.get(key, evaluate_part, folder, protocols, labelled, seed, out, log)
                     if result:
                         for protocol in protocols:
                             put(name, budget, protocol, seed, result[protocol], result["wall_s"] / len(protocols))
@@ -391,7 +399,7 @@ def main() -> None:
                 for seed in args.seeds:
                     key = f"finetune/scratch/{budget}/seed{seed}"
                     out = work / "eval" / key.replace("/", "-")
-                    result = parts.get(key, scratch_part, reference, seed, work, per_class, out, log)
+                    result = parts.get(key, scratch_part, reference, seed, work, labelled, out, log)
                     if result:
                         for protocol in ("knn", "linear", "finetune"):
                             put(SCRATCH, budget, protocol, seed, result[protocol], result["wall_s"] / 3)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -177,7 +178,8 @@ PIXEL_C_GRID = (0.001, 0.01, 0.1, 1.0)
 
 def pixel_logistic(train_x, train_y, test_x, test_y, seed: int) -> dict:
     """Logistic regression on standardised raw pixels (scikit-learn), its C picked from PIXEL_C_GRID on a stratified
-    fifth of the training labels, then refit on all of them: the first row of every self-supervised table."""
+    fifth of the training labels (at least one per class), then refit on all of them: the first row of every
+    self-supervised table."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
@@ -186,9 +188,16 @@ def pixel_logistic(train_x, train_y, test_x, test_y, seed: int) -> dict:
     def model(c):
         return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
 
-    fit_x, val_x, fit_y, val_y = train_test_split(train_x, train_y, test_size=0.2, stratify=train_y, random_state=seed)
-    scores = {c: model(c).fit(fit_x, fit_y).score(val_x, val_y) for c in PIXEL_C_GRID}
-    best = max(scores, key=scores.get)
+    classes = len(set(train_y.tolist()))
+    held = max(classes, math.ceil(0.2 * len(train_y)))  # what test_size=0.2 holds out
+    if len(train_y) - held < 2 * classes:
+        best = 1.0  # too few labels to hold some out: scikit-learn's default C
+    else:
+        fit_x, val_x, fit_y, val_y = train_test_split(
+            train_x, train_y, test_size=held, stratify=train_y, random_state=seed
+        )
+        scores = {c: model(c).fit(fit_x, fit_y).score(val_x, val_y) for c in PIXEL_C_GRID}
+        best = max(scores, key=scores.get)
     return {"accuracy": 100 * model(best).fit(train_x, train_y).score(test_x, test_y), "C": best}
 
 

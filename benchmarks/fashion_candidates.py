@@ -18,7 +18,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fashion_mnist import BUDGETS, IDX_DIR, INSTALL, Parts, evaluate_flags, write_dataset  # noqa: E402
+from bench_fashion_mnist import (  # noqa: E402
+    BUDGETS,
+    IDX_DIR,
+    INSTALL,
+    Parts,
+    arrays,
+    evaluate_flags,
+    labelled_per_class,
+    write_dataset,
+)
 from bench_quality import hf_mim, run  # noqa: E402
 
 PAPER_CROP = ("--recipe", "paper", "--crop-scale", "0.8", "1")
@@ -58,6 +67,7 @@ def main() -> None:
     work = args.workdir / "candidates"
     parts = Parts(work, None, work / "log.txt")
     model_name = Path(args.model).name
+    labelled = labelled_per_class(args.budget, arrays(IDX_DIR, "train")[1])
     lines = ["| candidate | protocol | accuracy, mean ± std (seeds) | per seed | wall per seed (s) |"]
     lines.append("|---|---|---|---|---|")
     for i, (name, protocols, flags) in enumerate(GROUPS[args.group]):
@@ -71,7 +81,7 @@ def main() -> None:
 
             def compute(seed=seed, out=out, flags=flags, protocols=protocols):
                 cmd = hf_mim("evaluate", "--model", args.model, "--dataset", str(data), "--protocol", *protocols,
-                             *evaluate_flags(BUDGETS[args.budget], seed, out), *flags)  # fmt: skip
+                             *evaluate_flags(labelled, seed, out), *flags)  # fmt: skip
                 run(cmd, work / "log.txt")
                 rows = json.loads((out / "evaluation.json").read_text())["results"]
                 return {r["protocol"]: 100 * r["value"] for r in rows} | {"command": " ".join(cmd[2:])}

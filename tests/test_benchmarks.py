@@ -300,12 +300,22 @@ def test_fashion_mnist_parts_resume_and_stop_at_the_time_limit(tmp_path):
     bench = _fashion_module()
     calls = []
     parts = bench.Parts(tmp_path, None, tmp_path / "log")
-    assert parts.get("a/b", lambda: calls.append(1) or {"x": 1})["x"] == 1
+    assert parts.get("pixels/b", lambda: calls.append(1) or {"x": 1})["x"] == 1
     again = bench.Parts(tmp_path, None, tmp_path / "log")
-    assert again.get("a/b", lambda: calls.append(2) or {"x": 2})["x"] == 1 and calls == [1]
+    assert again.get("pixels/b", lambda: calls.append(2) or {"x": 2})["x"] == 1 and calls == [1]
     late = bench.Parts(tmp_path, -1, tmp_path / "log")  # past its deadline: it starts nothing new
-    assert late.get("c", lambda: calls.append(3) or {"x": 3}) is None and late.pending == ["c"] and calls == [1]
-    assert late.get("a/b", lambda: {"x": 4})["x"] == 1  # what is already done is still read
+    assert late.get("frozen/c", lambda: calls.append(3) or {"x": 3}) is None and late.pending == ["frozen/c"]
+    assert late.get("pixels/b", lambda: {"x": 4})["x"] == 1 and calls == [1]  # what is done is still read
+    other = bench.Parts(tmp_path, None, tmp_path / "log")
+    other.kinds = ("pretrain",)  # an invocation that only pretrains leaves the other kinds to another
+    assert other.get("frozen/c", lambda: calls.append(5) or {"x": 5}) is None and calls == [1]
+    assert (
+        other.get(
+            "pretrain/d",
+            lambda: {"x": 6},
+        )["x"]
+        == 6
+    )
 
 
 def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
@@ -320,13 +330,17 @@ def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
 
 @pytest.mark.slow
 def test_fashion_mnist_benchmark_runs_and_resumes_on_toy_data(tmp_path):
-    _write_idx(tmp_path / "idx", per_class=8, test_per_class=2)
+    _write_idx(tmp_path / "idx", per_class=20, test_per_class=2)
     args = ["--idx-dir", str(tmp_path / "idx"), "--workdir", str(tmp_path / "w"), "--methods", "mae"]
-    args += ["--pretrain-seeds", "0", "--seeds", "0", "--budgets", "1%"]
+    args += ["--pretrain-seeds", "0", "--seeds", "0", "--budgets", "10%"]  # 2 labels per class: 20, k-NN's k
     out = run("bench_fashion_mnist.py", *args, "--time-limit", "0")
     assert "partial" in out  # the pixels part ran; past the limit, nothing else started
     out = run("bench_fashion_mnist.py", *args)
     assert out.strip().endswith("complete") and "| ViT from scratch |" in out
+    results = {p.name for p in (tmp_path / "w" / "results").iterdir()}
+    assert {"pixels__10%__seed0.json", "pretrain__mae__seed0.json", "frozen__mae-p0__10%__seed0.json"} <= results
+    assert {"finetune__mae-p0__10%__seed0.json", "finetune__scratch__10%__seed0.json"} <= results
+    assert not any(name.endswith(".lock") for name in results)
 
 
 def test_fashion_mnist_parts_are_shared_by_two_invocations_through_a_lock(tmp_path):
@@ -334,8 +348,8 @@ def test_fashion_mnist_parts_are_shared_by_two_invocations_through_a_lock(tmp_pa
 
     bench = _fashion_module()
     parts = bench.Parts(tmp_path, None, tmp_path / "log")
-    lock = parts.results / "a.json.lock"
+    lock = parts.results / "pixels.json.lock"
     lock.write_text(str(os.getpid()))  # a live holder: the part is left to it
-    assert parts.get("a", lambda: {"x": 1}) is None and parts.pending == ["a"]
+    assert parts.get("pixels", lambda: {"x": 1}) is None and parts.pending == ["pixels"]
     lock.write_text("999999999")  # a holder that died: its part is taken over, and the lock released
-    assert parts.get("a", lambda: {"x": 2})["x"] == 2 and not lock.exists()
+    assert parts.get("pixels", lambda: {"x": 2})["x"] == 2 and not lock.exists()
