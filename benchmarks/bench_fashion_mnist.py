@@ -133,14 +133,14 @@ class Parts:
         self.deadline = None if time_limit_min is None else time.monotonic() + 60 * time_limit_min
         self.log = log
         self.pending: list[str] = []
-        self.kinds = KINDS
+        self.kinds: tuple[str, ...] | None = None  # the kinds of part (a key's first word) it may start; None: any
 
     def get(self, key: str, compute, *arguments) -> dict | None:
         path = self.results / f"{key.replace('/', '__')}.json"
         if path.exists():
             return json.loads(path.read_text())
         late = self.deadline is not None and time.monotonic() > self.deadline
-        if late or key.split("/")[0] not in self.kinds:
+        if late or (self.kinds is not None and key.split("/")[0] not in self.kinds):
             self.pending.append(key)
             return None
         lock = path.with_name(path.name + ".lock")
