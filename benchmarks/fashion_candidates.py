@@ -87,10 +87,14 @@ def main() -> None:
                 return {r["protocol"]: 100 * r["value"] for r in rows} | {"command": " ".join(cmd[2:])}
 
             result = parts.get(key, compute)
+            if result is None:  # another invocation holds it
+                continue
             walls.append(result["wall_s"])
             for p in protocols:
                 per_seed[p].append(result[p])
         for p, values in per_seed.items():
+            if not values:
+                continue
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             lines.append(
                 f"| {name} | {p} | {statistics.fmean(values):.1f} ± {std:.1f} ({len(values)}) "
