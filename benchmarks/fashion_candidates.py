@@ -34,7 +34,7 @@ PAPER_CROP = ("--recipe", "paper", "--crop-scale", "0.8", "1")
 # (name, protocols, extra flags): one change each against the group's first line
 GROUPS = {
     "frozen": [
-        ("CLS token (the config's pooling)", ["knn", "linear"], []),
+        ("CLS token", ["knn", "linear"], ["--pooling", "cls"]),
         ("mean of patches", ["knn", "linear"], ["--pooling", "mean"]),
         ("CLS, block 4 of 6", ["knn", "linear"], ["--block", "4"]),
         ("mean, block 4 of 6", ["knn", "linear"], ["--pooling", "mean", "--block", "4"]),
