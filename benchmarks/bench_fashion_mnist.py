@@ -255,13 +255,14 @@ def fmt(values: list[float]) -> str:
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> str:
-    """mean ± std of a - b over the seeds both have, and whether the mean exceeds 2 std of a's seeds."""
+    """mean ± std of a - b over the seeds both have, and whether the mean exceeds twice the larger of the two rows'
+    standard deviations (bench_quality.py's test)."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return "-"
     diffs = [a[s] - b[s] for s in seeds]
     mean, std = mean_std(diffs)
-    bar = 2 * mean_std([a[s] for s in seeds])[1]
+    bar = 2 * max(mean_std([a[s] for s in seeds])[1], mean_std([b[s] for s in seeds])[1])
     verdict = "" if len(seeds) < 2 else (" ✓ > 2σ" if mean > bar else " ✗")
     return f"{mean:+.1f} ± {std:.1f}{verdict}"
 
