@@ -513,10 +513,11 @@ def test_unset_finetuning_settings_come_from_the_recipe_and_given_ones_win(tiny_
     from hf_mim.evaluation.runner import EvaluateArguments, finetune_settings
 
     args = EvaluateArguments(model=[str(tiny_mae)], finetune_lr=5e-3)
-    tuned = finetune_settings(args, str(tiny_mae), 600)
+    tuned, described = finetune_settings(args, str(tiny_mae), 600)
     small = RECIPES["small"]
     assert tuned.crop_scale == list(small.crop_scale) and tuned.finetune_epochs == small.epochs_for(600, 64)
-    assert tuned.finetune_lr == 5e-3 and "given: finetune_lr" in tuned.recipe and tuned.recipe.startswith("small")
+    assert tuned.finetune_lr == 5e-3 and "given: finetune_lr" in described and described.startswith("small")
+    assert tuned.recipe == args.recipe == "auto"  # the request is kept, the choice is described
     assert args.crop_scale is None and args.finetune_epochs is None  # the caller's arguments are not changed
-    paper = finetune_settings(EvaluateArguments(model=[str(tiny_mae)], recipe="paper"), str(tiny_mae), 600)
+    paper, _ = finetune_settings(EvaluateArguments(model=[str(tiny_mae)], recipe="paper"), str(tiny_mae), 600)
     assert (paper.crop_scale, paper.finetune_epochs, paper.finetune_lr) == ([0.08, 1.0], 50, 1e-3)

@@ -241,9 +241,12 @@ def _settings(args: EvaluateArguments, protocol: str, pooling: str) -> str:
     )
 
 
-def finetune_settings(args: EvaluateArguments, model_name: str, num_images: int, processes: int = 1):
-    """`args` with every fine-tuning setting the user left unset taken from the downstream recipe that `--recipe`
-    picks for this model (by its image size); `.recipe` says which and why, and is logged."""
+def finetune_settings(
+    args: EvaluateArguments, model_name: str, num_images: int, processes: int = 1
+) -> tuple[EvaluateArguments, str]:
+    """(`args` with every fine-tuning setting the user left unset taken from the downstream recipe that `--recipe`
+    picks for this model (by its image size), a description of that choice: which recipe, why, and which settings
+    the user gave), the description logged."""
     config = AutoConfig.from_pretrained(model_name, trust_remote_code=False)
     recipe, why = choose_recipe(args.recipe, config.image_size)
     chosen = {
@@ -258,10 +261,10 @@ def finetune_settings(args: EvaluateArguments, model_name: str, num_images: int,
     unset = {k: v for k, v in chosen.items() if getattr(args, k) is None}
     tuned = replace(args, **unset)
     given = sorted(set(chosen) - set(unset))
-    tuned.recipe = f"{recipe.name} ({why})" + (f"; given: {', '.join(given)}" if given else "")
+    described = f"{recipe.name} ({why})" + (f"; given: {', '.join(given)}" if given else "")
     logger.info(
         "fine-tuning recipe %s: %g epochs over %d images, lr %g, crop %g-%g, label smoothing %g, layer decay %g",
-        tuned.recipe,
+        described,
         tuned.finetune_epochs,
         num_images,
         tuned.finetune_lr,
@@ -269,7 +272,7 @@ def finetune_settings(args: EvaluateArguments, model_name: str, num_images: int,
         tuned.label_smoothing,
         tuned.layer_decay,
     )
-    return tuned
+    return tuned, described
 
 
 def _dataset_key(splits, args: EvaluateArguments) -> str:
@@ -387,8 +390,8 @@ def evaluate_models(args: EvaluateArguments) -> dict:
             del model, encoder
             gc.collect()
         if "finetune" in args.protocol:
-            tuned = finetune_settings(args, model_name, len(train), accelerator.num_processes)
-            recipes.setdefault(name, tuned.recipe)
+            tuned, described = finetune_settings(args, model_name, len(train), accelerator.num_processes)
+            recipes.setdefault(name, described)
             set_seed(args.seed)
             run_dir = output_dir / "finetune" / (RANDOM_INIT if random_init else (Path(model_name).name or "model"))
             metrics = finetune(
