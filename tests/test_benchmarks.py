@@ -320,9 +320,9 @@ def test_fashion_mnist_parts_resume_and_stop_at_the_time_limit(tmp_path):
 
 def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
     bench = _fashion_module()
-    assert bench.paired({0: 80.0, 1: 82.0, 2: 81.0}, {0: 70.0, 1: 71.0, 2: 72.0}) == "+10.0 ± 1.0 ✓ > 2σ"
-    assert bench.paired({0: 80.0, 1: 70.0}, {0: 79.0, 1: 69.0}).endswith("✗")  # +1 against a 7-point spread
-    assert bench.paired({0: 80.0, 1: 80.2}, {0: 70.0, 1: 78.0}).endswith("✗")  # +6 against the baseline's spread
+    assert bench.paired({0: 80.0, 1: 82.0, 2: 81.0}, {0: 70.0, 1: 71.0, 2: 72.0}) == "+10.0 ± 1.0 ✓ > 2σ = 2.0"
+    assert bench.paired({0: 80.0, 1: 70.0}, {0: 79.0, 1: 69.0}) == "+1.0 ± 0.0 ✗ ≤ 2σ = 14.1"  # a 7-point spread
+    assert "✗ ≤ 2σ" in bench.paired({0: 80.0, 1: 80.2}, {0: 70.0, 1: 78.0})  # +6 against the baseline's spread
     rows = {bench.PIXELS: {("1%", "linear"): {0: 70.0, 1: 72.0}}, "mae": {("1%", "linear"): {0: 75.0, 1: 78.0}}}
     text = bench.tables(rows, ["1%"])
     assert "| mae | not run | 76.5 ± 2.1 (2) | not run |" in text
