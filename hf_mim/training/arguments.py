@@ -21,6 +21,8 @@ from .presets import (
     RECIPES,
     SMALL_DATASET_IMAGES,
     SMALL_IMAGE_SIZE,
+    SMALL_RECIPE_DEEP_MAX_BASE_LR,
+    SMALL_RECIPE_DEPTH,
     SMALL_RECIPE_IMAGES,
     build_config_fields,
 )
@@ -161,7 +163,8 @@ class PretrainArguments:
         default=None,
         metadata=_help(
             "ViT-Ti/S/B/L encoder, or mini (6 blocks, width 128: hf_mim's size for small data) (default: the "
-            "recipe's: mini for small, base for paper); not used by visual-tokenizer",
+            "recipe's: mini for small, base for paper); under the small recipe a deeper encoder than mini takes a "
+            f"base lr of at most {SMALL_RECIPE_DEEP_MAX_BASE_LR:g}; not used by visual-tokenizer",
             choices=sorted(ENCODER_PRESETS),
         ),
     )
@@ -379,6 +382,15 @@ def resolve_defaults(
     elif args.base_lr is None:
         args.base_lr = recipe.base_lr
         reasons["base_lr"] = f"the {args.recipe} recipe's"
+        depth = ENCODER_PRESETS.get(args.model_size, {}).get("num_hidden_layers", 0)
+        deep = args.recipe == "small" and method_spec(args.method).encoder_presets and depth > SMALL_RECIPE_DEPTH
+        if deep and args.base_lr > SMALL_RECIPE_DEEP_MAX_BASE_LR:
+            args.base_lr = SMALL_RECIPE_DEEP_MAX_BASE_LR
+            reasons["base_lr"] = (
+                f"the small recipe's {recipe.base_lr:g}, capped at {SMALL_RECIPE_DEEP_MAX_BASE_LR:g} for the "
+                f"{depth}-block {args.model_size} encoder (the recipe's rates were set on the "
+                f"{SMALL_RECIPE_DEPTH}-block mini; docs/pretrain.md)"
+            )
     if args.max_steps is None and args.epochs is None:
         args.epochs = recipe.epochs or (PAPER_EPOCHS if args.recipe == "paper" else 1)
         reasons["epochs"] = f"the {args.recipe} recipe's"
