@@ -488,7 +488,7 @@ def test_every_registered_method_has_a_complete_spec():
 
 @pytest.mark.parametrize(
     ("image_size", "crop", "epochs"),
-    [(28, "scale=(0.8, 1)", "num_train_epochs=6"), (224, "scale=(0.08, 1)", "num_train_epochs=50")],
+    [(28, "scale=(0.8, 1)", "num_train_epochs=20"), (224, "scale=(0.08, 1)", "num_train_epochs=50")],
 )
 def test_the_finetuning_snippet_is_the_recipe_hf_mim_evaluate_picks_for_the_image_size(image_size, crop, epochs):
     """Issue 28: the card's Trainer snippet used ImageNet's settings for every model; a colleague with only

@@ -45,7 +45,7 @@ from .protocols import (
     load_encoder,
     load_metric,
 )
-from .recipes import DOWNSTREAM_RECIPES, choose_recipe
+from .recipes import DOWNSTREAM_RECIPES, RECIPES, choose_recipe
 
 logger = logging.getLogger("hf_mim.evaluate")
 
@@ -116,15 +116,20 @@ class EvaluateArguments:
         default="auto",
         metadata=_help(
             "downstream recipe for every setting left unset: small (for images of at most 64 px: a crop keeping "
-            "80-100%% of the image, lr 2.5e-3 per 256, about 500 steps sized by the labelled images, 5 to 100 "
-            "epochs; k-NN and linear probe on the mean of the patch tokens), paper (MAE's ImageNet fine-tuning: 50 "
+            f"80-100%% of the image, lr 2.5e-3 per 256, about {RECIPES['small'].target_steps:,} steps sized by the "
+            f"labelled images, {RECIPES['small'].min_epochs} to {RECIPES['small'].max_epochs} epochs; k-NN and "
+            "linear probe on the mean of the patch tokens), paper (MAE's ImageNet fine-tuning: 50 "
             "epochs, crop 8-100%%, lr 1e-3; the config's pooling), or auto: small when the model's image size is at "
             "most 64 px, as hf-mim pretrain picks its recipe (default: %(default)s)",
             choices=DOWNSTREAM_RECIPES,
         ),
     )
     finetune_epochs: float | None = field(
-        default=None, metadata=_help("fine-tuning epochs (default: the recipe's; small: ~500 steps, 5 to 100 epochs)")
+        default=None,
+        metadata=_help(
+            f"fine-tuning epochs (default: the recipe's; small: ~{RECIPES['small'].target_steps:,} steps, "
+            f"{RECIPES['small'].min_epochs} to {RECIPES['small'].max_epochs} epochs)"
+        ),
     )
     finetune_batch_size: int = field(
         default=64, metadata=_help("fine-tuning batch size per process (default: %(default)s)")
