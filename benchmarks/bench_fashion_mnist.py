@@ -46,6 +46,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import METHODS, PIXEL_C_GRID, hf_mim, pixel_logistic, record, run  # noqa: E402,F401
 
+from hf_mim.evaluation.recipes import choose_recipe  # noqa: E402
+from hf_mim.evaluation.runner import EvaluateArguments  # noqa: E402
+
 IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
 INSTALL = "sudo apt-get install dataset-fashion-mnist"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -135,10 +138,19 @@ class Parts:
         self.pending: list[str] = []
         self.kinds: tuple[str, ...] | None = None  # the kinds of part (a key's first word) it may start; None: any
 
-    def get(self, key: str, compute, *arguments) -> dict | None:
+    def get(self, key: str, compute, *arguments, stamp: str | None = None) -> dict | None:
+        """`stamp`: what the part's figures depend on besides its key (the downstream settings it ran with). A stored
+        part with another stamp is stale, from before a recipe changed: it is moved to results/stale/ (kept, never
+        read) and computed again, so that a table never mixes two recipes under one heading."""
         path = self.results / f"{key.replace('/', '__')}.json"
         if path.exists():
-            return json.loads(path.read_text())
+            stored = json.loads(path.read_text())
+            if stamp is None or stored.get("stamp") == stamp:
+                return stored
+            stale = self.results / "stale" / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.json"
+            stale.parent.mkdir(exist_ok=True)
+            os.replace(path, stale)
+            print(f"[stale] {key}: ran with {stored.get('stamp')!r}, now {stamp!r}; kept as {stale}", flush=True)
         late = self.deadline is not None and time.monotonic() > self.deadline
         if late or (self.kinds is not None and key.split("/")[0] not in self.kinds):
             self.pending.append(key)
@@ -152,6 +164,8 @@ class Parts:
             began = time.perf_counter()
             value = compute(*arguments)
             value["wall_s"] = round(time.perf_counter() - began, 1)
+            if stamp is not None:
+                value["stamp"] = stamp
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(value, indent=2))
             os.replace(tmp, path)
@@ -177,6 +191,22 @@ class Parts:
                 f.write(str(os.getpid()))
             return True
         return False
+
+
+def recipe_stamp(kind: str, num_labelled: int) -> str:
+    """The settings a `frozen` or `finetune` part gets from `hf-mim evaluate`'s defaults for Fashion-MNIST's 28 px
+    images (the small downstream recipe) with `num_labelled` training images: its stamp (`Parts.get`)."""
+    recipe, _ = choose_recipe("auto", 28)
+    probe = f"{recipe.name} recipe, probes on {recipe.probe_pooling}"
+    if kind == "frozen":
+        return probe
+    epochs = recipe.epochs_for(num_labelled, EvaluateArguments.finetune_batch_size)
+    lo, hi = recipe.crop_scale
+    return (
+        f"{probe}; fine-tune {epochs:g} epochs, lr {recipe.finetune_lr:g}, crop {lo:g}-{hi:g}, label smoothing "
+        f"{recipe.label_smoothing:g}, weight decay {recipe.weight_decay:g}, layer decay {recipe.layer_decay:g}, "
+        f"drop path {recipe.drop_path}"
+    )
 
 
 def evaluate_flags(per_class: int | None, seed: int, out: Path) -> list[str]:
@@ -386,6 +416,7 @@ def main() -> None:
     for kind in ("frozen", "finetune"):
         for budget in args.budgets:
             labelled = labelled_per_class(budget, train_y)
+            stamp = recipe_stamp(kind, labelled * len(np.unique(train_y)) if labelled else len(train_y))
             for method, infos in runs.items():
                 folders = dict(infos)
                 for pseed, seed in downstream_seeds(method):
@@ -396,7 +427,7 @@ def main() -> None:
                     protocols = ["knn", "linear"] if kind == "frozen" else ["finetune"]
                     out = work / "eval" / key.replace("/", "-")
                     folder = folders[pseed]["folder"]
-                    result = parts.get(key, evaluate_part, folder, protocols, labelled, seed, out, log)
+                    result = parts.get(key, evaluate_part, folder, protocols, labelled, seed, out, log, stamp=stamp)
                     if result:
                         for protocol in protocols:
                             put(name, budget, protocol, seed, result[protocol], result["wall_s"] / len(protocols))
@@ -404,7 +435,7 @@ def main() -> None:
                 for seed in args.seeds:
                     key = f"finetune/scratch/{budget}/seed{seed}"
                     out = work / "eval" / key.replace("/", "-")
-                    result = parts.get(key, scratch_part, reference, seed, work, labelled, out, log)
+                    result = parts.get(key, scratch_part, reference, seed, work, labelled, out, log, stamp=stamp)
                     if result:
                         for protocol in ("knn", "linear", "finetune"):
                             put(SCRATCH, budget, protocol, seed, result[protocol], result["wall_s"] / 3)

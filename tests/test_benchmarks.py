@@ -318,6 +318,28 @@ def test_fashion_mnist_parts_resume_and_stop_at_the_time_limit(tmp_path):
     )
 
 
+def test_fashion_mnist_parts_of_another_recipe_are_kept_aside_and_run_again(tmp_path):
+    """A recipe that changed since a part ran (issue 28 lengthened fine-tuning) must not leave its old figures in a
+    table headed by the new one: the stale part is moved to results/stale/, kept, and computed again."""
+    bench = _fashion_module()
+    parts = bench.Parts(tmp_path, None, tmp_path / "log")
+    assert parts.get("finetune/m/1%/seed0", lambda: {"x": 1}, stamp="6 epochs")["x"] == 1
+    assert parts.get("finetune/m/1%/seed0", lambda: {"x": 2}, stamp="6 epochs")["x"] == 1  # same recipe: read
+    assert parts.get("finetune/m/1%/seed0", lambda: {"x": 3}, stamp="20 epochs")["x"] == 3
+    (kept,) = (parts.results / "stale").iterdir()
+    assert json.loads(kept.read_text()) == {
+        "x": 1,
+        "wall_s": json.loads(kept.read_text())["wall_s"],
+        "stamp": "6 epochs",
+    }
+    assert parts.get("finetune/m/1%/seed0", lambda: {"x": 4}, stamp="20 epochs")["x"] == 3
+    # the stamps follow the recipe `hf-mim evaluate` applies: the fine-tuning length is in it, per labelled set
+    small = bench.choose_recipe("auto", 28)[0]
+    assert f"fine-tune {small.epochs_for(6000, 64):g} epochs" in bench.recipe_stamp("finetune", 6000)
+    assert bench.recipe_stamp("finetune", 600) != bench.recipe_stamp("finetune", 6000)
+    assert bench.recipe_stamp("frozen", 600) == bench.recipe_stamp("frozen", 6000)
+
+
 def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
     bench = _fashion_module()
     assert bench.paired({0: 80.0, 1: 82.0, 2: 81.0}, {0: 70.0, 1: 71.0, 2: 72.0}) == "+10.0 ± 1.0 ✓ > 2σ = 2.0"
