@@ -188,6 +188,25 @@ def test_the_small_recipe_caps_the_base_lr_of_encoders_deeper_than_mini(size):
     assert paper.base_lr == 1.5e-4 and "capped" not in paper.reasons["base_lr"]
 
 
+def test_the_deep_encoder_lr_cap_reads_the_depth_that_config_gives(tmp_path):
+    """The cap follows the encoder the run builds, not only the preset's name: mini deepened to 12 blocks through
+    --config (a file) or a caller's overrides takes it, ViT-Ti cut to 6 blocks does not."""
+    from hf_mim.training.presets import SMALL_RECIPE_DEEP_MAX_BASE_LR
+
+    deeper = tmp_path / "deeper.json"
+    deeper.write_text(json.dumps({"num_hidden_layers": 12}))
+    by_file = resolve_defaults(PretrainArguments(method="mae", model_size="mini", config=str(deeper)), 1437)
+    assert by_file.base_lr == SMALL_RECIPE_DEEP_MAX_BASE_LR and "(--config)" in by_file.reasons["base_lr"]
+    by_overrides = resolve_defaults(
+        PretrainArguments(method="mae", model_size="mini", config_overrides={"num_hidden_layers": 8}), 1437
+    )
+    assert by_overrides.base_lr == SMALL_RECIPE_DEEP_MAX_BASE_LR
+    shallower = tmp_path / "shallower.json"
+    shallower.write_text(json.dumps({"num_hidden_layers": 6}))
+    cut = resolve_defaults(PretrainArguments(method="mae", model_size="tiny", config=str(shallower)), 1437)
+    assert cut.base_lr == 1e-2
+
+
 def test_a_folder_of_small_images_gets_the_small_recipe_whatever_its_source(tmp_path):
     """Issue 16: a user's own small images used to get the ImageNet recipe (lr 3.75e-5 at batch 64, MAE's 8 x 512
     decoder); the scale of the run decides, and what the user gives still wins."""

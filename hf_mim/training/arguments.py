@@ -163,7 +163,8 @@ class PretrainArguments:
         default=None,
         metadata=_help(
             "ViT-Ti/S/B/L encoder, or mini (6 blocks, width 128: hf_mim's size for small data) (default: the "
-            "recipe's: mini for small, base for paper); under the small recipe a deeper encoder than mini takes a "
+            "recipe's: mini for small, base for paper); under the small recipe an encoder deeper than mini's 6 blocks "
+            "(by its size or --config's num_hidden_layers) takes a "
             f"base lr of at most {SMALL_RECIPE_DEEP_MAX_BASE_LR:g}; not used by visual-tokenizer",
             choices=sorted(ENCODER_PRESETS),
         ),
@@ -382,13 +383,17 @@ def resolve_defaults(
     elif args.base_lr is None:
         args.base_lr = recipe.base_lr
         reasons["base_lr"] = f"the {args.recipe} recipe's"
-        depth = ENCODER_PRESETS.get(args.model_size, {}).get("num_hidden_layers", 0)
+        # the depth the model will have: --config (or a caller's overrides) can deepen any preset
+        preset_depth = ENCODER_PRESETS.get(args.model_size, {}).get("num_hidden_layers", 0)
+        given = {**args.config_overrides, **config_file_fields(args)}.get("num_hidden_layers")
+        depth = given if isinstance(given, int) and not isinstance(given, bool) else preset_depth
         deep = args.recipe == "small" and method_spec(args.method).encoder_presets and depth > SMALL_RECIPE_DEPTH
         if deep and args.base_lr > SMALL_RECIPE_DEEP_MAX_BASE_LR:
             args.base_lr = SMALL_RECIPE_DEEP_MAX_BASE_LR
+            encoder = f"{args.model_size} encoder" + (" (--config)" if depth != preset_depth else "")
             reasons["base_lr"] = (
                 f"the small recipe's {recipe.base_lr:g}, capped at {SMALL_RECIPE_DEEP_MAX_BASE_LR:g} for the "
-                f"{depth}-block {args.model_size} encoder (the recipe's rates were set on the "
+                f"{depth}-block {encoder} (the recipe's rates were set on the "
                 f"{SMALL_RECIPE_DEPTH}-block mini; docs/pretrain.md)"
             )
     if args.max_steps is None and args.epochs is None:
@@ -476,20 +481,25 @@ def validate(args: PretrainArguments) -> None:
         bad("report_to", args.report_to, f"needs the {tracker_package[0]} package: pip install {tracker_package[0]}")
 
 
+def config_file_fields(args: PretrainArguments) -> dict:
+    """The config fields of `--config` (a JSON file of one object); {} without it."""
+    if not args.config:
+        return {}
+    try:
+        fields = json.loads(Path(args.config).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--config {args.config}: not a readable JSON object ({one_line(err)})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(
+            f"--config {args.config} holds a JSON {type(fields).__name__}; allowed: an object of config fields"
+        )
+    return fields
+
+
 def build_config(args: PretrainArguments, spec, checkpoint_fields: dict | None = None):
     """The run's model config: the encoder preset (or, with --init-from, `checkpoint_fields`), the image geometry,
     the recipe's and the caller's config fields, then --config's, --tokenizer and --mask-strategy."""
-    overrides = dict(args.config_overrides)
-    if args.config:
-        try:
-            fields = json.loads(Path(args.config).read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"--config {args.config}: not a readable JSON object ({one_line(err)})") from None
-        if not isinstance(fields, dict):
-            raise ValueError(
-                f"--config {args.config} holds a JSON {type(fields).__name__}; allowed: an object of config fields"
-            )
-        overrides.update(fields)
+    overrides = {**args.config_overrides, **config_file_fields(args)}
     if args.tokenizer is not None:
         overrides["tokenizer_name_or_path"] = args.tokenizer
     if args.mask_strategy is not None and "mask_strategy" not in overrides:  # --config's value wins
