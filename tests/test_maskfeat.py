@@ -118,6 +118,14 @@ def test_cell_size_must_divide_the_patch():
         tiny_config(hog_cell_size=3)
 
 
+@pytest.mark.parametrize(("patch_size", "cells"), [(4, 4), (8, 4), (5, 5), (6, 6), (2, 2)])
+def test_the_small_recipe_takes_4px_cells_where_they_divide_the_patch(patch_size, cells):
+    """Issue 28: the small recipe's fixed 4 px cells do not divide the 6 px patches of a 48 px image."""
+    fields = METHOD_SPECS["maskfeat"].small.config_for(7 * patch_size, patch_size)
+    assert fields["hog_cell_size"] == cells
+    assert MaskFeatConfig(image_size=7 * patch_size, patch_size=patch_size, **fields).hog_cell_size == cells
+
+
 def test_trains_with_the_transformers_trainer(tmp_path):
     model = MaskFeatForPreTraining(tiny_config())
     before = model.head.weight.detach().clone()

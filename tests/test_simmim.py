@@ -64,6 +64,22 @@ def test_default_mask_squares_fit_the_image(image_size, patch_size, squares):
     assert 0 < config.masking_spec().num_masked(config.grid_size) < config.num_patches
 
 
+@pytest.mark.parametrize(
+    ("image_size", "patch_size", "squares"), [(32, 4, 8), (28, 4, 4), (36, 4, 4), (40, 5, 10), (64, 8, 16)]
+)
+def test_the_small_recipe_masks_2x2_patch_squares_where_they_tile_the_grid(image_size, patch_size, squares):
+    """Issue 28: the small recipe's fixed 8 px squares do not tile the 7x7 patch grid of a 28 px image (Fashion-MNIST)
+    and `hf-mim pretrain --method simmim` stopped there. Its squares are 2x2 patches where they tile the grid, else
+    single patches; the card's masking row says which."""
+    from hf_mim.modeling.spec import masking_rows
+
+    fields = METHOD.small.config_for(image_size, patch_size)
+    assert fields["mask_patch_size"] == squares
+    config = SimMIMConfig(image_size=image_size, patch_size=patch_size, **fields)
+    assert 0 < config.masking_spec().num_masked(config.grid_size) < config.num_patches
+    assert masking_rows(config) == (("Masking", f"mask_patch, ratio 0.6, {squares} px squares"),)
+
+
 def test_defaults_are_the_papers():
     config = SimMIMConfig()
     assert (config.mask_strategy, config.mask_ratio, config.mask_patch_size) == ("mask_patch", 0.6, 32)

@@ -170,6 +170,22 @@ def test_the_small_recipe_length_follows_the_dataset_size():
     assert resolve_defaults(PretrainArguments(method="mae", image_size=28, epochs=40), 60_000).epochs == 40
 
 
+@pytest.mark.parametrize("method", sorted(METHOD_SPECS))
+def test_every_small_recipe_builds_a_valid_config_at_every_small_image_size(method):
+    """Issue 28: SimMIM's small recipe set 8 px mask squares, which do not tile the 7x7 grid of Fashion-MNIST's
+    28 px images: a user's plain `hf-mim pretrain --method simmim` stopped with a config error. Every recipe must
+    build a config for the image sizes the small recipe serves (the patch size chosen as a run chooses it)."""
+    from hf_mim.training.arguments import build_config
+
+    spec = METHOD_SPECS[method]
+    # the sizes a run picks from data of 28 to 64 px (multiples of 4), and a few given by --image-size
+    for image_size in (8, 14, 21, *range(28, 65, 4)):
+        args = resolve_defaults(PretrainArguments(method=method, image_size=image_size), 60_000)
+        assert args.recipe == "small"
+        config = build_config(args, spec)
+        assert (config.image_size, config.patch_size) == (image_size, args.patch_size)
+
+
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])
 def test_the_small_recipe_caps_the_base_lr_of_encoders_deeper_than_mini(size):
     """Issue 28: from MAE's small-recipe base lr of 1e-2 (set on the 6-block mini) a 12-block ViT-Ti pretrained to

@@ -113,6 +113,14 @@ def default_hog_cell_size(patch_size: int) -> int:
     return max(size for size in range(1, min(8, patch_size) + 1) if patch_size % size == 0)
 
 
+def small_hog_cell_size(image_size, patch_size: int) -> int:
+    """The small recipe's HOG cells: 4 px (measured on the digits' 4 px patches) where they divide the patch, else
+    the config's default for the patch (the 6 px patches of a 48 px image take 6 px cells)."""
+    if not isinstance(patch_size, int) or patch_size < 1:
+        return patch_size  # invalid geometry: the config's own checks name the field
+    return 4 if patch_size % 4 == 0 else default_hog_cell_size(patch_size)
+
+
 class HOG(nn.Module):
     """Histograms of Oriented Gradients as fixed convolutions: (B, C, H, W) -> (B, C, nbins, H / cell, W / cell).
 
@@ -298,7 +306,7 @@ METHOD = MethodSpec(
     # MaskFeat's ViT-B recipe: lr 8e-4 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.5-1
     paper=Recipe(base_lr=1e-4),
     # 4 px patches on the digits: 4 px cells, one histogram per patch; BEiT's small-grid minimum block
-    small=Recipe(base_lr=1e-2, config=dict(hog_cell_size=4, mask_min_num_patches=4), epochs=50),
+    small=Recipe(base_lr=1e-2, config=dict(hog_cell_size=small_hog_cell_size, mask_min_num_patches=4), epochs=50),
     betas=(0.9, 0.999),
     crop_scale=(0.5, 1.0),
     sample_inputs=sample_mask,

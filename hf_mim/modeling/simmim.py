@@ -110,6 +110,15 @@ def default_mask_patch_size(image_size, patch_size: int) -> int:
     return patch_size
 
 
+def small_mask_patch_size(image_size, patch_size: int) -> int:
+    """The small recipe's mask squares: 2x2 patches where they tile the patch grid (8 px on a 32 px image of 4 px
+    patches), else single patches: the 7x7 grid of a 28 px image has no 2x2 tiling."""
+    sides = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size, image_size]
+    if not isinstance(patch_size, int) or patch_size < 1 or not all(isinstance(s, int) for s in sides):
+        return patch_size  # invalid geometry: the config's own checks name the field
+    return 2 * patch_size if all(side % (2 * patch_size) == 0 for side in sides) else patch_size
+
+
 class SimMIMPreTrainedModel(MIMPreTrainedModel):
     config_class = SimMIMConfig
 
@@ -217,7 +226,7 @@ METHOD = MethodSpec(
     # SimMIM's ViT-B recipe: lr 8e-4 at batch 2048, AdamW (0.9, 0.999), crops of scale 0.67-1
     paper=Recipe(base_lr=1e-4),
     # 32 px mask squares would be a whole 32 px image; 2x2-patch squares, as SimMIM's 32 px squares of ViT-B/16
-    small=Recipe(base_lr=1e-2, config=dict(mask_patch_size=8), epochs=50),
+    small=Recipe(base_lr=1e-2, config=dict(mask_patch_size=small_mask_patch_size), epochs=50),
     betas=(0.9, 0.999),
     crop_scale=(0.67, 1.0),
     sample_inputs=sample_mask,

@@ -37,13 +37,19 @@ class Recipe:
     Args:
         base_lr: peak learning rate per 256 images; `hf-mim pretrain` uses base_lr * effective batch / 256 (MAE's
             linear scaling rule).
-        config: config fields set over the config class's defaults (which are the paper's).
+        config: config fields set over the config class's defaults (which are the paper's). A value may be a
+            function `(image_size, patch_size) -> value` for a field that must fit the run's image geometry
+            (SimMIM's mask squares); `config_for` resolves it.
         epochs: passes over the data; None leaves the run's default.
     """
 
     base_lr: float
     config: dict = field(default_factory=dict)
     epochs: int | None = None
+
+    def config_for(self, image_size, patch_size: int) -> dict:
+        """The recipe's config fields for a run of this image size and patch size."""
+        return {k: v(image_size, patch_size) if callable(v) else v for k, v in self.config.items()}
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,13 @@ class MethodCard:
 
 def masking_rows(config) -> tuple[tuple[str, str], ...]:
     """The card's row for a config that masks patches (`MaskedMIMConfig`)."""
-    return (("Masking", f"{config.mask_strategy}, ratio {config.mask_ratio}"),)
+    squares = getattr(config, "mask_patch_size", None) if config.mask_strategy == "mask_patch" else None
+    return (
+        (
+            "Masking",
+            f"{config.mask_strategy}, ratio {config.mask_ratio}" + (f", {squares} px squares" if squares else ""),
+        ),
+    )
 
 
 def decoder_rows(config) -> tuple[tuple[str, str], ...]:

@@ -407,7 +407,7 @@ def resolve_defaults(
                 f"{SMALL_RECIPE_IMAGES:,} images ({num_images:,} per epoch)"
             )
     if not same_method:
-        args.config_overrides = {**recipe.config, **args.config_overrides}
+        args.config_overrides = {**recipe.config_for(args.image_size, args.patch_size), **args.config_overrides}
     return args
 
 
