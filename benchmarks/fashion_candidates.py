@@ -38,6 +38,7 @@ GROUPS = {
         ("mean of patches", ["knn", "linear"], ["--pooling", "mean"]),
         ("CLS, block 4 of 6", ["knn", "linear"], ["--block", "4"]),
         ("mean, block 4 of 6", ["knn", "linear"], ["--pooling", "mean", "--block", "4"]),
+        ("mean, block 5 of 6", ["knn", "linear"], ["--pooling", "mean", "--block", "5"]),
     ],
     "finetune": [
         ("paper recipe (50 epochs, lr 1e-3, crop 0.08-1)", ["finetune"], ["--recipe", "paper"]),
