@@ -184,6 +184,9 @@ def test_every_small_recipe_builds_a_valid_config_at_every_small_image_size(meth
         assert args.recipe == "small"
         config = build_config(args, spec)
         assert (config.image_size, config.patch_size) == (image_size, args.patch_size)
+    # a geometry that --config (here a caller's overrides) sets over the flags is the one the recipe's rules fit
+    args = resolve_defaults(PretrainArguments(method=method, image_size=28, config_overrides={"patch_size": 7}), 1437)
+    assert build_config(args, spec).patch_size == 7
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])

@@ -407,7 +407,10 @@ def resolve_defaults(
                 f"{SMALL_RECIPE_IMAGES:,} images ({num_images:,} per epoch)"
             )
     if not same_method:
-        args.config_overrides = {**recipe.config_for(args.image_size, args.patch_size), **args.config_overrides}
+        # the geometry the model will have: --config (or a caller's overrides) can set it over the flags
+        given = {**args.config_overrides, **config_file_fields(args)}
+        geometry = given.get("image_size", args.image_size), given.get("patch_size", args.patch_size)
+        args.config_overrides = {**recipe.config_for(*geometry), **args.config_overrides}
     return args
 
 
