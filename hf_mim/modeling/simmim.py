@@ -98,12 +98,20 @@ class SimMIMConfig(MaskedMIMConfig):
             )
 
 
+def _sides(image_size, patch_size) -> list[int] | None:
+    """Both sides of `image_size`, or None for an invalid geometry (the config's own checks name the field)."""
+    sides = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size, image_size]
+    if not isinstance(patch_size, int) or patch_size < 1 or not all(isinstance(s, int) for s in sides):
+        return None
+    return sides
+
+
 def default_mask_patch_size(image_size, patch_size: int) -> int:
     """SimMIM's 32 px mask squares where they cut both sides of the image into at least 4, else the largest multiple
     of the patch size that does, else the patch size (plain random patches)."""
-    sides = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size, image_size]
-    if not isinstance(patch_size, int) or patch_size < 1 or not all(isinstance(s, int) for s in sides):
-        return 32  # invalid geometry: the config's own checks report it
+    sides = _sides(image_size, patch_size)
+    if sides is None:
+        return 32
     for size in [32, *range(32 - 32 % patch_size, patch_size - 1, -patch_size)]:
         if size % patch_size == 0 and all(side % size == 0 and side // size >= 4 for side in sides):
             return size
@@ -113,9 +121,9 @@ def default_mask_patch_size(image_size, patch_size: int) -> int:
 def small_mask_patch_size(image_size, patch_size: int) -> int:
     """The small recipe's mask squares: 2x2 patches where they tile the patch grid (8 px on a 32 px image of 4 px
     patches), else single patches: the 7x7 grid of a 28 px image has no 2x2 tiling."""
-    sides = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size, image_size]
-    if not isinstance(patch_size, int) or patch_size < 1 or not all(isinstance(s, int) for s in sides):
-        return patch_size  # invalid geometry: the config's own checks name the field
+    sides = _sides(image_size, patch_size)
+    if sides is None:
+        return patch_size
     return 2 * patch_size if all(side % (2 * patch_size) == 0 for side in sides) else patch_size
 
 
