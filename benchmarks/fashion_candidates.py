@@ -49,11 +49,14 @@ GROUPS = {
         ("crop 0.8-1, mean pooling", ["finetune"], [*PAPER_CROP, "--pooling", "mean"]),
         ("crop 0.8-1, no label smoothing", ["finetune"], [*PAPER_CROP, "--label-smoothing", "0"]),
     ],
-    # the small recipe's length (~500 steps) was set at 1%; does a larger labelled set want more?
+    # the small recipe's length (~500 steps) was set at 1%; does a larger labelled set want more? (append only: a
+    # candidate's index names its recorded parts)
     "length": [
         ("small recipe, its own length", ["finetune"], ["--recipe", "small"]),
         ("small recipe, 20 epochs", ["finetune"], ["--recipe", "small", "--finetune-epochs", "20"]),
         ("small recipe, 150 epochs", ["finetune"], ["--recipe", "small", "--finetune-epochs", "150"]),
+        # with every label the small recipe's floor (5 epochs, 4,690 steps) decides the length: is it too short?
+        ("small recipe, 15 epochs", ["finetune"], ["--recipe", "small", "--finetune-epochs", "15"]),
     ],
 }  # fmt: skip
 
