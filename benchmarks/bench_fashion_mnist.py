@@ -108,6 +108,14 @@ def write_dataset(idx_dir: Path, folder: Path) -> Path:
     return folder
 
 
+def installed_dataset(idx_dir: Path, workdir: Path) -> Path:
+    """The saved dataset of the installed IDX files (written once under `workdir`); exits in one line naming the
+    install command when they are missing. For the scripts that study one checkpoint on this data."""
+    if not (idx_dir / "train-images-idx3-ubyte.gz").exists():
+        raise SystemExit(f"Fashion-MNIST is not in {idx_dir}: run `{INSTALL}`")
+    return write_dataset(idx_dir, workdir / "fashion-mnist")
+
+
 def subset_indices(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
     """The labelled subset of a budget, exactly as `hf-mim evaluate --labels-per-class N --seed S` draws it."""
     if per_class is None:

@@ -21,12 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fashion_mnist import (  # noqa: E402
     BUDGETS,
     IDX_DIR,
-    INSTALL,
     Parts,
     arrays,
     evaluate_flags,
+    installed_dataset,
     labelled_per_class,
-    write_dataset,
 )
 from bench_quality import hf_mim, run  # noqa: E402
 
@@ -71,9 +70,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_fashion_mnist"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not (IDX_DIR / "train-images-idx3-ubyte.gz").exists():
-        raise SystemExit(f"Fashion-MNIST is not in {IDX_DIR}: run `{INSTALL}`")
-    data = write_dataset(IDX_DIR, args.workdir / "fashion-mnist")
+    data = installed_dataset(IDX_DIR, args.workdir)
     work = args.workdir / "candidates"
     parts = Parts(work, None, work / "log.txt")
     model_name = Path(args.model).name

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fashion_mnist import BUDGETS, IDX_DIR, INSTALL, arrays, labelled_per_class, write_dataset  # noqa: E402
+from bench_fashion_mnist import BUDGETS, IDX_DIR, arrays, installed_dataset, labelled_per_class, subset_indices  # noqa: E402
 from bench_quality import pixel_logistic  # noqa: E402
 
 # (name, the (block, pooling) features concatenated, the probe); block None: the last
@@ -46,17 +46,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_fashion_mnist"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not (IDX_DIR / "train-images-idx3-ubyte.gz").exists():
-        raise SystemExit(f"Fashion-MNIST is not in {IDX_DIR}: run `{INSTALL}`")
-    import numpy as np
+    data = str(installed_dataset(IDX_DIR, args.workdir))
     import torch
 
-    from hf_mim.data.labelled import labels_per_class_subset
     from hf_mim.evaluation import runner
     from hf_mim.evaluation.protocols import extract_features, knn_scores, linear_probe
 
     started = time.monotonic()
-    data = str(write_dataset(IDX_DIR, args.workdir / "fashion-mnist"))
     per_class = labelled_per_class(args.budget, arrays(IDX_DIR, "train")[1])
     settings = runner.EvaluateArguments(model=[args.model], dataset=data)
     accelerator = runner._accelerator(settings)
@@ -80,9 +76,8 @@ def main() -> None:
     pixels_test, pixels_test_y = arrays(IDX_DIR, "test")
     rows: dict[str, list[float]] = {}
     for seed in args.seeds:
-        train = labels_per_class_subset(splits.train.add_column("row", list(range(len(splits.train)))),
-                                        splits.label_column, per_class, seed)  # fmt: skip
-        index = np.array(train["row"])
+        index = subset_indices(pixels_train_y, per_class, seed)  # the draw of `hf-mim evaluate --seed S`
+        train = splits.train.select(index)
         rows.setdefault("raw pixels, logistic regression (C tuned)", []).append(
             pixel_logistic(pixels_train[index].reshape(len(index), -1) / 255.0, pixels_train_y[index],
                            pixels_test.reshape(len(pixels_test), -1) / 255.0, pixels_test_y, seed)["accuracy"]
