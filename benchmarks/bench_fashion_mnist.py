@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import METHODS, PIXEL_C_GRID, hf_mim, pixel_logistic, record, run  # noqa: E402,F401
+from bench_quality import METHODS, PIXEL_C_GRID, PIXEL_SELECTION, hf_mim, pixel_logistic, record, run  # noqa: E402,F401
 
 from hf_mim.evaluation.recipes import choose_recipe  # noqa: E402
 from hf_mim.evaluation.runner import EvaluateArguments  # noqa: E402
@@ -387,7 +387,9 @@ def main() -> None:
         for seed in args.seeds if BUDGETS[budget] else args.seeds[:1]:
             index = subset_indices(train_y, labelled_per_class(budget, train_y), seed)
             key = f"pixels/{budget}/seed{seed}"
-            result = parts.get(key, pixel_logistic, train_x[index], train_y[index], test_x, test_y, seed)
+            result = parts.get(
+                key, pixel_logistic, train_x[index], train_y[index], test_x, test_y, seed, stamp=PIXEL_SELECTION
+            )
             if result:
                 put(PIXELS, budget, "linear", seed, result["accuracy"], result["wall_s"])
                 if not BUDGETS[budget]:  # one deterministic fit on every label: the same figure pairs every seed

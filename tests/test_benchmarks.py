@@ -296,6 +296,41 @@ def test_fashion_mnist_data_is_the_idx_files_as_a_train_and_test_dataset(tmp_pat
     assert result["accuracy"] == 100.0 and result["C"] in bench.PIXEL_C_GRID
 
 
+def test_raw_pixel_baseline_picks_c_by_cross_validation_not_one_held_out_fifth(monkeypatch):
+    """The baseline's C is the grid value with the best mean accuracy over stratified folds, recomputed here fold by
+    fold; a single held-out fifth of few labels picks C by chance and weakens the bar every model is held to."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    bench = _fashion_module()
+    rng = np.random.default_rng(0)
+    # 10 classes, 8 labels each: noisy class means, so that C matters and folds disagree with any single split
+    means = rng.normal(size=(10, 30)) * 0.6
+    y, test_y = np.repeat(np.arange(10), 8), np.repeat(np.arange(10), 20)
+    x, test_x = means[y] + rng.normal(size=(80, 30)), means[test_y] + rng.normal(size=(200, 30))
+    result = bench.pixel_logistic(x, y, test_x, test_y, seed=3)
+    assert result["selection"] == "5-fold cross-validation"
+    folds = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=3).split(x, y))
+
+    def fold_mean(c):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        return np.mean([model.fit(x[a], y[a]).score(x[b], y[b]) for a, b in folds])
+
+    means = {c: fold_mean(c) for c in bench.PIXEL_C_GRID}
+    assert result["C"] == max(means, key=means.get)
+    refit = make_pipeline(StandardScaler(), LogisticRegression(C=result["C"], max_iter=2000)).fit(x, y)
+    assert result["accuracy"] == pytest.approx(100 * refit.score(test_x, test_y))
+    # with few labels per class the folds shrink to what the smallest class allows; with one label, no search
+    assert bench.pixel_logistic(x[::4], y[::4], test_x, test_y, seed=0)["selection"] == "2-fold cross-validation"
+    assert bench.pixel_logistic(x[::8], y[::8], test_x, test_y, seed=0)["C"] == 1.0
+    # past the threshold one stratified fifth is held out (thousands of images there)
+    monkeypatch.setattr(sys.modules[bench.pixel_logistic.__module__], "PIXEL_CV_MAX_LABELS", 50)
+    assert bench.pixel_logistic(x, y, test_x, test_y, seed=3)["selection"] == "held-out fifth"
+
+
 def test_fashion_mnist_parts_resume_and_stop_at_the_time_limit(tmp_path):
     bench = _fashion_module()
     calls = []
