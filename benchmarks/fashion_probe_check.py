@@ -5,8 +5,8 @@ On one pretrained checkpoint, at one label budget, for each downstream seed (the
 reads them, and probed several ways:
 
 - the probe `hf-mim evaluate` runs (MAE's: BatchNorm + linear, SGD, no weight decay), and the same with weight decay;
-- the raw-pixel row's classifier on the same features: scikit-learn logistic regression, C picked on a fifth of the
-  labels (`bench_quality.pixel_logistic`), so the probe and the pixels get the same classifier;
+- the raw-pixel row's classifier on the same features: scikit-learn logistic regression, C picked by cross-validation
+  on the labels (`bench_quality.pixel_logistic`), so the probe and the pixels get the same classifier;
 - features of several blocks, or the CLS token and the patch mean, concatenated (DINO's linear evaluation reads the
   last 4 blocks' CLS tokens);
 
