@@ -18,7 +18,8 @@ Protocol (issue 28):
   initialised from seed i) is fine-tuned with the same recipe on the same subset.
 - Baselines run here: logistic regression on the 784 raw pixels (scaled to [0, 1] and standardised; its inverse
   regularisation C picked from a grid by stratified 5-fold cross-validation on the labelled subset, by one held-out
-  fifth above 10,000 labels, then refit on all of it: `bench_quality.pixel_logistic`); the ViT from scratch. Published figures of the dataset's own benchmark are cited rows, not rerun.
+  fifth above 10,000 labels, then refit on all of it: `bench_quality.pixel_logistic`); the ViT from scratch.
+  Published figures of the dataset's own benchmark are cited rows, not rerun.
 - Reported: mean ± std over seeds, paired differences, and wall times. Every unit of work (a part) writes its
   result under WORKDIR/results as it ends; a later run skips the parts already there, so `--time-limit` lets the
   benchmark run in pieces that resume.

@@ -331,6 +331,18 @@ def test_raw_pixel_baseline_picks_c_by_cross_validation_not_one_held_out_fifth(m
     assert bench.pixel_logistic(x, y, test_x, test_y, seed=3)["selection"] == "held-out fifth"
 
 
+def test_pixel_c_selection_prints_both_selections_per_draw(tmp_path):
+    _write_idx(tmp_path / "idx", per_class=50)
+    out = run("pixel_c_selection.py", "--idx-dir", str(tmp_path / "idx"), "--budget", "10%", "--seeds", "0", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 0 ") or line.startswith("| 1 ")]
+    assert len(rows) == 2
+    for cells in rows:
+        held_c, held_acc = cells[1].split(",")
+        assert float(held_c) in (0.001, 0.01, 0.1, 1.0) and 0 <= float(held_acc) <= 100
+        assert "5-fold cross-validation" in cells[2]  # 5 labels per class: five folds of one each
+        assert len(cells[3].split("/")) == len({*_fashion_module().PIXEL_C_GRID, 0.001, 0.01, 0.1, 1.0})  # both grids
+
+
 def test_fashion_mnist_parts_resume_and_stop_at_the_time_limit(tmp_path):
     bench = _fashion_module()
     calls = []
