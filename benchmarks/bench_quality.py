@@ -188,7 +188,7 @@ def pixel_logistic(train_x, train_y, test_x, test_y, seed: int) -> dict:
     Its inverse regularisation C is picked from PIXEL_C_GRID by stratified 5-fold cross-validation on the labelled
     images (scaler and classifier fitted inside each fold), then refit on all of them. A single held-out fifth of 60
     labels per class (12 per class) picked C anywhere from 0.001 to 1.0 on Fashion-MNIST's three draws and cost the
-    baseline up to 3.8 points: a baseline weakened by its own tuning flatters every model beside it. Above
+    baseline up to 3.7 points: a baseline weakened by its own tuning flatters every model beside it. Above
     PIXEL_CV_MAX_LABELS images one stratified held-out fifth is used (thousands of validation images)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression

@@ -308,9 +308,9 @@ def test_raw_pixel_baseline_picks_c_by_cross_validation_not_one_held_out_fifth(m
     bench = _fashion_module()
     rng = np.random.default_rng(0)
     # 10 classes, 8 labels each: noisy class means, so that C matters and folds disagree with any single split
-    means = rng.normal(size=(10, 30)) * 0.6
+    centres = rng.normal(size=(10, 30)) * 0.6
     y, test_y = np.repeat(np.arange(10), 8), np.repeat(np.arange(10), 20)
-    x, test_x = means[y] + rng.normal(size=(80, 30)), means[test_y] + rng.normal(size=(200, 30))
+    x, test_x = centres[y] + rng.normal(size=(80, 30)), centres[test_y] + rng.normal(size=(200, 30))
     result = bench.pixel_logistic(x, y, test_x, test_y, seed=3)
     assert result["selection"] == "5-fold cross-validation"
     folds = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=3).split(x, y))
