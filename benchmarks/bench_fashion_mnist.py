@@ -22,7 +22,8 @@ Protocol (issue 28):
   Published figures of the dataset's own benchmark are cited rows, not rerun.
 - Reported: mean ± std over seeds, paired differences, and wall times. Every unit of work (a part) writes its
   result under WORKDIR/results as it ends; a later run skips the parts already there, so `--time-limit` lets the
-  benchmark run in pieces that resume.
+  benchmark run in pieces that resume. The parts are what resumes: `--record` refuses to replace a recorded table
+  with one of fewer measurements (a workdir without the parts it was made from), unless `--record-fewer`.
 
     sudo apt-get install dataset-fashion-mnist
     python benchmarks/bench_fashion_mnist.py --time-limit 80 --record      # again until it says "complete"
@@ -36,6 +37,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import statistics
 import struct
 import sys
@@ -293,6 +295,30 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f} ({len(values)})"
 
 
+# a measured cell of the table: "84.7 ± 0.0 (3)", the count in brackets
+MEASURED_CELL = re.compile(r"± \d+(?:\.\d+)? \((\d+)\)")
+
+
+def measurements(block: str) -> int:
+    """How many measurements a table holds: the counts of its measured cells, summed."""
+    return sum(int(n) for n in MEASURED_CELL.findall(block))
+
+
+def check_record(block: str, files, marker: str = "bench_fashion_mnist") -> None:
+    """Refuse to record a table holding fewer measurements than the one already recorded. A workdir that lacks the
+    parts a recorded table was made from (another machine, a fresh clone, a wiped `outputs/`) would otherwise
+    replace weeks of measurements with a near-empty table; the parts, not the table, are what resumes."""
+    pattern = re.compile(rf"<!-- {marker}:start -->\n(.*?)<!-- {marker}:end -->", re.S)
+    for path in files:
+        found = pattern.search(path.read_text()) if path.exists() else None
+        held, new = (measurements(found.group(1)), measurements(block)) if found else (0, 0)
+        if new < held:
+            raise SystemExit(
+                f"--record refused: {path} holds a table of {held} measurements and this workdir's parts make one "
+                f"of {new}. Run where the parts are (--workdir), or pass --record-fewer to replace it anyway."
+            )
+
+
 def paired(a: dict[int, float], b: dict[int, float]) -> str:
     """mean ± std of a - b over the seeds both have, and whether the mean exceeds twice the larger of the two rows'
     standard deviations (bench_quality.py's test)."""
@@ -358,6 +384,10 @@ def main() -> None:
         "pretrains while another evaluates what is pretrained",
     )  # fmt: skip
     parser.add_argument("--record", action="store_true", help="write the tables into RESULTS.md and the README")
+    parser.add_argument(
+        "--record-fewer", action="store_true",
+        help="let --record replace a recorded table that holds more measurements than this workdir's parts give",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     missing = [p.name for p in (args.idx_dir / "train-images-idx3-ubyte.gz", args.idx_dir / "t10k-labels-idx1-ubyte.gz")
@@ -486,8 +516,10 @@ def main() -> None:
     (work / "bench_fashion_mnist.md").write_text(block + "\n")
     print(block)
     if args.record:
-        record("bench_fashion_mnist", block, files=(Path(__file__).with_name("RESULTS.md"),
-                                                    Path(__file__).resolve().parents[1] / "README.md"))  # fmt: skip
+        files = (Path(__file__).with_name("RESULTS.md"), Path(__file__).resolve().parents[1] / "README.md")
+        if not args.record_fewer:
+            check_record(block, files)
+        record("bench_fashion_mnist", block, files=files)
     print(status)
 
 

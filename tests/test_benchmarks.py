@@ -395,6 +395,23 @@ def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
     assert "| mae | +5.5 ± 0.7" in text
 
 
+def test_fashion_mnist_record_never_replaces_a_table_with_one_of_fewer_measurements(tmp_path):
+    bench = _fashion_module()
+    rows = {bench.PIXELS: {("1%", "linear"): {0: 70.0, 1: 72.0}}, "mae": {("1%", "linear"): {0: 75.0, 1: 78.0}}}
+    full = bench.tables(rows, ["1%"])
+    rows["mae"][("1%", "linear")] = {0: 75.0}  # a workdir that lost a part
+    fewer = bench.tables(rows, ["1%"])
+    assert bench.measurements(full) == 4 and bench.measurements(fewer) == 3
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"intro\n<!-- bench_fashion_mnist:start -->\n{full}\n<!-- bench_fashion_mnist:end -->\n")
+    before = results.read_text()
+    with pytest.raises(SystemExit, match="holds a table of 4 measurements .* one of 3"):
+        bench.check_record(fewer, [results])
+    assert results.read_text() == before
+    bench.check_record(full, [results])  # as many (or more): recorded as before
+    bench.check_record(fewer, [tmp_path / "absent.md"])
+
+
 @pytest.mark.slow
 def test_fashion_mnist_benchmark_runs_and_resumes_on_toy_data(tmp_path):
     _write_idx(tmp_path / "idx", per_class=20, test_per_class=2)
