@@ -41,11 +41,15 @@ class Recipe:
             function `(image_size, patch_size) -> value` for a field that must fit the run's image geometry
             (SimMIM's mask squares); `config_for` resolves it.
         epochs: passes over the data; None leaves the run's default.
+        max_images: the most images a run of the small recipe sees: on a dataset larger than the one `epochs` was
+            set on, the epochs are cut to fit. None takes the small recipe's shared budget
+            (`hf_mim.training.presets.SMALL_RECIPE_IMAGES`); a method sets its own where one was measured.
     """
 
     base_lr: float
     config: dict = field(default_factory=dict)
     epochs: int | None = None
+    max_images: int | None = None
 
     def config_for(self, image_size, patch_size: int) -> dict:
         """The recipe's config fields for a run of this image size and patch size."""

@@ -113,7 +113,11 @@ class PretrainArguments:
     max_steps: int | None = field(default=None, metadata=_help("optimizer steps to train; overrides --epochs"))
     epochs: int | None = field(
         default=None,
-        metadata=_help("passes over the data (default: the method's small-data recipe's; 1 with --recipe paper)"),
+        metadata=_help(
+            "passes over the data (default: the method's small-data recipe's, cut on a large dataset to the recipe's "
+            f"budget of images seen: its own where measured (MAE's 1,200,000), else {SMALL_RECIPE_IMAGES:,}; 1 with "
+            "--recipe paper)"
+        ),
     )
     batch_size: int = field(default=64, metadata=_help("images per device per micro-step (default: %(default)s)"))
     grad_accum: int = field(default=1, metadata=_help("micro-steps per optimizer step (default: %(default)s)"))
@@ -399,12 +403,13 @@ def resolve_defaults(
     if args.max_steps is None and args.epochs is None:
         args.epochs = recipe.epochs or (PAPER_EPOCHS if args.recipe == "paper" else 1)
         reasons["epochs"] = f"the {args.recipe} recipe's"
-        if args.recipe == "small" and args.epochs * num_images > SMALL_RECIPE_IMAGES:
+        budget = recipe.max_images or SMALL_RECIPE_IMAGES
+        if args.recipe == "small" and args.epochs * num_images > budget:
             # the small recipe's epochs were set on 1,437 digits; 60,000 images need fewer passes
-            wanted, args.epochs = args.epochs, max(1, SMALL_RECIPE_IMAGES // num_images)
+            wanted, args.epochs = args.epochs, max(1, budget // num_images)
             reasons["epochs"] = (
                 f"the small recipe's {wanted}, cut to {args.epochs} so that the run sees at most "
-                f"{SMALL_RECIPE_IMAGES:,} images ({num_images:,} per epoch)"
+                f"{budget:,} images ({num_images:,} per epoch)"
             )
     if not same_method:
         # the geometry the model will have: --config (or a caller's overrides) can set it over the flags

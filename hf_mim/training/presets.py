@@ -25,7 +25,8 @@ RECIPES = ("paper", "small")
 SMALL_DATASET_IMAGES = 50_000
 # The small recipe's epochs, set on the 1,437 training digits (100 for MAE: 143,700 images), are cut for a larger
 # dataset so that a run sees at most this many images: 10 epochs of Fashion-MNIST's 60,000 (issue 28 measured 3 and
-# 10 epochs there; benchmarks/RESULTS.md).
+# 10 epochs there; benchmarks/RESULTS.md). A method's small `Recipe.max_images` replaces it where that method's own
+# length was measured: MAE's 1,200,000 (20 epochs of Fashion-MNIST).
 SMALL_RECIPE_IMAGES = 600_000
 # The small recipe's base learning rates were set on the 6-block mini encoder. From 1e-2, MAE's, the 12-block ViT-Ti
 # falls below random initialisation on the held-out digits (600 steps: k-NN 34.4 against 44.7); at 1.5e-3 it reaches
