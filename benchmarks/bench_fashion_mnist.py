@@ -47,7 +47,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import METHODS, PIXEL_C_GRID, PIXEL_SELECTION, hf_mim, pixel_logistic, record, run  # noqa: E402,F401
+from bench_quality import (  # noqa: E402,F401
+    METHODS,
+    PIXEL_C_GRID,
+    PIXEL_SELECTION,
+    hf_mim,
+    marked_block,
+    pixel_logistic,
+    record,
+    run,
+)
 
 from hf_mim.evaluation.recipes import choose_recipe  # noqa: E402
 from hf_mim.evaluation.runner import EvaluateArguments  # noqa: E402
@@ -308,10 +317,9 @@ def check_record(block: str, files, marker: str = "bench_fashion_mnist") -> None
     """Refuse to record a table holding fewer measurements than the one already recorded. A workdir that lacks the
     parts a recorded table was made from (another machine, a fresh clone, a wiped `outputs/`) would otherwise
     replace weeks of measurements with a near-empty table; the parts, not the table, are what resumes."""
-    pattern = re.compile(rf"<!-- {marker}:start -->\n(.*?)<!-- {marker}:end -->", re.S)
     for path in files:
-        found = pattern.search(path.read_text()) if path.exists() else None
-        held, new = (measurements(found.group(1)), measurements(block)) if found else (0, 0)
+        found = marked_block(marker).search(path.read_text()) if path.exists() else None
+        held, new = (measurements(found.group(2)), measurements(block)) if found else (0, 0)
         if new < held:
             raise SystemExit(
                 f"--record refused: {path} holds a table of {held} measurements and this workdir's parts make one "

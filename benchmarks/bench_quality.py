@@ -327,13 +327,18 @@ def table(runs: dict, scores: dict, seeds) -> str:
     return "\n".join(lines)
 
 
+def marked_block(marker: str) -> re.Pattern:
+    """The text between `<!-- marker:start -->` and `<!-- marker:end -->`: groups (start line, block, end line)."""
+    return re.compile(rf"(<!-- {marker}:start -->\n)(.*?)(<!-- {marker}:end -->)", re.S)
+
+
 def record(marker: str, block: str, files=(RESULTS, DOCS_PAGE)) -> None:
     """Replace the text between `<!-- marker:start -->` and `<!-- marker:end -->` in each file that has them."""
     for path in files:
         text = path.read_text()
-        pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
+        pattern = marked_block(marker)
         if pattern.search(text):
-            path.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text))
+            path.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(3), text))
             print(f"recorded in {path}")
 
 

@@ -1,5 +1,6 @@
 """`hf-mim pretrain` end to end: tiny models, a few steps each."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -175,6 +176,9 @@ def test_the_small_recipe_length_follows_the_dataset_size():
     huge = resolve_defaults(PretrainArguments(method="mae", image_size=28), 10 * 1_200_000)
     assert huge.epochs == 1
     assert resolve_defaults(PretrainArguments(method="mae", image_size=28, epochs=40), 60_000).epochs == 40
+    # --help names each budget from the specs, so it cannot drift from them
+    help_text = next(f for f in dataclasses.fields(PretrainArguments) if f.name == "epochs").metadata["help"]
+    assert "mae: 1,200,000" in help_text and f"else {SMALL_RECIPE_IMAGES:,}" in help_text
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_SPECS))

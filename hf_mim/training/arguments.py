@@ -115,8 +115,9 @@ class PretrainArguments:
         default=None,
         metadata=_help(
             "passes over the data (default: the method's small-data recipe's, cut on a large dataset to the recipe's "
-            f"budget of images seen: its own where measured (MAE's 1,200,000), else {SMALL_RECIPE_IMAGES:,}; 1 with "
-            "--recipe paper)"
+            "budget of images seen: its own where measured ("
+            + ", ".join(f"{n}: {s.small.max_images:,}" for n, s in METHOD_SPECS.items() if s.small.max_images)
+            + f"), else {SMALL_RECIPE_IMAGES:,}; 1 with --recipe paper)"
         ),
     )
     batch_size: int = field(default=64, metadata=_help("images per device per micro-step (default: %(default)s)"))
