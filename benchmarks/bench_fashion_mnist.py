@@ -21,9 +21,14 @@ Protocol (issue 28):
   fifth above 10,000 labels, then refit on all of it: `bench_quality.pixel_logistic`); the ViT from scratch.
   Published figures of the dataset's own benchmark are cited rows, not rerun.
 - Reported: mean ± std over seeds, paired differences, and wall times. Every unit of work (a part) writes its
-  result under WORKDIR/results as it ends; a later run skips the parts already there, so `--time-limit` lets the
-  benchmark run in pieces that resume. The parts are what resumes: `--record` refuses to replace a recorded table
-  with one of fewer measurements (a workdir without the parts it was made from), unless `--record-fewer`.
+  result as it ends, a small JSON file in `--results-dir` (default benchmarks/results/fashion_mnist, committed with
+  the repository); a later run skips the parts already there, so `--time-limit` lets the benchmark run in pieces that
+  resume, on another day or another machine (each part names the machine it ran on). The results folder is bound to
+  the data it measured (DATA.json: the IDX files' sha256); parts of other data are refused, never mixed in.
+- Models are not committed, only figures: a part that needs a pretrained model which is not in `--workdir` (another
+  machine, a wiped `outputs/`) is not run and the summary names it; `--repretrain mae-p0` pretrains it again, after
+  moving every stored part of the old pretraining to stale/, so that no row mixes two pretrainings of one seed.
+  `--record` refuses to replace a recorded table with one of fewer measurements, unless `--record-fewer`.
 
     sudo apt-get install dataset-fashion-mnist
     python benchmarks/bench_fashion_mnist.py --time-limit 80 --record      # again until it says "complete"
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import platform
@@ -62,6 +68,8 @@ from hf_mim.evaluation.recipes import choose_recipe  # noqa: E402
 from hf_mim.evaluation.runner import EvaluateArguments  # noqa: E402
 
 IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: where the parts' figures are kept: in the repository, so that the table accumulates across runs and machines
+RESULTS_DIR = Path(__file__).resolve().parent / "results" / "fashion_mnist"
 INSTALL = "sudo apt-get install dataset-fashion-mnist"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 #: label budget -> the fraction of the training images labelled, as images per class (60 and 600 of Fashion-MNIST)
@@ -145,24 +153,53 @@ def subset_indices(labels: np.ndarray, per_class: int | None, seed: int) -> np.n
 # ----------------------------------------------------------------------------------------------------------------
 
 
+MACHINE = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {__import__('torch').__version__}"
+
+
+def data_fingerprint(idx_dir: Path) -> dict:
+    """What a results folder measured: the sha256 of each IDX file. Parts measured on other files (the tests' toy
+    data, a corrupted download) must never be read as Fashion-MNIST's."""
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz")  # fmt: skip
+    return {name: hashlib.sha256((idx_dir / name).read_bytes()).hexdigest() for name in names}
+
+
 class Parts:
     """Units of work that survive the process: `get(key, compute)` returns the stored result, or computes and
     stores it. Past the deadline, or while another invocation holds the part's lock (two invocations can share the
     work, one core each), it computes nothing and notes the part as pending."""
 
-    def __init__(self, work: Path, time_limit_min: float | None, log: Path):
-        self.results = work / "results"
+    def __init__(self, results: Path, time_limit_min: float | None, log: Path, data: dict | None = None):
+        """`data`: the fingerprint of what the parts measure (`data_fingerprint`); the folder keeps it in DATA.json
+        and a folder holding another one is refused."""
+        self.results = results
         self.results.mkdir(parents=True, exist_ok=True)
+        if data is not None:
+            bound = self.results / "DATA.json"
+            if not bound.exists():
+                tmp = bound.with_name(bound.name + ".tmp")
+                tmp.write_text(json.dumps(data, indent=2) + "\n")
+                os.replace(tmp, bound)
+            elif json.loads(bound.read_text()) != data:
+                raise SystemExit(
+                    f"{self.results} holds parts measured on other data than these IDX files (its DATA.json): "
+                    "pass another --results-dir"
+                )
         self.deadline = None if time_limit_min is None else time.monotonic() + 60 * time_limit_min
         self.log = log
         self.pending: list[str] = []
+        self.missing: dict[str, Path] = {}  # parts not run because the model they need is not here
         self.kinds: tuple[str, ...] | None = None  # the kinds of part (a key's first word) it may start; None: any
 
-    def get(self, key: str, compute, *arguments, stamp: str | None = None) -> dict | None:
+    def path(self, key: str) -> Path:
+        return self.results / f"{key.replace('/', '__')}.json"
+
+    def get(self, key: str, compute, *arguments, stamp: str | None = None, needs: Path | None = None) -> dict | None:
         """`stamp`: what the part's figures depend on besides its key (the downstream settings it ran with). A stored
         part with another stamp is stale, from before a recipe changed: it is moved to results/stale/ (kept, never
-        read) and computed again, so that a table never mixes two recipes under one heading."""
-        path = self.results / f"{key.replace('/', '__')}.json"
+        read) and computed again, so that a table never mixes two recipes under one heading. `needs`: a folder the
+        computation reads (a pretrained model); while it is absent the part is not run and is noted in `missing`."""
+        path = self.path(key)
         if path.exists():
             stored = json.loads(path.read_text())
             if stamp is None or stored.get("stamp") == stamp:
@@ -175,6 +212,10 @@ class Parts:
         if late or (self.kinds is not None and key.split("/")[0] not in self.kinds):
             self.pending.append(key)
             return None
+        if needs is not None and not needs.exists():
+            self.pending.append(key)
+            self.missing[key] = needs
+            return None
         lock = path.with_name(path.name + ".lock")
         if not self._lock(lock):
             self.pending.append(key)
@@ -184,6 +225,7 @@ class Parts:
             began = time.perf_counter()
             value = compute(*arguments)
             value["wall_s"] = round(time.perf_counter() - began, 1)
+            value["machine"] = MACHINE
             if stamp is not None:
                 value["stamp"] = stamp
             tmp = path.with_name(path.name + ".tmp")
@@ -192,6 +234,21 @@ class Parts:
             return value
         finally:
             lock.unlink(missing_ok=True)
+
+    def set_aside(self, pretraining: str) -> list[Path]:
+        """Move the stored parts of one pretraining ("mae-p0": the pretraining part and every part measured on its
+        model) to stale/, so that it can be pretrained again without its new figures pairing with the old ones."""
+        name, _, seed = pretraining.rpartition("-p")
+        if not name or not seed.isdigit():
+            raise SystemExit(f"--repretrain {pretraining!r}: expected METHOD-pSEED, such as mae-p0")
+        moved = []
+        for path in [self.path(f"pretrain/{name}/seed{seed}"), *self.results.glob(f"*__{name}-p{seed}__*.json")]:
+            if path.exists():
+                stale = self.results / "stale" / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.json"
+                stale.parent.mkdir(exist_ok=True)
+                os.replace(path, stale)
+                moved.append(stale)
+        return moved
 
     @staticmethod
     def _lock(lock: Path) -> bool:
@@ -384,7 +441,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="downstream seeds (label draws)")
     parser.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     parser.add_argument("--idx-dir", type=Path, default=IDX_DIR, help="where the IDX files are (default: %(default)s)")
-    parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_fashion_mnist"))
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("outputs/bench_fashion_mnist"),
+        help="the data, models and logs (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR,
+        help="the parts' figures, one JSON file each, kept across runs and machines (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--repretrain", nargs="+", default=[], metavar="METHOD-pSEED",
+        help="pretrain these again (e.g. mae-p0) when their model is gone: their stored parts move to stale/ first",
+    )  # fmt: skip
     parser.add_argument("--time-limit", type=float, help="minutes: start no new part after this; run again to resume")
     parser.add_argument(
         "--kinds", nargs="+", default=list(KINDS), choices=KINDS,
@@ -406,8 +474,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
     DATA, IDX = write_dataset(args.idx_dir, work / "fashion-mnist"), args.idx_dir
-    parts = Parts(work, args.time_limit, log)
+    parts = Parts(args.results_dir, args.time_limit, log, data=data_fingerprint(args.idx_dir))
     parts.kinds = tuple(args.kinds)
+    for pretraining in args.repretrain:
+        name, _, seed = pretraining.rpartition("-p")
+        folder = work / "pretrain" / f"{name}-seed{seed}"  # where pretrain_part writes it
+        if (folder / "training_summary.json").exists():
+            raise SystemExit(f"--repretrain {pretraining}: its model is in {folder}; nothing to pretrain again")
+        for stale in parts.set_aside(pretraining):
+            print(f"[repretrain] {pretraining}: kept as {stale}", flush=True)
     began = time.perf_counter()
     rows: dict[str, dict] = {PIXELS: {}}
     walls: dict[str, float] = {PIXELS: 0.0}
@@ -449,7 +524,10 @@ def main() -> None:
                 if tok is None:
                     continue
                 extra = ["--tokenizer", tok["folder"]]
-            info = parts.get(f"pretrain/{method}/seed{seed}", pretrain_part, method, seed, work, log, extra)
+            needs = Path(extra[1]) if extra else None
+            info = parts.get(
+                f"pretrain/{method}/seed{seed}", pretrain_part, method, seed, work, log, extra, needs=needs
+            )
             if info is not None:
                 runs.setdefault(method, []).append((seed, info))
                 walls[method] = walls.get(method, 0.0) + info["pretrain_wall_s"]
@@ -460,7 +538,9 @@ def main() -> None:
             return list(zip(args.pretrain_seeds, args.seeds, strict=False))
         return [(args.pretrain_seeds[0], s) for s in args.seeds]
 
-    reference = next((info["folder"] for infos in runs.values() for _, info in infos), None)
+    folders_run = [info["folder"] for infos in runs.values() for _, info in infos]
+    # the from-scratch ViT copies a pretrained model's architecture: any one that is still here
+    reference = next((f for f in folders_run if Path(f).exists()), folders_run[0] if folders_run else None)
     # frozen features first (cheap), budget by budget; fine-tuning after, the 100% budget last (the dearest)
     for kind in ("frozen", "finetune"):
         for budget in args.budgets:
@@ -476,7 +556,9 @@ def main() -> None:
                     protocols = ["knn", "linear"] if kind == "frozen" else ["finetune"]
                     out = work / "eval" / key.replace("/", "-")
                     folder = folders[pseed]["folder"]
-                    result = parts.get(key, evaluate_part, folder, protocols, labelled, seed, out, log, stamp=stamp)
+                    result = parts.get(
+                        key, evaluate_part, folder, protocols, labelled, seed, out, log, stamp=stamp, needs=Path(folder)
+                    )
                     if result:
                         for protocol in protocols:
                             put(name, budget, protocol, seed, result[protocol], result["wall_s"] / len(protocols))
@@ -484,7 +566,9 @@ def main() -> None:
                 for seed in args.seeds:
                     key = f"finetune/scratch/{budget}/seed{seed}"
                     out = work / "eval" / key.replace("/", "-")
-                    result = parts.get(key, scratch_part, reference, seed, work, labelled, out, log, stamp=stamp)
+                    result = parts.get(
+                        key, scratch_part, reference, seed, work, labelled, out, log, stamp=stamp, needs=Path(reference)
+                    )
                     if result:
                         for protocol in ("knn", "linear", "finetune"):
                             put(SCRATCH, budget, protocol, seed, result[protocol], result["wall_s"] / 3)
@@ -510,15 +594,24 @@ def main() -> None:
         f"{names.get(k, k)} {v:.0f}" for k, v in walls.items()
     )
     text += "\n\nPublished, every training label (cited, not rerun): " + "; ".join(f"{n} {v}" for n, v in PUBLISHED)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {__import__('torch').__version__}"
+    machines = sorted({v["machine"] for v in map(json.loads, map(Path.read_text, args.results_dir.glob("*__*.json")))
+                       if "machine" in v})  # fmt: skip
+    if machines:
+        text += "\n\nParts measured on: " + "; ".join(machines)
     status = (
         "complete"
         if not parts.pending
         else f"partial: {len(parts.pending)} parts not yet run (first: {parts.pending[0]}); run it again to resume"
     )
+    if parts.missing:
+        gone = sorted({str(p) for p in parts.missing.values()})
+        status += (
+            f"; {len(parts.missing)} of them need a model that is not in {work} ({', '.join(gone)}): "
+            "pretrain it again with --repretrain METHOD-pSEED (its stored parts then move to stale/)"
+        )
     command = "python benchmarks/bench_fashion_mnist.py " + " ".join(sys.argv[1:]).replace(" --record", "")
     block = (
-        f"`{command.strip()}`: {machine}; this invocation {(time.perf_counter() - began) / 60:.0f} min "
+        f"`{command.strip()}`: {MACHINE}; this invocation {(time.perf_counter() - began) / 60:.0f} min "
         f"({time.strftime('%Y-%m-%d')}); {status}\n\n{text}"
     )
     (work / "bench_fashion_mnist.md").write_text(block + "\n")

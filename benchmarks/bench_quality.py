@@ -338,7 +338,10 @@ def record(marker: str, block: str, files=(RESULTS, DOCS_PAGE)) -> None:
         text = path.read_text()
         pattern = marked_block(marker)
         if pattern.search(text):
-            path.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(3), text))
+            # atomic: an interrupted write must not leave a README cut in half
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(3), text))
+            os.replace(tmp, path)
             print(f"recorded in {path}")
 
 

@@ -416,15 +416,75 @@ def test_fashion_mnist_record_never_replaces_a_table_with_one_of_fewer_measureme
 def test_fashion_mnist_benchmark_runs_and_resumes_on_toy_data(tmp_path):
     _write_idx(tmp_path / "idx", per_class=20, test_per_class=2)
     args = ["--idx-dir", str(tmp_path / "idx"), "--workdir", str(tmp_path / "w"), "--methods", "mae"]
+    args += ["--results-dir", str(tmp_path / "r")]
     args += ["--pretrain-seeds", "0", "--seeds", "0", "--budgets", "10%"]  # 2 labels per class: 20, k-NN's k
     out = run("bench_fashion_mnist.py", *args, "--time-limit", "0")
     assert "partial" in out  # the pixels part ran; past the limit, nothing else started
     out = run("bench_fashion_mnist.py", *args)
     assert out.strip().endswith("complete") and "| ViT from scratch |" in out
-    results = {p.name for p in (tmp_path / "w" / "results").iterdir()}
+    results = {p.name for p in (tmp_path / "r").iterdir()}
     assert {"pixels__10%__seed0.json", "pretrain__mae__seed0.json", "frozen__mae-p0__10%__seed0.json"} <= results
-    assert {"finetune__mae-p0__10%__seed0.json", "finetune__scratch__10%__seed0.json"} <= results
+    assert {"finetune__mae-p0__10%__seed0.json", "finetune__scratch__10%__seed0.json", "DATA.json"} <= results
     assert not any(name.endswith(".lock") for name in results)
+    # the figures are kept, the models are not: on a machine without the model, nothing that needs it runs
+    import shutil
+
+    shutil.rmtree(tmp_path / "w" / "pretrain")
+    args[args.index("--seeds") + 1] = "1"  # a new label draw: parts that need the pretrained model
+    out = run("bench_fashion_mnist.py", *args)
+    assert "need a model that is not in" in out and "mae-seed0" in out and "--repretrain" in out
+    assert not (tmp_path / "r" / "frozen__mae-p0__10%__seed1.json").exists()
+    assert (tmp_path / "r" / "pixels__10%__seed1.json").exists()  # what needs no model still runs
+    assert (tmp_path / "r" / "frozen__mae-p0__10%__seed0.json").exists()  # what was measured stays in the table
+    out = run("bench_fashion_mnist.py", *args, "--repretrain", "mae-p0")
+    assert out.strip().endswith("complete")
+    stale = {p.name.split(".")[0] for p in (tmp_path / "r" / "stale").iterdir()}
+    assert {"pretrain__mae__seed0", "frozen__mae-p0__10%__seed0", "finetune__mae-p0__10%__seed0"} <= stale
+
+
+def test_fashion_mnist_results_folder_is_bound_to_its_data(tmp_path):
+    """Parts are committed with the repository and read by every later run: parts measured on other files (the toy
+    IDX files of these tests) must be refused, not mixed into Fashion-MNIST's table."""
+    bench = _fashion_module()
+    _write_idx(tmp_path / "idx")
+    toy = bench.data_fingerprint(tmp_path / "idx")
+    bench.Parts(tmp_path / "r", None, tmp_path / "log", data=toy).get("pixels/1%/seed0", lambda: {"x": 1})
+    assert json.loads((tmp_path / "r" / "DATA.json").read_text()) == toy
+    assert bench.Parts(tmp_path / "r", None, tmp_path / "log", data=toy).get("pixels/1%/seed0", None)["x"] == 1
+    other = dict(toy, **{"train-labels-idx1-ubyte.gz": "0" * 64})
+    with pytest.raises(SystemExit, match="other data"):
+        bench.Parts(tmp_path / "r", None, tmp_path / "log", data=other)
+    # the repository's folder is bound to the installed Fashion-MNIST: a toy run that forgot --results-dir stops
+    bound = bench.RESULTS_DIR / "DATA.json"
+    assert bound.exists(), "the committed results folder must name the data it measured"
+    assert json.loads(bound.read_text()) != toy
+    with pytest.raises(SystemExit, match="other data"):
+        bench.Parts(bench.RESULTS_DIR, None, tmp_path / "log", data=toy)
+
+
+def test_fashion_mnist_parts_that_need_a_missing_model_wait_and_repretraining_sets_the_old_figures_aside(tmp_path):
+    bench = _fashion_module()
+    parts = bench.Parts(tmp_path / "r", None, tmp_path / "log")
+    model = tmp_path / "mae-seed0"
+    assert parts.get("frozen/mae-p0/1%/seed0", lambda: 1 / 0, needs=model) is None  # not computed
+    assert parts.pending == ["frozen/mae-p0/1%/seed0"] and parts.missing == {"frozen/mae-p0/1%/seed0": model}
+    model.mkdir()
+    assert parts.get("frozen/mae-p0/1%/seed0", lambda: {"x": 1}, needs=model)["x"] == 1
+    assert parts.path("frozen/mae-p0/1%/seed0").exists() and "machine" in json.loads(
+        parts.path("frozen/mae-p0/1%/seed0").read_text()
+    )
+    for key in ("pretrain/mae/seed0", "finetune/mae-p0/10%/seed0", "frozen/mae-p10/1%/seed0", "pretrain/mae/seed1",
+                "finetune/scratch/1%/seed0", "pretrain/visual-tokenizer/seed0"):  # fmt: skip
+        parts.get(key, lambda: {"x": 2})
+    moved = {p.name.split(".")[0] for p in parts.set_aside("mae-p0")}
+    assert moved == {"pretrain__mae__seed0", "frozen__mae-p0__1%__seed0", "finetune__mae-p0__10%__seed0"}
+    kept = {p.name for p in (tmp_path / "r").glob("*.json")}
+    assert kept == {"frozen__mae-p10__1%__seed0.json", "pretrain__mae__seed1.json", "finetune__scratch__1%__seed0.json",
+                    "pretrain__visual-tokenizer__seed0.json"}  # fmt: skip
+    tokenizer = {p.name.split(".")[0] for p in parts.set_aside("visual-tokenizer-p0")}
+    assert tokenizer == {"pretrain__visual-tokenizer__seed0"}
+    with pytest.raises(SystemExit, match="METHOD-pSEED"):
+        parts.set_aside("mae")
 
 
 def test_fashion_mnist_parts_are_shared_by_two_invocations_through_a_lock(tmp_path):
