@@ -371,8 +371,8 @@ def measurements(block: str) -> int:
 
 
 def check_record(block: str, files, marker: str = "bench_fashion_mnist") -> None:
-    """Refuse to record a table holding fewer measurements than the one already recorded. A workdir that lacks the
-    parts a recorded table was made from (another machine, a fresh clone, a wiped `outputs/`) would otherwise
+    """Refuse to record a table holding fewer measurements than the one already recorded. A results folder that
+    lacks the parts a recorded table was made from (another --results-dir, a checkout without them) would otherwise
     replace weeks of measurements with a near-empty table; the parts, not the table, are what resumes."""
     for path in files:
         found = marked_block(marker).search(path.read_text()) if path.exists() else None
@@ -380,8 +380,14 @@ def check_record(block: str, files, marker: str = "bench_fashion_mnist") -> None
         if new < held:
             raise SystemExit(
                 f"--record refused: {path} holds a table of {held} measurements and this workdir's parts make one "
-                f"of {new}. Run where the parts are (--workdir), or pass --record-fewer to replace it anyway."
+                f"of {new}. Run where the parts are (--results-dir), or pass --record-fewer to replace it anyway."
             )
+
+
+def reproducing_command(argv: list[str]) -> str:
+    """The command that renders the same table: the invocation without its flags about recording."""
+    kept = [a for a in argv if a not in ("--record", "--record-fewer")]
+    return " ".join(["python benchmarks/bench_fashion_mnist.py", *kept])
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> str:
@@ -609,7 +615,7 @@ def main() -> None:
             f"; {len(parts.missing)} of them need a model that is not in {work} ({', '.join(gone)}): "
             "pretrain it again with --repretrain METHOD-pSEED (its stored parts then move to stale/)"
         )
-    command = "python benchmarks/bench_fashion_mnist.py " + " ".join(sys.argv[1:]).replace(" --record", "")
+    command = reproducing_command(sys.argv[1:])
     block = (
         f"`{command.strip()}`: {MACHINE}; this invocation {(time.perf_counter() - began) / 60:.0f} min "
         f"({time.strftime('%Y-%m-%d')}); {status}\n\n{text}"

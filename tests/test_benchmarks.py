@@ -410,6 +410,9 @@ def test_fashion_mnist_record_never_replaces_a_table_with_one_of_fewer_measureme
     assert results.read_text() == before
     bench.check_record(full, [results])  # as many (or more): recorded as before
     bench.check_record(fewer, [tmp_path / "absent.md"])
+    # the table names the command that renders it again, without the recording flags (and nothing of them left)
+    argv = ["--methods", "mae", "--time-limit", "0", "--record", "--record-fewer"]
+    assert bench.reproducing_command(argv) == "python benchmarks/bench_fashion_mnist.py --methods mae --time-limit 0"
 
 
 @pytest.mark.slow
