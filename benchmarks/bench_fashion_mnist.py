@@ -204,9 +204,7 @@ class Parts:
             stored = json.loads(path.read_text())
             if stamp is None or stored.get("stamp") == stamp:
                 return stored
-            stale = self.results / "stale" / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.json"
-            stale.parent.mkdir(exist_ok=True)
-            os.replace(path, stale)
+            stale = self._keep_aside(path)
             print(f"[stale] {key}: ran with {stored.get('stamp')!r}, now {stamp!r}; kept as {stale}", flush=True)
         late = self.deadline is not None and time.monotonic() > self.deadline
         if late or (self.kinds is not None and key.split("/")[0] not in self.kinds):
@@ -241,14 +239,15 @@ class Parts:
         name, _, seed = pretraining.rpartition("-p")
         if not name or not seed.isdigit():
             raise SystemExit(f"--repretrain {pretraining!r}: expected METHOD-pSEED, such as mae-p0")
-        moved = []
-        for path in [self.path(f"pretrain/{name}/seed{seed}"), *self.results.glob(f"*__{name}-p{seed}__*.json")]:
-            if path.exists():
-                stale = self.results / "stale" / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.json"
-                stale.parent.mkdir(exist_ok=True)
-                os.replace(path, stale)
-                moved.append(stale)
-        return moved
+        paths = [self.path(f"pretrain/{name}/seed{seed}"), *self.results.glob(f"*__{name}-p{seed}__*.json")]
+        return [self._keep_aside(path) for path in paths if path.exists()]
+
+    def _keep_aside(self, path: Path) -> Path:
+        """Move a stored part to stale/, where it is kept and never read."""
+        stale = self.results / "stale" / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.json"
+        stale.parent.mkdir(exist_ok=True)
+        os.replace(path, stale)
+        return stale
 
     @staticmethod
     def _lock(lock: Path) -> bool:
@@ -379,8 +378,8 @@ def check_record(block: str, files, marker: str = "bench_fashion_mnist") -> None
         held, new = (measurements(found.group(2)), measurements(block)) if found else (0, 0)
         if new < held:
             raise SystemExit(
-                f"--record refused: {path} holds a table of {held} measurements and this workdir's parts make one "
-                f"of {new}. Run where the parts are (--results-dir), or pass --record-fewer to replace it anyway."
+                f"--record refused: {path} holds a table of {held} measurements and the parts in --results-dir make "
+                f"one of {new}. Run where the parts are (--results-dir), or pass --record-fewer to replace it anyway."
             )
 
 
@@ -468,7 +467,7 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="write the tables into RESULTS.md and the README")
     parser.add_argument(
         "--record-fewer", action="store_true",
-        help="let --record replace a recorded table that holds more measurements than this workdir's parts give",
+        help="let --record replace a recorded table that holds more measurements than the parts in --results-dir give",
     )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
