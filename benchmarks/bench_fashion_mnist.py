@@ -26,8 +26,11 @@ Protocol (issue 28):
   resume, on another day or another machine (each part names the machine it ran on). The results folder is bound to
   the data it measured (DATA.json: the IDX files' sha256); parts of other data are refused, never mixed in.
 - Models are not committed, only figures: a part that needs a pretrained model which is not in `--workdir` (another
-  machine, a wiped `outputs/`) is not run and the summary names it; `--repretrain mae-p0` pretrains it again, after
-  moving every stored part of the old pretraining to stale/, so that no row mixes two pretrainings of one seed.
+  machine, a wiped `outputs/`) is not run and the summary names it; `--repretrain mae-p0` pretrains it again. The
+  parts measured on the old model stand only if the new one is the same model (`same_model`: `hf-mim pretrain`
+  reproduces bit for bit with the same seed, code, torch build, CPU kind and thread count); otherwise they move to
+  stale/, so that no row mixes two pretrainings of one seed. The ViT from scratch needs no pretrained model: its
+  architecture (the pretrained models' config) is kept with the results, ARCHITECTURE.json.
   `--record` refuses to replace a recorded table with one of fewer measurements, unless `--record-fewer`.
 
     sudo apt-get install dataset-fashion-mnist
@@ -233,14 +236,24 @@ class Parts:
         finally:
             lock.unlink(missing_ok=True)
 
-    def set_aside(self, pretraining: str) -> list[Path]:
-        """Move the stored parts of one pretraining ("mae-p0": the pretraining part and every part measured on its
-        model) to stale/, so that it can be pretrained again without its new figures pairing with the old ones."""
-        name, _, seed = pretraining.rpartition("-p")
-        if not name or not seed.isdigit():
-            raise SystemExit(f"--repretrain {pretraining!r}: expected METHOD-pSEED, such as mae-p0")
-        paths = [self.path(f"pretrain/{name}/seed{seed}"), *self.results.glob(f"*__{name}-p{seed}__*.json")]
-        return [self._keep_aside(path) for path in paths if path.exists()]
+    def set_aside(self, pretraining: str) -> Path | None:
+        """Move the stored part of one pretraining ("mae-p0") to stale/, so that it is pretrained again. The parts
+        measured on its model stay where they are until the new pretraining is stored (`settle`)."""
+        name, seed = split_pretraining(pretraining)
+        path = self.path(f"pretrain/{name}/seed{seed}")
+        return self._keep_aside(path) if path.exists() else None
+
+    def settle(self, pretraining: str, new: dict) -> tuple[list[Path], list[Path]]:
+        """Before a new pretraining's part is stored: the parts measured on a model of that pretraining (its frozen
+        and fine-tuning parts) stand if the new model is the one they measured, the last one set aside
+        (`same_model`); otherwise they move to stale/, so that no row pairs two pretrainings of one seed.
+        Returns (kept, moved)."""
+        name, seed = split_pretraining(pretraining)
+        measured = sorted(self.results.glob(f"*__{name}-p{seed}__*.json"))
+        earlier = sorted((self.results / "stale").glob(f"pretrain__{name}__seed{seed}.*.json"))
+        if measured and earlier and same_model(json.loads(earlier[-1].read_text()), new):
+            return measured, []
+        return [], [self._keep_aside(path) for path in measured]
 
     def _keep_aside(self, path: Path) -> Path:
         """Move a stored part to stale/, where it is kept and never read."""
@@ -267,6 +280,24 @@ class Parts:
                 f.write(str(os.getpid()))
             return True
         return False
+
+
+def split_pretraining(pretraining: str) -> tuple[str, str]:
+    """METHOD-pSEED ("mae-p0") -> (METHOD, SEED)."""
+    name, _, seed = pretraining.rpartition("-p")
+    if not name or not seed.isdigit():
+        raise SystemExit(f"--repretrain {pretraining!r}: expected METHOD-pSEED, such as mae-p0")
+    return name, seed
+
+
+def same_model(earlier: dict, new: dict) -> bool:
+    """Whether two pretraining parts made the same model. By the weights' sha256 where both parts have it; parts
+    from before it was recorded have the final loss, at full precision: after thousands of steps two different
+    models do not agree to the last bit of a float32. A run reproduces bit for bit only on the same code, torch
+    build, CPU kind and torch thread count (the part's `hardware`): `hf-mim pretrain` seeds every random draw."""
+    if earlier.get("weights_sha256") and new.get("weights_sha256"):
+        return earlier["weights_sha256"] == new["weights_sha256"]
+    return (earlier.get("steps"), earlier.get("final_loss")) == (new.get("steps"), new.get("final_loss"))
 
 
 def recipe_stamp(kind: str, num_labelled: int) -> str:
@@ -322,11 +353,47 @@ def pretrain_part(method: str, seed: int, work: Path, log: Path, extra: list[str
         "epochs": summary["epochs"],
         "pretrain_wall_s": summary["wall_time_seconds"],
         "final_loss": summary["final_loss"],
+        "weights_sha256": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest(),
+        "hardware": summary.get("hardware"),
     }
 
 
-def scratch_model(reference: str, seed: int, work: Path) -> str:
-    """The reference checkpoint's architecture, freshly initialised from `seed` and saved: the from-scratch ViT."""
+#: keys of a config.json that say nothing about the architecture
+NOT_ARCHITECTURE = ("transformers_version", "dtype", "torch_dtype", "_name_or_path")
+
+
+def architecture(results: Path, folders: list[str]) -> Path | None:
+    """The from-scratch ViT's architecture: ARCHITECTURE.json in the results folder, the config of the benchmark's
+    pretrained models, kept beside the figures so that the scratch rows need no pretrained model on the machine that
+    runs them. Written from the first pretrained model here when it is missing (None while there is none); a model
+    here of another architecture stops the run, as its scratch rows would no longer be its baseline."""
+    path = results / "ARCHITECTURE.json"
+    configs = [Path(f) / "config.json" for f in folders if (Path(f) / "training_summary.json").exists()]
+
+    def arch(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}
+
+    if not path.exists():
+        if not configs:
+            return None
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(configs[0].read_text())
+        os.replace(tmp, path)
+    kept = json.loads(path.read_text())
+    for config in configs:
+        config_dict = json.loads(config.read_text())
+        if config_dict.get("model_type") == kept.get("model_type") and arch(config_dict) != arch(kept):
+            raise SystemExit(
+                f"{config.parent} is not of the architecture the ViT from scratch was built from ({path}): its "
+                "scratch rows are no baseline for it. Set them and ARCHITECTURE.json aside (or use another "
+                "--results-dir)"
+            )
+    return path
+
+
+def scratch_model(architecture: Path, seed: int, work: Path) -> str:
+    """The benchmark's architecture (`architecture`), freshly initialised from `seed` and saved: the ViT from
+    scratch."""
     import torch
     from transformers import AutoConfig, AutoModel
 
@@ -335,12 +402,12 @@ def scratch_model(reference: str, seed: int, work: Path) -> str:
     out = work / "scratch" / f"seed{seed}"
     if not (out / "config.json").exists():
         torch.manual_seed(seed)
-        AutoModel.from_config(AutoConfig.from_pretrained(reference)).save_pretrained(out)
+        AutoModel.from_config(AutoConfig.from_pretrained(str(architecture))).save_pretrained(out)
     return str(out)
 
 
-def scratch_part(reference: str, seed: int, work: Path, per_class: int | None, out: Path, log: Path) -> dict:
-    folder = scratch_model(reference, seed, work)
+def scratch_part(architecture: Path, seed: int, work: Path, per_class: int | None, out: Path, log: Path) -> dict:
+    folder = scratch_model(architecture, seed, work)
     return evaluate_part(folder, ["knn", "linear", "finetune"], per_class, seed, out, log)
 
 
@@ -482,12 +549,13 @@ def main() -> None:
     parts = Parts(args.results_dir, args.time_limit, log, data=data_fingerprint(args.idx_dir))
     parts.kinds = tuple(args.kinds)
     for pretraining in args.repretrain:
-        name, _, seed = pretraining.rpartition("-p")
+        name, seed = split_pretraining(pretraining)
         folder = work / "pretrain" / f"{name}-seed{seed}"  # where pretrain_part writes it
         if (folder / "training_summary.json").exists():
             raise SystemExit(f"--repretrain {pretraining}: its model is in {folder}; nothing to pretrain again")
-        for stale in parts.set_aside(pretraining):
-            print(f"[repretrain] {pretraining}: kept as {stale}", flush=True)
+        stale = parts.set_aside(pretraining)
+        if stale is not None:
+            print(f"[repretrain] {pretraining}: its part kept as {stale}", flush=True)
     began = time.perf_counter()
     rows: dict[str, dict] = {PIXELS: {}}
     walls: dict[str, float] = {PIXELS: 0.0}
@@ -515,6 +583,19 @@ def main() -> None:
                     for other in args.seeds[1:]:
                         put(PIXELS, budget, "linear", other, result["accuracy"], 0.0)
 
+    def pretrain_and_settle(method: str, seed: int, extra: list[str]) -> dict:
+        """Pretrain, then settle the parts measured on an earlier model of this pretraining (`Parts.settle`)
+        before the new part is stored."""
+        info = pretrain_part(method, seed, work, log, extra)
+        kept, moved = parts.settle(f"{method}-p{seed}", info)
+        if kept:
+            print(f"[repretrain] {method}-p{seed} made the model its {len(kept)} stored parts measured (final loss "
+                  f"{info['final_loss']!r}): they stand", flush=True)  # fmt: skip
+        if moved:
+            print(f"[repretrain] {method}-p{seed} is another model than its {len(moved)} stored parts measured: "
+                  f"kept in {moved[0].parent}, measured again", flush=True)  # fmt: skip
+        return info
+
     # pretraining: MAE and --best with every pretraining seed, the other methods with the first
     runs: dict[str, list[tuple[int, dict]]] = {}
     order = ["mae", args.best] + [m for m in args.methods if m not in ("mae", args.best)]
@@ -524,15 +605,13 @@ def main() -> None:
             extra = []
             if method == "beit":
                 tok = parts.get(
-                    f"pretrain/visual-tokenizer/seed{seed}", pretrain_part, "visual-tokenizer", seed, work, log, []
+                    f"pretrain/visual-tokenizer/seed{seed}", pretrain_and_settle, "visual-tokenizer", seed, []
                 )
                 if tok is None:
                     continue
                 extra = ["--tokenizer", tok["folder"]]
-            needs = Path(extra[1]) if extra else None
-            info = parts.get(
-                f"pretrain/{method}/seed{seed}", pretrain_part, method, seed, work, log, extra, needs=needs
-            )
+            needs = Path(extra[1]) / "training_summary.json" if extra else None  # a whole model, not a started one
+            info = parts.get(f"pretrain/{method}/seed{seed}", pretrain_and_settle, method, seed, extra, needs=needs)
             if info is not None:
                 runs.setdefault(method, []).append((seed, info))
                 walls[method] = walls.get(method, 0.0) + info["pretrain_wall_s"]
@@ -543,9 +622,9 @@ def main() -> None:
             return list(zip(args.pretrain_seeds, args.seeds, strict=False))
         return [(args.pretrain_seeds[0], s) for s in args.seeds]
 
-    folders_run = [info["folder"] for infos in runs.values() for _, info in infos]
-    # the from-scratch ViT copies a pretrained model's architecture: any one that is still here
-    reference = next((f for f in folders_run if Path(f).exists()), folders_run[0] if folders_run else None)
+    # the ViT from scratch is MAE's architecture (another method's where MAE is not run), kept with the results
+    folders_run = [info["folder"] for infos in runs.values() for _, info in infos[:1]]
+    arch = architecture(args.results_dir, folders_run) or args.results_dir / "ARCHITECTURE.json"
     # frozen features first (cheap), budget by budget; fine-tuning after, the 100% budget last (the dearest)
     for kind in ("frozen", "finetune"):
         for budget in args.budgets:
@@ -562,18 +641,17 @@ def main() -> None:
                     out = work / "eval" / key.replace("/", "-")
                     folder = folders[pseed]["folder"]
                     result = parts.get(
-                        key, evaluate_part, folder, protocols, labelled, seed, out, log, stamp=stamp, needs=Path(folder)
-                    )
+                        key, evaluate_part, folder, protocols, labelled, seed, out, log,
+                        stamp=stamp, needs=Path(folder) / "training_summary.json",
+                    )  # fmt: skip
                     if result:
                         for protocol in protocols:
                             put(name, budget, protocol, seed, result[protocol], result["wall_s"] / len(protocols))
-            if kind == "finetune" and reference is not None:
+            if kind == "finetune":
                 for seed in args.seeds:
                     key = f"finetune/scratch/{budget}/seed{seed}"
                     out = work / "eval" / key.replace("/", "-")
-                    result = parts.get(
-                        key, scratch_part, reference, seed, work, labelled, out, log, stamp=stamp, needs=Path(reference)
-                    )
+                    result = parts.get(key, scratch_part, arch, seed, work, labelled, out, log, stamp=stamp, needs=arch)
                     if result:
                         for protocol in ("knn", "linear", "finetune"):
                             put(SCRATCH, budget, protocol, seed, result[protocol], result["wall_s"] / 3)
@@ -609,10 +687,10 @@ def main() -> None:
         else f"partial: {len(parts.pending)} parts not yet run (first: {parts.pending[0]}); run it again to resume"
     )
     if parts.missing:
-        gone = sorted({str(p) for p in parts.missing.values()})
+        gone = sorted({str(p.parent if p.name == "training_summary.json" else p) for p in parts.missing.values()})
         status += (
-            f"; {len(parts.missing)} of them need a model that is not in {work} ({', '.join(gone)}): "
-            "pretrain it again with --repretrain METHOD-pSEED (its stored parts then move to stale/)"
+            f"; {len(parts.missing)} of them need a model that is not here ({', '.join(gone)}): pretrain it again "
+            "with --repretrain METHOD-pSEED (its stored parts stand if it makes the same model, else move to stale/)"
         )
     command = reproducing_command(sys.argv[1:])
     block = (

@@ -435,14 +435,21 @@ def test_fashion_mnist_benchmark_runs_and_resumes_on_toy_data(tmp_path):
     shutil.rmtree(tmp_path / "w" / "pretrain")
     args[args.index("--seeds") + 1] = "1"  # a new label draw: parts that need the pretrained model
     out = run("bench_fashion_mnist.py", *args)
-    assert "need a model that is not in" in out and "mae-seed0" in out and "--repretrain" in out
+    assert "need a model that is not here" in out and "mae-seed0" in out and "--repretrain" in out
     assert not (tmp_path / "r" / "frozen__mae-p0__10%__seed1.json").exists()
-    assert (tmp_path / "r" / "pixels__10%__seed1.json").exists()  # what needs no model still runs
+    # what needs no model still runs: the pixels, and the ViT from scratch (its architecture is with the results)
+    assert (tmp_path / "r" / "pixels__10%__seed1.json").exists()
+    assert (tmp_path / "r" / "finetune__scratch__10%__seed1.json").exists()
     assert (tmp_path / "r" / "frozen__mae-p0__10%__seed0.json").exists()  # what was measured stays in the table
+    before = {p.name: p.read_text() for p in (tmp_path / "r").glob("*__mae-p0__*.json")}
+    # pretrained again with the same seed, code and threads, the model is the same one: its parts stand
     out = run("bench_fashion_mnist.py", *args, "--repretrain", "mae-p0")
-    assert out.strip().endswith("complete")
+    assert out.strip().endswith("complete") and "made the model its 2 stored parts measured" in out
+    after = {p.name: p.read_text() for p in (tmp_path / "r").glob("*__mae-p0__*.json")}
+    assert {name: after.get(name) for name in before} == before and len(before) == 2
+    assert {"frozen__mae-p0__10%__seed1.json", "finetune__mae-p0__10%__seed1.json"} <= set(after)  # the new draw ran
     stale = {p.name.split(".")[0] for p in (tmp_path / "r" / "stale").iterdir()}
-    assert {"pretrain__mae__seed0", "frozen__mae-p0__10%__seed0", "finetune__mae-p0__10%__seed0"} <= stale
+    assert stale == {"pretrain__mae__seed0"}
 
 
 def test_fashion_mnist_results_folder_is_bound_to_its_data(tmp_path):
@@ -465,29 +472,87 @@ def test_fashion_mnist_results_folder_is_bound_to_its_data(tmp_path):
         bench.Parts(bench.RESULTS_DIR, None, tmp_path / "log", data=toy)
 
 
-def test_fashion_mnist_parts_that_need_a_missing_model_wait_and_repretraining_sets_the_old_figures_aside(tmp_path):
+def test_fashion_mnist_parts_that_need_a_missing_model_wait_and_repretraining_keeps_them_only_for_the_same_model(
+    tmp_path,
+):
     bench = _fashion_module()
     parts = bench.Parts(tmp_path / "r", None, tmp_path / "log")
-    model = tmp_path / "mae-seed0"
+    model = tmp_path / "mae-seed0" / "training_summary.json"
     assert parts.get("frozen/mae-p0/1%/seed0", lambda: 1 / 0, needs=model) is None  # not computed
     assert parts.pending == ["frozen/mae-p0/1%/seed0"] and parts.missing == {"frozen/mae-p0/1%/seed0": model}
-    model.mkdir()
+    model.parent.mkdir()  # a pretraining under way: its folder exists, its summary (written last) does not
+    assert parts.get("frozen/mae-p0/1%/seed0", lambda: 1 / 0, needs=model) is None
+    model.write_text("{}")
     assert parts.get("frozen/mae-p0/1%/seed0", lambda: {"x": 1}, needs=model)["x"] == 1
     assert parts.path("frozen/mae-p0/1%/seed0").exists() and "machine" in json.loads(
         parts.path("frozen/mae-p0/1%/seed0").read_text()
     )
-    for key in ("pretrain/mae/seed0", "finetune/mae-p0/10%/seed0", "frozen/mae-p10/1%/seed0", "pretrain/mae/seed1",
+    first = {"steps": 100, "final_loss": 0.3728967010974884}
+    parts.get("pretrain/mae/seed0", lambda: dict(first))
+    for key in ("finetune/mae-p0/10%/seed0", "frozen/mae-p10/1%/seed0", "pretrain/mae/seed1",
                 "finetune/scratch/1%/seed0", "pretrain/visual-tokenizer/seed0"):  # fmt: skip
         parts.get(key, lambda: {"x": 2})
-    moved = {p.name.split(".")[0] for p in parts.set_aside("mae-p0")}
-    assert moved == {"pretrain__mae__seed0", "frozen__mae-p0__1%__seed0", "finetune__mae-p0__10%__seed0"}
-    kept = {p.name for p in (tmp_path / "r").glob("*.json")}
-    assert kept == {"frozen__mae-p10__1%__seed0.json", "pretrain__mae__seed1.json", "finetune__scratch__1%__seed0.json",
-                    "pretrain__visual-tokenizer__seed0.json"}  # fmt: skip
-    tokenizer = {p.name.split(".")[0] for p in parts.set_aside("visual-tokenizer-p0")}
-    assert tokenizer == {"pretrain__visual-tokenizer__seed0"}
+    measured = {"frozen__mae-p0__1%__seed0.json", "finetune__mae-p0__10%__seed0.json"}
+    others = {"frozen__mae-p10__1%__seed0.json", "pretrain__mae__seed1.json", "finetune__scratch__1%__seed0.json",
+              "pretrain__visual-tokenizer__seed0.json"}  # fmt: skip
+    # --repretrain sets the pretraining's own part aside; what was measured on it waits for the new model
+    assert parts.set_aside("mae-p0").name.startswith("pretrain__mae__seed0.")
+    assert {p.name for p in (tmp_path / "r").glob("*.json")} == measured | others
+    assert parts.set_aside("mae-p0") is None  # nothing left to set aside
+    # the same model again (same final loss to the last bit): the measured parts stand
+    kept, moved = parts.settle("mae-p0", dict(first))
+    assert {p.name for p in kept} == measured and moved == []
+    # another model: they move to stale/, and only they
+    parts.get("pretrain/mae/seed0", lambda: dict(first, weights_sha256="a" * 64))
+    parts.set_aside("mae-p0")
+    kept, moved = parts.settle("mae-p0", dict(first, final_loss=0.3728967010974885, weights_sha256="b" * 64))
+    assert kept == [] and {p.name.split(".")[0] + ".json" for p in moved} == measured
+    assert all(p.parent.name == "stale" and p.exists() for p in moved)
+    assert {p.name for p in (tmp_path / "r").glob("*.json")} == others
+    # parts of a pretraining whose model was never recorded cannot be vouched for
+    parts.get("frozen/mae-p1/1%/seed1", lambda: {"x": 3})
+    assert parts.settle("mae-p1", dict(first))[1][0].name.startswith("frozen__mae-p1__1%__seed1.")
     with pytest.raises(SystemExit, match="METHOD-pSEED"):
         parts.set_aside("mae")
+
+
+def test_fashion_mnist_same_model_compares_weights_where_recorded_and_the_final_loss_otherwise():
+    bench = _fashion_module()
+    old = {"steps": 18740, "final_loss": 0.3728967010974884}
+    assert bench.same_model(old, dict(old, weights_sha256="a" * 64))
+    assert not bench.same_model(old, dict(old, final_loss=0.37289670109748846))
+    assert not bench.same_model(old, dict(old, steps=18741))
+    # the weights decide where both parts have them, whatever the loss says
+    assert not bench.same_model(dict(old, weights_sha256="a" * 64), dict(old, weights_sha256="b" * 64))
+    assert bench.same_model(dict(old, weights_sha256="a" * 64), dict(steps=1, final_loss=9.0, weights_sha256="a" * 64))
+
+
+def test_fashion_mnist_scratch_architecture_is_kept_with_the_results_and_guards_the_pairing(tmp_path):
+    """The ViT from scratch needs only the benchmark's architecture, kept with the results: its rows run on a
+    machine without any pretrained model; a pretrained model of another architecture stops the run."""
+    bench = _fashion_module()
+    results = tmp_path / "r"
+    results.mkdir()
+    model = tmp_path / "mae-seed0"
+    assert bench.architecture(results, [str(model)]) is None  # nothing to copy it from
+    model.mkdir()
+    config = {"model_type": "hf_mim_mae", "hidden_size": 128, "transformers_version": "5.25.0"}
+    (model / "config.json").write_text(json.dumps(config))
+    assert bench.architecture(results, [str(model)]) is None  # a pretraining under way is no model yet
+    (model / "training_summary.json").write_text("{}")
+    path = bench.architecture(results, [str(model)])
+    assert path == results / "ARCHITECTURE.json" and json.loads(path.read_text()) == config
+    (model / "config.json").write_text(json.dumps(dict(config, transformers_version="6.0.0")))
+    assert bench.architecture(results, [str(model)]) == path  # the same architecture, saved by another version
+    other = tmp_path / "simmim-seed0"
+    other.mkdir()
+    (other / "training_summary.json").write_text("{}")
+    (other / "config.json").write_text(json.dumps({"model_type": "hf_mim_simmim", "hidden_size": 192}))
+    assert bench.architecture(results, [str(model), str(other)]) == path  # another method: not its baseline's
+    (model / "config.json").write_text(json.dumps(dict(config, hidden_size=192)))
+    with pytest.raises(SystemExit, match="not of the architecture"):
+        bench.architecture(results, [str(model)])
+    assert json.loads(path.read_text()) == config  # kept as it was
 
 
 def test_fashion_mnist_parts_are_shared_by_two_invocations_through_a_lock(tmp_path):

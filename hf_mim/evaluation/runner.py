@@ -13,8 +13,6 @@ import gc
 import json
 import logging
 import math
-import os
-import platform
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +30,7 @@ from ..data.pipeline import KeepShapeCollator, LabelledTransform, prepare_labell
 from ..files import write_atomic
 from ..model_cards.card import EVAL_RESULTS
 from ..training.arguments import setup_logging
-from ..training.distributed import fresh_accelerate_state, needs_cpu_process_group
+from ..training.distributed import fresh_accelerate_state, hardware_description, needs_cpu_process_group
 from .cka import DEFAULT_RATIOS, OCCLUSIONS, cka_table, occlusion_features, plot_cka
 from .finetune import finetune
 from .protocols import (
@@ -435,8 +433,7 @@ def evaluate_models(args: EvaluateArguments) -> dict:
         "dataset": splits.description,
         "test_split": splits.test_split,
         "arguments": asdict(args),
-        "hardware": f"{accelerator.num_processes} process(es), {platform.machine()}, {os.cpu_count()} CPUs"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "hardware": hardware_description(accelerator),
     }
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)

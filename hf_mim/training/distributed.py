@@ -126,4 +126,6 @@ def hardware_description(accelerator) -> str:
     if accelerator.device.type == "cuda":
         return f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
     cpu = platform.processor() or platform.machine()
-    return f"{accelerator.num_processes} process(es) on {cpu}, {os.cpu_count()} CPUs"
+    # the thread count decides the order of a matmul's sums: a run reproduces bit for bit only with the same one
+    threads = torch.get_num_threads()
+    return f"{accelerator.num_processes} process(es) on {cpu}, {os.cpu_count()} CPUs, {threads} torch threads each"
