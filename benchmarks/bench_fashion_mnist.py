@@ -167,6 +167,16 @@ def data_fingerprint(idx_dir: Path) -> dict:
     return {name: hashlib.sha256((idx_dir / name).read_bytes()).hexdigest() for name in names}
 
 
+def stored_json(path: Path):
+    """A file of the results folder, read; one that is not JSON (a hand edit, a merge conflict) stops the run in one
+    line naming it, instead of a traceback."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        message = f"{path} is not JSON ({err}): restore it from git, or move it away to run that part again"
+        raise SystemExit(message) from None
+
+
 class Parts:
     """Units of work that survive the process: `get(key, compute)` returns the stored result, or computes and
     stores it. Past the deadline, or while another invocation holds the part's lock (two invocations can share the
@@ -183,7 +193,7 @@ class Parts:
                 tmp = bound.with_name(bound.name + ".tmp")
                 tmp.write_text(json.dumps(data, indent=2) + "\n")
                 os.replace(tmp, bound)
-            elif json.loads(bound.read_text()) != data:
+            elif stored_json(bound) != data:
                 raise SystemExit(
                     f"{self.results} holds parts measured on other data than these IDX files (its DATA.json): "
                     "pass another --results-dir"
@@ -204,7 +214,7 @@ class Parts:
         computation reads (a pretrained model); while it is absent the part is not run and is noted in `missing`."""
         path = self.path(key)
         if path.exists():
-            stored = json.loads(path.read_text())
+            stored = stored_json(path)
             if stamp is None or stored.get("stamp") == stamp:
                 return stored
             stale = self._keep_aside(path)
@@ -251,7 +261,7 @@ class Parts:
         name, seed = split_pretraining(pretraining)
         measured = sorted(self.results.glob(f"*__{name}-p{seed}__*.json"))
         earlier = sorted((self.results / "stale").glob(f"pretrain__{name}__seed{seed}.*.json"))
-        if measured and earlier and same_model(json.loads(earlier[-1].read_text()), new):
+        if measured and earlier and same_model(stored_json(earlier[-1]), new):
             return measured, []
         return [], [self._keep_aside(path) for path in measured]
 
@@ -379,7 +389,7 @@ def architecture(results: Path, folders: list[str]) -> Path | None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(configs[0].read_text())
         os.replace(tmp, path)
-    kept = json.loads(path.read_text())
+    kept = stored_json(path)
     for config in configs:
         config_dict = json.loads(config.read_text())
         if config_dict.get("model_type") == kept.get("model_type") and arch(config_dict) != arch(kept):

@@ -464,6 +464,13 @@ def test_fashion_mnist_results_folder_is_bound_to_its_data(tmp_path):
     other = dict(toy, **{"train-labels-idx1-ubyte.gz": "0" * 64})
     with pytest.raises(SystemExit, match="other data"):
         bench.Parts(tmp_path / "r", None, tmp_path / "log", data=other)
+    # a file of the folder that is not JSON (a hand edit, a merge conflict) is named in one line
+    (tmp_path / "r" / "pixels__1%__seed0.json").write_text('{"x": 1,\n<<<<<<< HEAD\n')
+    with pytest.raises(SystemExit, match=r"pixels__1%__seed0.json is not JSON"):
+        bench.Parts(tmp_path / "r", None, tmp_path / "log", data=toy).get("pixels/1%/seed0", None)
+    (tmp_path / "r" / "DATA.json").write_text("")
+    with pytest.raises(SystemExit, match="DATA.json is not JSON"):
+        bench.Parts(tmp_path / "r", None, tmp_path / "log", data=toy)
     # the repository's folder is bound to the installed Fashion-MNIST: a toy run that forgot --results-dir stops
     bound = bench.RESULTS_DIR / "DATA.json"
     assert bound.exists(), "the committed results folder must name the data it measured"
