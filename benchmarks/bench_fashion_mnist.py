@@ -156,7 +156,11 @@ def subset_indices(labels: np.ndarray, per_class: int | None, seed: int) -> np.n
 # ----------------------------------------------------------------------------------------------------------------
 
 
-MACHINE = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {__import__('torch').__version__}"
+# the CPU's kernel kind (AVX2, AVX512) decides, with the thread count, whether a pretraining reproduces bit for bit
+MACHINE = (
+    f"{platform.machine()} ({__import__('torch').backends.cpu.get_cpu_capability()}), {os.cpu_count()} CPUs, "
+    f"torch {__import__('torch').__version__}"
+)
 
 
 def data_fingerprint(idx_dir: Path) -> dict:

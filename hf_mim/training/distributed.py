@@ -126,6 +126,8 @@ def hardware_description(accelerator) -> str:
     if accelerator.device.type == "cuda":
         return f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
     cpu = platform.processor() or platform.machine()
-    # the thread count decides the order of a matmul's sums: a run reproduces bit for bit only with the same one
+    # the kernels torch picks for the CPU (AVX2, AVX512) and the thread count decide the order of a matmul's sums:
+    # a run reproduces bit for bit only where both are the same
+    cpu = f"{cpu} ({torch.backends.cpu.get_cpu_capability()})"
     threads = torch.get_num_threads()
     return f"{accelerator.num_processes} process(es) on {cpu}, {os.cpu_count()} CPUs, {threads} torch threads each"
