@@ -344,6 +344,14 @@ def evaluate_part(model: str, protocols: list[str], per_class: int | None, seed:
     return {row["protocol"]: 100 * row["value"] for row in rows} | {"command": " ".join(cmd[2:])}
 
 
+def weights_sha256(folder: Path) -> str:
+    """One sha256 over a saved model's weight files (one file, or the shards of a large model), in name order."""
+    digest = hashlib.sha256()
+    for shard in sorted(folder.glob("*.safetensors")):
+        digest.update(shard.read_bytes())
+    return digest.hexdigest()
+
+
 def pretrain_part(method: str, seed: int, work: Path, log: Path, extra: list[str]) -> dict:
     out = work / "pretrain" / f"{method}-seed{seed}"
     if not (out / "training_summary.json").exists():
@@ -367,7 +375,7 @@ def pretrain_part(method: str, seed: int, work: Path, log: Path, extra: list[str
         "epochs": summary["epochs"],
         "pretrain_wall_s": summary["wall_time_seconds"],
         "final_loss": summary["final_loss"],
-        "weights_sha256": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest(),
+        "weights_sha256": weights_sha256(out),
         "hardware": summary.get("hardware"),
     }
 

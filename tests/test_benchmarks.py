@@ -523,8 +523,18 @@ def test_fashion_mnist_parts_that_need_a_missing_model_wait_and_repretraining_ke
         parts.set_aside("mae")
 
 
-def test_fashion_mnist_same_model_compares_weights_where_recorded_and_the_final_loss_otherwise():
+def test_fashion_mnist_same_model_compares_weights_where_recorded_and_the_final_loss_otherwise(tmp_path):
+    import hashlib
+
     bench = _fashion_module()
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    assert bench.weights_sha256(tmp_path) == hashlib.sha256(b"weights").hexdigest()
+    (tmp_path / "model.safetensors").unlink()  # a large model's shards: every one counts
+    for i, data in enumerate((b"shard one", b"shard two")):
+        (tmp_path / f"model-0000{i + 1}-of-00002.safetensors").write_bytes(data)
+    sharded = bench.weights_sha256(tmp_path)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"shard 2")
+    assert bench.weights_sha256(tmp_path) != sharded
     old = {"steps": 18740, "final_loss": 0.3728967010974884}
     assert bench.same_model(old, dict(old, weights_sha256="a" * 64))
     assert not bench.same_model(old, dict(old, final_loss=0.37289670109748846))
