@@ -152,7 +152,7 @@ def subset_indices(labels: np.ndarray, per_class: int | None, seed: int) -> np.n
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Parts: each writes WORKDIR/results/<key>.json when it ends; a later run reads it back instead of redoing it
+# Parts: each writes RESULTS_DIR/<key>.json when it ends; a later run reads it back instead of redoing it
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -214,8 +214,9 @@ class Parts:
     def get(self, key: str, compute, *arguments, stamp: str | None = None, needs: Path | None = None) -> dict | None:
         """`stamp`: what the part's figures depend on besides its key (the downstream settings it ran with). A stored
         part with another stamp is stale, from before a recipe changed: it is moved to results/stale/ (kept, never
-        read) and computed again, so that a table never mixes two recipes under one heading. `needs`: a folder the
-        computation reads (a pretrained model); while it is absent the part is not run and is noted in `missing`."""
+        read) and computed again, so that a table never mixes two recipes under one heading. `needs`: a file the
+        computation depends on (a pretrained model's training_summary.json, written last; ARCHITECTURE.json); while
+        it is absent the part is not run and is noted in `missing`."""
         path = self.path(key)
         if path.exists():
             stored = stored_json(path)
@@ -348,7 +349,9 @@ def weights_sha256(folder: Path) -> str:
     """One sha256 over a saved model's weight files (one file, or the shards of a large model), in name order."""
     digest = hashlib.sha256()
     for shard in sorted(folder.glob("*.safetensors")):
-        digest.update(shard.read_bytes())
+        with shard.open("rb") as f:  # in blocks: a large model's shards need not fit in memory at once
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -380,8 +383,13 @@ def pretrain_part(method: str, seed: int, work: Path, log: Path, extra: list[str
     }
 
 
-#: keys of a config.json that say nothing about the architecture
-NOT_ARCHITECTURE = ("transformers_version", "dtype", "torch_dtype", "_name_or_path")
+#: keys of a config.json that say nothing about the architecture (the classes it names, their code, versions)
+NOT_ARCHITECTURE = ("architectures", "auto_map", "transformers_version", "dtype", "torch_dtype", "_name_or_path")
+
+
+def arch(config: dict) -> dict:
+    """A config.json's architecture: everything but NOT_ARCHITECTURE."""
+    return {k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}
 
 
 def architecture(results: Path, folders: list[str]) -> Path | None:
@@ -391,9 +399,6 @@ def architecture(results: Path, folders: list[str]) -> Path | None:
     here of another architecture stops the run, as its scratch rows would no longer be its baseline."""
     path = results / "ARCHITECTURE.json"
     configs = [Path(f) / "config.json" for f in folders if (Path(f) / "training_summary.json").exists()]
-
-    def arch(config: dict) -> dict:
-        return {k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}
 
     if not path.exists():
         if not configs:
@@ -422,7 +427,9 @@ def scratch_model(architecture: Path, seed: int, work: Path) -> str:
     from hf_mim import modeling  # noqa: F401  (registers the Auto classes)
 
     out = work / "scratch" / f"seed{seed}"
-    if not (out / "config.json").exists():
+    cached = out / "config.json"
+    # built again where the workdir holds one of another architecture (ARCHITECTURE.json written anew since)
+    if not cached.exists() or arch(json.loads(cached.read_text())) != arch(stored_json(architecture)):
         torch.manual_seed(seed)
         AutoModel.from_config(AutoConfig.from_pretrained(str(architecture))).save_pretrained(out)
     return str(out)

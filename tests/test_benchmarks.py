@@ -572,6 +572,30 @@ def test_fashion_mnist_scratch_architecture_is_kept_with_the_results_and_guards_
     assert json.loads(path.read_text()) == config  # kept as it was
 
 
+def test_fashion_mnist_scratch_vit_is_rebuilt_when_its_architecture_changes(tmp_path):
+    from hf_mim import MAEConfig
+
+    bench = _fashion_module()
+    small = dict(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=16, decoder_hidden_size=8, decoder_num_hidden_layers=1,
+                 decoder_num_attention_heads=2, decoder_intermediate_size=16)  # fmt: skip
+    MAEConfig(**small).save_pretrained(tmp_path / "pretrained")  # a pretrained model's config.json, as copied
+    arch = tmp_path / "ARCHITECTURE.json"
+    arch.write_text((tmp_path / "pretrained" / "config.json").read_text())
+    folder = Path(bench.scratch_model(arch, 0, tmp_path / "w"))
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    # reused while the architecture holds (the saved config names other classes: not the architecture)
+    assert json.loads((folder / "config.json").read_text())["architectures"] != json.loads(arch.read_text()).get(
+        "architectures"
+    )
+    bench.scratch_model(arch, 0, tmp_path / "w")
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written
+    MAEConfig(**dict(small, hidden_size=16)).save_pretrained(tmp_path / "pretrained")
+    arch.write_text((tmp_path / "pretrained" / "config.json").read_text())  # ARCHITECTURE.json written anew
+    bench.scratch_model(arch, 0, tmp_path / "w")
+    assert json.loads((folder / "config.json").read_text())["hidden_size"] == 16
+
+
 def test_fashion_mnist_parts_are_shared_by_two_invocations_through_a_lock(tmp_path):
     import os
 
