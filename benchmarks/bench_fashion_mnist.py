@@ -452,12 +452,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def fmt(values: list[float]) -> str:
     if not values:
         return "not run"
+    if len(values) == 1:  # one measurement has no spread: "± 0.0" would claim one
+        return f"{values[0]:.1f} (1)"
     mean, std = mean_std(values)
     return f"{mean:.1f} ± {std:.1f} ({len(values)})"
 
 
-# a measured cell of the table: "84.7 ± 0.0 (3)", the count in brackets
-MEASURED_CELL = re.compile(r"± \d+(?:\.\d+)? \((\d+)\)")
+# a measured cell of the table, "84.7 ± 0.3 (3)" or "91.0 (1)": the count in brackets
+MEASURED_CELL = re.compile(r"(?<=\| )\d+\.\d(?: ± \d+\.\d)? \((\d+)\)(?= \|)")
 
 
 def measurements(block: str) -> int:
@@ -492,11 +494,20 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
     if not seeds:
         return "-"
     diffs = [a[s] - b[s] for s in seeds]
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.1f} (1 seed)"
     mean, std = mean_std(diffs)
     bar = 2 * max(mean_std([a[s] for s in seeds])[1], mean_std([b[s] for s in seeds])[1])
     # the bar is the rows' spread, not the differences' (which pairing shrinks): shown, so that a reader can check
     verdict = "" if len(seeds) < 2 else (f" ✓ > 2σ = {bar:.1f}" if mean > bar else f" ✗ ≤ 2σ = {bar:.1f}")
     return f"{mean:+.1f} ± {std:.1f}{verdict}"
+
+
+def measured(name: str, budget: str, cell: dict[int, float]) -> list[float]:
+    """The measurements behind a cell. The pixels' fit on every label is one deterministic fit that `main` pairs
+    with every seed: it counts once, not as a spread of zero over three."""
+    values = list(cell.values())
+    return values[:1] if name == PIXELS and not BUDGETS[budget] else values
 
 
 def tables(rows: dict[str, dict], budgets) -> str:
@@ -505,10 +516,8 @@ def tables(rows: dict[str, dict], budgets) -> str:
     head = "| model |" + "".join(f" {b} {p} |" for b in budgets for p in ("k-NN", "linear", "fine-tune"))
     lines = [head, "|---|" + "---|" * (3 * len(budgets))]
     for name, cells in rows.items():
-        lines.append(
-            f"| {name} |"
-            + "".join(f" {fmt(list(cells.get((b, p), {}).values()))} |" for b in budgets for p in protocols)
-        )
+        lines.append(f"| {name} |" + "".join(f" {fmt(measured(name, b, cells.get((b, p), {})))} |"
+                                             for b in budgets for p in protocols))  # fmt: skip
     pixels = rows.get(PIXELS, {})
     scratch = rows.get(SCRATCH, {})
     head2 = "| model |" + "".join(

@@ -393,6 +393,16 @@ def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
     text = bench.tables(rows, ["1%"])
     assert "| mae | not run | 76.5 ± 2.1 (2) | not run |" in text
     assert "| mae | +5.5 ± 0.7" in text
+    # one measurement has no spread to show, and the pixels' single fit on every label (paired with every seed)
+    # is one measurement, not three that agree
+    rows = {bench.PIXELS: {("100%", "linear"): {0: 84.65, 1: 84.65, 2: 84.65}},
+            "mae": {("100%", "linear"): {0: 87.15}, ("100%", "finetune"): {0: 91.01}}}  # fmt: skip
+    text = bench.tables(rows, ["100%"])
+    assert "| raw pixels, logistic regression | not run | 84.7 (1) | not run |" in text
+    assert "| mae | not run | 87.2 (1) | 91.0 (1) |" in text
+    assert "| mae | +2.5 (1 seed) | - | +3.9 (1 seed) |" in text
+    assert "± 0.0" not in text
+    assert bench.measurements(text) == 3
 
 
 def test_fashion_mnist_record_never_replaces_a_table_with_one_of_fewer_measurements(tmp_path):
@@ -402,6 +412,8 @@ def test_fashion_mnist_record_never_replaces_a_table_with_one_of_fewer_measureme
     rows["mae"][("1%", "linear")] = {0: 75.0}  # a workdir that lost a part
     fewer = bench.tables(rows, ["1%"])
     assert bench.measurements(full) == 4 and bench.measurements(fewer) == 3
+    # the pretraining table's "20 (18740)" (epochs, steps) is not a measured cell
+    assert bench.measurements("| mae | 20 (18740) | 3693 | 0.3739 |\n| x | 91.0 (1) | 80.5 ± 1.2 (3) |") == 4
     results = tmp_path / "RESULTS.md"
     results.write_text(f"intro\n<!-- bench_fashion_mnist:start -->\n{full}\n<!-- bench_fashion_mnist:end -->\n")
     before = results.read_text()
