@@ -24,6 +24,7 @@ from bench_fashion_mnist import (  # noqa: E402
     Parts,
     arrays,
     evaluate_flags,
+    fmt,
     installed_dataset,
     labelled_per_class,
 )
@@ -56,6 +57,7 @@ GROUPS = {
         ("small recipe, 150 epochs", ["finetune"], ["--recipe", "small", "--finetune-epochs", "150"]),
         # with every label the small recipe's floor (5 epochs, 4,690 steps) decides the length: is it too short?
         ("small recipe, 15 epochs", ["finetune"], ["--recipe", "small", "--finetune-epochs", "15"]),
+        ("small recipe, 10 epochs", ["finetune"], ["--recipe", "small", "--finetune-epochs", "10"]),
     ],
 }  # fmt: skip
 
@@ -102,9 +104,8 @@ def main() -> None:
         for p, values in per_seed.items():
             if not values:
                 continue
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
             lines.append(
-                f"| {name} | {p} | {statistics.fmean(values):.1f} ± {std:.1f} ({len(values)}) "
+                f"| {name} | {p} | {fmt(values)} "
                 f"| {', '.join(f'{v:.1f}' for v in values)} | {statistics.fmean(walls):.0f} |"
             )
     print(f"{model_name}, {args.budget} labels, `{' '.join(sys.argv)}`")
