@@ -487,9 +487,12 @@ def reproducing_command(argv: list[str]) -> str:
     return " ".join(["python benchmarks/bench_fashion_mnist.py", *kept])
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> str:
+def paired(a: dict[int, float], b: dict[int | None, float]) -> str:
     """mean ± std of a - b over the seeds both have, and whether the mean exceeds twice the larger of the two rows'
-    standard deviations (bench_quality.py's test)."""
+    standard deviations (bench_quality.py's test). A baseline under the seed None (a fit that draws nothing, such
+    as the pixels' on every label) is one figure that pairs with every seed of a."""
+    if None in b:
+        b = dict.fromkeys(a, b[None])
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return "-"
@@ -503,21 +506,16 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
     return f"{mean:+.1f} ± {std:.1f}{verdict}"
 
 
-def measured(name: str, budget: str, cell: dict[int, float]) -> list[float]:
-    """The measurements behind a cell. The pixels' fit on every label is one deterministic fit that `main` pairs
-    with every seed: it counts once, not as a spread of zero over three."""
-    values = list(cell.values())
-    return values[:1] if name == PIXELS and not BUDGETS[budget] else values
-
-
 def tables(rows: dict[str, dict], budgets) -> str:
     """rows: {name: {(budget, protocol): {seed: accuracy}}} -> the accuracy table and the paired comparisons."""
     protocols = ("knn", "linear", "finetune")
     head = "| model |" + "".join(f" {b} {p} |" for b in budgets for p in ("k-NN", "linear", "fine-tune"))
     lines = [head, "|---|" + "---|" * (3 * len(budgets))]
     for name, cells in rows.items():
-        lines.append(f"| {name} |" + "".join(f" {fmt(measured(name, b, cells.get((b, p), {})))} |"
-                                             for b in budgets for p in protocols))  # fmt: skip
+        lines.append(
+            f"| {name} |"
+            + "".join(f" {fmt(list(cells.get((b, p), {}).values()))} |" for b in budgets for p in protocols)
+        )
     pixels = rows.get(PIXELS, {})
     scratch = rows.get(SCRATCH, {})
     head2 = "| model |" + "".join(
@@ -615,11 +613,8 @@ def main() -> None:
             result = parts.get(
                 key, pixel_logistic, train_x[index], train_y[index], test_x, test_y, seed, stamp=PIXEL_SELECTION
             )
-            if result:
-                put(PIXELS, budget, "linear", seed, result["accuracy"], result["wall_s"])
-                if not BUDGETS[budget]:  # one deterministic fit on every label: the same figure pairs every seed
-                    for other in args.seeds[1:]:
-                        put(PIXELS, budget, "linear", other, result["accuracy"], 0.0)
+            if result:  # the fit on every label draws nothing: stored under no seed (`paired` pairs it with each)
+                put(PIXELS, budget, "linear", seed if BUDGETS[budget] else None, result["accuracy"], result["wall_s"])
 
     def pretrain_and_settle(method: str, seed: int, extra: list[str]) -> dict:
         """Pretrain, then settle the parts measured on an earlier model of this pretraining (`Parts.settle`)

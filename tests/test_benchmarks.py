@@ -395,7 +395,7 @@ def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
     assert "| mae | +5.5 ± 0.7" in text
     # one measurement has no spread to show, and the pixels' single fit on every label (paired with every seed)
     # is one measurement, not three that agree
-    rows = {bench.PIXELS: {("100%", "linear"): {0: 84.65, 1: 84.65, 2: 84.65}},
+    rows = {bench.PIXELS: {("100%", "linear"): {None: 84.65}},
             "mae": {("100%", "linear"): {0: 87.15}, ("100%", "finetune"): {0: 91.01}}}  # fmt: skip
     text = bench.tables(rows, ["100%"])
     assert "| raw pixels, logistic regression | not run | 84.7 (1) | not run |" in text
@@ -403,6 +403,8 @@ def test_fashion_mnist_table_pairs_seeds_and_marks_what_was_not_run():
     assert "| mae | +2.5 (1 seed) | - | +3.9 (1 seed) |" in text
     assert "± 0.0" not in text
     assert bench.measurements(text) == 3
+    # that one fit pairs with every seed of a row measured three times
+    assert bench.paired({0: 87.0, 1: 88.0, 2: 89.0}, {None: 84.0}) == "+4.0 ± 1.0 ✓ > 2σ = 2.0"
 
 
 def test_fashion_mnist_record_never_replaces_a_table_with_one_of_fewer_measurements(tmp_path):
