@@ -207,6 +207,13 @@ class Parts:
         self.pending: list[str] = []
         self.missing: dict[str, Path] = {}  # parts not run because the model they need is not here
         self.kinds: tuple[str, ...] | None = None  # the kinds of part (a key's first word) it may start; None: any
+        self.reading = False  # `reread`: start nothing, read what is stored now
+
+    def reread(self) -> None:
+        """From now on start nothing and only read what is stored, noting the rest as pending: for the table, which
+        must show the parts another invocation stored while this one ran (it held them then, so `get` gave None)."""
+        self.reading = True
+        self.pending, self.missing = [], {}
 
     def path(self, key: str) -> Path:
         return self.results / f"{key.replace('/', '__')}.json"
@@ -222,8 +229,16 @@ class Parts:
             stored = stored_json(path)
             if stamp is None or stored.get("stamp") == stamp:
                 return stored
+            if self.reading:  # set aside by the computing pass only
+                self.pending.append(key)
+                return None
             stale = self._keep_aside(path)
             print(f"[stale] {key}: ran with {stored.get('stamp')!r}, now {stamp!r}; kept as {stale}", flush=True)
+        if self.reading:
+            self.pending.append(key)
+            if needs is not None and not needs.exists():
+                self.missing[key] = needs
+            return None
         late = self.deadline is not None and time.monotonic() > self.deadline
         if late or (self.kinds is not None and key.split("/")[0] not in self.kinds):
             self.pending.append(key)
@@ -593,101 +608,114 @@ def main() -> None:
         if stale is not None:
             print(f"[repretrain] {pretraining}: its part kept as {stale}", flush=True)
     began = time.perf_counter()
-    rows: dict[str, dict] = {PIXELS: {}}
-    walls: dict[str, float] = {PIXELS: 0.0}
 
-    def put(name, budget, protocol, seed, value, wall):
-        rows.setdefault(name, {}).setdefault((budget, protocol), {})[seed] = value
-        walls[name] = walls.get(name, 0.0) + wall
+    def collect() -> tuple[dict, dict, dict]:
+        """Every part of the plan: computed where this invocation may (`Parts.get`), else read; the rows, the
+        wall time per row and the pretrainings."""
+        rows: dict[str, dict] = {PIXELS: {}}
+        walls: dict[str, float] = {PIXELS: 0.0}
 
-    # raw pixels: cheap, and the bar every other row must clear
-    train_x, train_y = arrays(args.idx_dir, "train")
-    test_x, test_y = arrays(args.idx_dir, "test")
-    train_x = train_x.reshape(len(train_x), -1) / 255.0
-    test_x = test_x.reshape(len(test_x), -1) / 255.0
-    for budget in args.budgets:
-        # every labelled image: the seed draws nothing, one fit stands for every seed
-        for seed in args.seeds if BUDGETS[budget] else args.seeds[:1]:
-            index = subset_indices(train_y, labelled_per_class(budget, train_y), seed)
-            key = f"pixels/{budget}/seed{seed}"
-            result = parts.get(
-                key, pixel_logistic, train_x[index], train_y[index], test_x, test_y, seed, stamp=PIXEL_SELECTION
-            )
-            if result:  # the fit on every label draws nothing: stored under no seed (`paired` pairs it with each)
-                put(PIXELS, budget, "linear", seed if BUDGETS[budget] else None, result["accuracy"], result["wall_s"])
+        def put(name, budget, protocol, seed, value, wall):
+            rows.setdefault(name, {}).setdefault((budget, protocol), {})[seed] = value
+            walls[name] = walls.get(name, 0.0) + wall
 
-    def pretrain_and_settle(method: str, seed: int, extra: list[str]) -> dict:
-        """Pretrain, then settle the parts measured on an earlier model of this pretraining (`Parts.settle`)
-        before the new part is stored."""
-        info = pretrain_part(method, seed, work, log, extra)
-        kept, moved = parts.settle(f"{method}-p{seed}", info)
-        if kept:
-            print(f"[repretrain] {method}-p{seed} made the model its {len(kept)} stored parts measured (final loss "
-                  f"{info['final_loss']!r}): they stand", flush=True)  # fmt: skip
-        if moved:
-            print(f"[repretrain] {method}-p{seed} is another model than its {len(moved)} stored parts measured: "
-                  f"kept in {moved[0].parent}, measured again", flush=True)  # fmt: skip
-        return info
-
-    # pretraining: MAE and --best with every pretraining seed, the other methods with the first
-    runs: dict[str, list[tuple[int, dict]]] = {}
-    order = ["mae", args.best] + [m for m in args.methods if m not in ("mae", args.best)]
-    for method in [m for m in order if m in args.methods]:
-        seeds = args.pretrain_seeds if method in ("mae", args.best) else args.pretrain_seeds[:1]
-        for seed in seeds:
-            extra = []
-            if method == "beit":
-                tok = parts.get(
-                    f"pretrain/visual-tokenizer/seed{seed}", pretrain_and_settle, "visual-tokenizer", seed, []
-                )
-                if tok is None:
-                    continue
-                extra = ["--tokenizer", tok["folder"]]
-            needs = Path(extra[1]) / "training_summary.json" if extra else None  # a whole model, not a started one
-            info = parts.get(f"pretrain/{method}/seed{seed}", pretrain_and_settle, method, seed, extra, needs=needs)
-            if info is not None:
-                runs.setdefault(method, []).append((seed, info))
-                walls[method] = walls.get(method, 0.0) + info["pretrain_wall_s"]
-
-    def downstream_seeds(method: str) -> list[tuple[int, int]]:
-        # by the plan, not by what has run so far: a part's key must mean the same in every invocation
-        if method in ("mae", args.best) and len(args.pretrain_seeds) > 1:  # pretraining seed i, downstream seed i
-            return list(zip(args.pretrain_seeds, args.seeds, strict=False))
-        return [(args.pretrain_seeds[0], s) for s in args.seeds]
-
-    # the ViT from scratch is MAE's architecture (another method's where MAE is not run), kept with the results
-    folders_run = [info["folder"] for infos in runs.values() for _, info in infos[:1]]
-    arch = architecture(args.results_dir, folders_run) or args.results_dir / "ARCHITECTURE.json"
-    # frozen features first (cheap), budget by budget; fine-tuning after, the 100% budget last (the dearest)
-    for kind in ("frozen", "finetune"):
+        # raw pixels: cheap, and the bar every other row must clear
+        train_x, train_y = arrays(args.idx_dir, "train")
+        test_x, test_y = arrays(args.idx_dir, "test")
+        train_x = train_x.reshape(len(train_x), -1) / 255.0
+        test_x = test_x.reshape(len(test_x), -1) / 255.0
         for budget in args.budgets:
-            labelled = labelled_per_class(budget, train_y)
-            stamp = recipe_stamp(kind, labelled * len(np.unique(train_y)) if labelled else len(train_y))
-            for method, infos in runs.items():
-                folders = dict(infos)
-                for pseed, seed in downstream_seeds(method):
-                    if pseed not in folders:
+            # every labelled image: the seed draws nothing, one fit stands for every seed
+            for seed in args.seeds if BUDGETS[budget] else args.seeds[:1]:
+                index = subset_indices(train_y, labelled_per_class(budget, train_y), seed)
+                key = f"pixels/{budget}/seed{seed}"
+                result = parts.get(
+                    key, pixel_logistic, train_x[index], train_y[index], test_x, test_y, seed, stamp=PIXEL_SELECTION
+                )
+                if result:  # the fit on every label draws nothing: stored under no seed (`paired` pairs it with each)
+                    drawn = seed if BUDGETS[budget] else None
+                    put(PIXELS, budget, "linear", drawn, result["accuracy"], result["wall_s"])
+
+        def pretrain_and_settle(method: str, seed: int, extra: list[str]) -> dict:
+            """Pretrain, then settle the parts measured on an earlier model of this pretraining (`Parts.settle`)
+            before the new part is stored."""
+            info = pretrain_part(method, seed, work, log, extra)
+            kept, moved = parts.settle(f"{method}-p{seed}", info)
+            if kept:
+                print(f"[repretrain] {method}-p{seed} made the model its {len(kept)} stored parts measured (final loss "
+                      f"{info['final_loss']!r}): they stand", flush=True)  # fmt: skip
+            if moved:
+                print(f"[repretrain] {method}-p{seed} is another model than its {len(moved)} stored parts measured: "
+                      f"kept in {moved[0].parent}, measured again", flush=True)  # fmt: skip
+            return info
+
+        # pretraining: MAE and --best with every pretraining seed, the other methods with the first
+        runs: dict[str, list[tuple[int, dict]]] = {}
+        order = ["mae", args.best] + [m for m in args.methods if m not in ("mae", args.best)]
+        for method in [m for m in order if m in args.methods]:
+            seeds = args.pretrain_seeds if method in ("mae", args.best) else args.pretrain_seeds[:1]
+            for seed in seeds:
+                extra = []
+                if method == "beit":
+                    tok = parts.get(
+                        f"pretrain/visual-tokenizer/seed{seed}", pretrain_and_settle, "visual-tokenizer", seed, []
+                    )
+                    if tok is None:
                         continue
-                    name = "mae" if method == "mae" else method
-                    key = f"{kind}/{method}-p{pseed}/{budget}/seed{seed}"
-                    protocols = ["knn", "linear"] if kind == "frozen" else ["finetune"]
-                    out = work / "eval" / key.replace("/", "-")
-                    folder = folders[pseed]["folder"]
-                    result = parts.get(
-                        key, evaluate_part, folder, protocols, labelled, seed, out, log,
-                        stamp=stamp, needs=Path(folder) / "training_summary.json",
-                    )  # fmt: skip
-                    if result:
-                        for protocol in protocols:
-                            put(name, budget, protocol, seed, result[protocol], result["wall_s"] / len(protocols))
-            if kind == "finetune":
-                for seed in args.seeds:
-                    key = f"finetune/scratch/{budget}/seed{seed}"
-                    out = work / "eval" / key.replace("/", "-")
-                    result = parts.get(key, scratch_part, arch, seed, work, labelled, out, log, stamp=stamp, needs=arch)
-                    if result:
-                        for protocol in ("knn", "linear", "finetune"):
-                            put(SCRATCH, budget, protocol, seed, result[protocol], result["wall_s"] / 3)
+                    extra = ["--tokenizer", tok["folder"]]
+                needs = Path(extra[1]) / "training_summary.json" if extra else None  # a whole model, not a started one
+                info = parts.get(f"pretrain/{method}/seed{seed}", pretrain_and_settle, method, seed, extra, needs=needs)
+                if info is not None:
+                    runs.setdefault(method, []).append((seed, info))
+                    walls[method] = walls.get(method, 0.0) + info["pretrain_wall_s"]
+
+        def downstream_seeds(method: str) -> list[tuple[int, int]]:
+            # by the plan, not by what has run so far: a part's key must mean the same in every invocation
+            if method in ("mae", args.best) and len(args.pretrain_seeds) > 1:  # pretraining seed i, downstream seed i
+                return list(zip(args.pretrain_seeds, args.seeds, strict=False))
+            return [(args.pretrain_seeds[0], s) for s in args.seeds]
+
+        # the ViT from scratch is MAE's architecture (another method's where MAE is not run), kept with the results
+        folders_run = [info["folder"] for infos in runs.values() for _, info in infos[:1]]
+        arch = architecture(args.results_dir, folders_run) or args.results_dir / "ARCHITECTURE.json"
+        # frozen features first (cheap), budget by budget; fine-tuning after, the 100% budget last (the dearest)
+        for kind in ("frozen", "finetune"):
+            for budget in args.budgets:
+                labelled = labelled_per_class(budget, train_y)
+                stamp = recipe_stamp(kind, labelled * len(np.unique(train_y)) if labelled else len(train_y))
+                for method, infos in runs.items():
+                    folders = dict(infos)
+                    for pseed, seed in downstream_seeds(method):
+                        if pseed not in folders:
+                            continue
+                        name = "mae" if method == "mae" else method
+                        key = f"{kind}/{method}-p{pseed}/{budget}/seed{seed}"
+                        protocols = ["knn", "linear"] if kind == "frozen" else ["finetune"]
+                        out = work / "eval" / key.replace("/", "-")
+                        folder = folders[pseed]["folder"]
+                        result = parts.get(
+                            key, evaluate_part, folder, protocols, labelled, seed, out, log,
+                            stamp=stamp, needs=Path(folder) / "training_summary.json",
+                        )  # fmt: skip
+                        if result:
+                            for protocol in protocols:
+                                put(name, budget, protocol, seed, result[protocol], result["wall_s"] / len(protocols))
+                if kind == "finetune":
+                    for seed in args.seeds:
+                        key = f"finetune/scratch/{budget}/seed{seed}"
+                        out = work / "eval" / key.replace("/", "-")
+                        result = parts.get(
+                            key, scratch_part, arch, seed, work, labelled, out, log, stamp=stamp, needs=arch
+                        )
+                        if result:
+                            for protocol in ("knn", "linear", "finetune"):
+                                put(SCRATCH, budget, protocol, seed, result[protocol], result["wall_s"] / 3)
+        return rows, walls, runs
+
+    collect()
+    # the table reads every part again: one another invocation held (and so pending above) may be stored now
+    parts.reread()
+    rows, walls, runs = collect()
 
     order_rows = {PIXELS: rows.pop(PIXELS)}
     if SCRATCH in rows:

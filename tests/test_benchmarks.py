@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -363,6 +364,35 @@ def test_fashion_mnist_parts_resume_and_stop_at_the_time_limit(tmp_path):
         )["x"]
         == 6
     )
+
+
+def test_fashion_mnist_table_shows_a_part_another_invocation_stored_while_this_one_ran(tmp_path, monkeypatch, capsys):
+    """Two invocations share the parts, one core each: the one that finds a part locked must still table it when the
+    other has stored it by the time the table is written."""
+    bench = _fashion_module()
+    _write_idx(tmp_path / "idx", per_class=20, test_per_class=2)
+    results = tmp_path / "r"
+    results.mkdir()
+    held = results / "pixels__10%__seed0.json.lock"
+    held.write_text(str(os.getpid()))  # a live process computes seed 0's part
+
+    def pixel_logistic(*arguments):
+        # while this invocation fits seed 1, the other one stores seed 0 and lets go of its lock
+        (results / "pixels__10%__seed0.json").write_text(
+            json.dumps({"accuracy": 50.0, "wall_s": 1.0, "machine": "x", "stamp": bench.PIXEL_SELECTION})
+        )
+        held.unlink()
+        return {"accuracy": 70.0}
+
+    monkeypatch.setattr(bench, "pixel_logistic", pixel_logistic)
+    argv = ["--idx-dir", str(tmp_path / "idx"), "--workdir", str(tmp_path / "w"), "--results-dir", str(results)]
+    argv += ["--methods", "mae", "--kinds", "pixels", "--budgets", "10%", "--seeds", "0", "1"]
+    monkeypatch.setattr(sys, "argv", ["bench_fashion_mnist.py", *argv])
+    bench.main()
+    table = capsys.readouterr().out
+    pixels = next(line for line in table.splitlines() if line.startswith(f"| {bench.PIXELS} |"))
+    assert "60.0 ± 14.1 (2)" in pixels, pixels  # both draws: 50 and 70
+    assert "pixels/10%/seed0" not in table  # not pending: it is stored
 
 
 def test_fashion_mnist_parts_of_another_recipe_are_kept_aside_and_run_again(tmp_path):
