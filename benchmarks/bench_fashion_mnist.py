@@ -609,6 +609,16 @@ def main() -> None:
             print(f"[repretrain] {pretraining}: its part kept as {stale}", flush=True)
     began = time.perf_counter()
 
+    # loaded once for both passes of `collect`; a labelled subset is copied out only when its fit runs (every
+    # label: 376 MB of float64)
+    train_x, train_y = arrays(args.idx_dir, "train")
+    test_x, test_y = arrays(args.idx_dir, "test")
+    train_x = train_x.reshape(len(train_x), -1) / 255.0
+    test_x = test_x.reshape(len(test_x), -1) / 255.0
+
+    def fit_pixels(index, seed: int) -> dict:
+        return pixel_logistic(train_x[index], train_y[index], test_x, test_y, seed)
+
     def collect() -> tuple[dict, dict, dict]:
         """Every part of the plan: computed where this invocation may (`Parts.get`), else read; the rows, the
         wall time per row and the pretrainings."""
@@ -620,18 +630,12 @@ def main() -> None:
             walls[name] = walls.get(name, 0.0) + wall
 
         # raw pixels: cheap, and the bar every other row must clear
-        train_x, train_y = arrays(args.idx_dir, "train")
-        test_x, test_y = arrays(args.idx_dir, "test")
-        train_x = train_x.reshape(len(train_x), -1) / 255.0
-        test_x = test_x.reshape(len(test_x), -1) / 255.0
         for budget in args.budgets:
             # every labelled image: the seed draws nothing, one fit stands for every seed
             for seed in args.seeds if BUDGETS[budget] else args.seeds[:1]:
                 index = subset_indices(train_y, labelled_per_class(budget, train_y), seed)
                 key = f"pixels/{budget}/seed{seed}"
-                result = parts.get(
-                    key, pixel_logistic, train_x[index], train_y[index], test_x, test_y, seed, stamp=PIXEL_SELECTION
-                )
+                result = parts.get(key, fit_pixels, index, seed, stamp=PIXEL_SELECTION)
                 if result:  # the fit on every label draws nothing: stored under no seed (`paired` pairs it with each)
                     drawn = seed if BUDGETS[budget] else None
                     put(PIXELS, budget, "linear", drawn, result["accuracy"], result["wall_s"])
