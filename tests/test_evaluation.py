@@ -503,6 +503,7 @@ def test_the_downstream_recipe_follows_the_image_size_and_the_labelled_set():
         small.min_epochs,
     ]
     assert small.epochs_for(6000, 64) == 20  # what the benchmark measured at 10% of Fashion-MNIST's labels
+    assert small.epochs_for(60000, 64) == 20  # and with all of them: 5 epochs underfit (benchmarks/RESULTS.md)
     assert small.epochs_for(6000, 32, processes=2) == small.epochs_for(6000, 64)  # the global batch counts
     assert RECIPES["paper"].epochs_for(600, 64) == 50
     with pytest.raises(ValueError, match="--recipe 'big' is invalid"):
