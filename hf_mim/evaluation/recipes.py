@@ -87,7 +87,8 @@ def trainer_snippet(image_size, batch_size: int = 64) -> tuple[str, str]:
     else:
         epochs = f"{recipe.epochs_for(6000, batch_size):g}"
         length = (
-            f"~{recipe.target_steps:,} steps: {recipe.epochs_for(600, batch_size):g} epochs for 600 images, "
+            f"~{recipe.target_steps:,} steps within {recipe.min_epochs} to {recipe.max_epochs} epochs: "
+            f"{recipe.epochs_for(600, batch_size):g} epochs for 600 images, "
             f"{epochs} for 6,000, {recipe.epochs_for(60000, batch_size):g} for 60,000"
         )
     keywords = (
