@@ -23,8 +23,10 @@ Protocol (issue 28):
 - Reported: mean ± std over seeds, paired differences, and wall times. Every unit of work (a part) writes its
   result as it ends, a small JSON file in `--results-dir` (default benchmarks/results/fashion_mnist, committed with
   the repository); a later run skips the parts already there, so `--time-limit` lets the benchmark run in pieces that
-  resume, on another day or another machine (each part names the machine it ran on). The results folder is bound to
-  the data it measured (DATA.json: the IDX files' sha256); parts of other data are refused, never mixed in.
+  resume, on another day or another machine (each part names the machine it ran on). Two invocations share the
+  parts through a lock per part, one core each; `--kinds` and `--parts 'finetune/scratch/*'` choose which parts an
+  invocation starts. The results folder is bound to the data it measured (DATA.json: the IDX files' sha256); parts
+  of other data are refused, never mixed in.
 - Models are not committed, only figures: a part that needs a pretrained model which is not in `--workdir` (another
   machine, a wiped `outputs/`) is not run and the summary names it; `--repretrain mae-p0` pretrains it again. The
   parts measured on the old model stand only if the new one is the same model (`same_model`: `hf-mim pretrain`
@@ -41,6 +43,7 @@ Protocol (issue 28):
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import gzip
 import hashlib
 import json
@@ -207,6 +210,8 @@ class Parts:
         self.pending: list[str] = []
         self.missing: dict[str, Path] = {}  # parts not run because the model they need is not here
         self.kinds: tuple[str, ...] | None = None  # the kinds of part (a key's first word) it may start; None: any
+        self.patterns: tuple[str, ...] | None = None  # shell patterns of the keys it may start; None: any
+        self.keys: set[str] = set()  # every key asked for: the plan, against which the patterns are checked
         self.reading = False  # `reread`: start nothing, read what is stored now
 
     def reread(self) -> None:
@@ -224,6 +229,7 @@ class Parts:
         read) and computed again, so that a table never mixes two recipes under one heading. `needs`: a file the
         computation depends on (a pretrained model's training_summary.json, written last; ARCHITECTURE.json); while
         it is absent the part is not run and is noted in `missing`."""
+        self.keys.add(key)
         path = self.path(key)
         if path.exists():
             stored = stored_json(path)
@@ -240,7 +246,8 @@ class Parts:
                 self.missing[key] = needs
             return None
         late = self.deadline is not None and time.monotonic() > self.deadline
-        if late or (self.kinds is not None and key.split("/")[0] not in self.kinds):
+        chosen = self.patterns is None or any(fnmatch.fnmatchcase(key, p) for p in self.patterns)
+        if late or not chosen or (self.kinds is not None and key.split("/")[0] not in self.kinds):
             self.pending.append(key)
             return None
         if needs is not None and not needs.exists():
@@ -582,6 +589,12 @@ def main() -> None:
         help="which kinds of part this invocation may start (it reads every stored one): e.g. one invocation "
         "pretrains while another evaluates what is pretrained",
     )  # fmt: skip
+    parser.add_argument(
+        "--parts", nargs="+", metavar="PATTERN",
+        help="start only the parts whose key matches one of these shell patterns (it reads every stored one), e.g. "
+        "'finetune/scratch/*' to run the ViT from scratch first; keys: pixels/BUDGET/seedS, pretrain/METHOD/seedS, "
+        "frozen|finetune/METHOD-pSEED/BUDGET/seedS, finetune/scratch/BUDGET/seedS",
+    )  # fmt: skip
     parser.add_argument("--record", action="store_true", help="write the tables into RESULTS.md and the README")
     parser.add_argument(
         "--record-fewer", action="store_true",
@@ -599,6 +612,7 @@ def main() -> None:
     DATA, IDX = write_dataset(args.idx_dir, work / "fashion-mnist"), args.idx_dir
     parts = Parts(args.results_dir, args.time_limit, log, data=data_fingerprint(args.idx_dir))
     parts.kinds = tuple(args.kinds)
+    parts.patterns = tuple(args.parts) if args.parts else None
     for pretraining in args.repretrain:
         name, seed = split_pretraining(pretraining)
         folder = work / "pretrain" / f"{name}-seed{seed}"  # where pretrain_part writes it
@@ -717,6 +731,11 @@ def main() -> None:
         return rows, walls, runs
 
     collect()
+    unmatched = [p for p in parts.patterns or () if not any(fnmatch.fnmatchcase(k, p) for k in parts.keys)]
+    if unmatched:  # a typo must not pass for a finished run
+        raise SystemExit(
+            f"--parts {' '.join(unmatched)} matches no part of this plan; its keys are: {', '.join(sorted(parts.keys))}"
+        )
     # the table reads every part again: one another invocation held (and so pending above) may be stored now
     parts.reread()
     rows, walls, runs = collect()

@@ -366,6 +366,36 @@ def test_fashion_mnist_parts_resume_and_stop_at_the_time_limit(tmp_path):
     )
 
 
+def test_fashion_mnist_parts_chosen_by_pattern_start_alone_and_the_rest_are_still_read(tmp_path):
+    """`--parts 'finetune/scratch/*'` lets an operator run one row first; the parts it leaves are pending, never
+    computed, and what is stored is read whatever the patterns."""
+    bench = _fashion_module()
+    stored = bench.Parts(tmp_path, None, tmp_path / "log")
+    assert stored.get("finetune/mae-p0/100%/seed0", lambda: {"x": 1})["x"] == 1
+    calls = []
+    parts = bench.Parts(tmp_path, None, tmp_path / "log")
+    parts.patterns = ("finetune/scratch/*",)
+    assert parts.get("finetune/mae-p1/100%/seed1", lambda: calls.append("mae") or {"x": 2}) is None
+    assert parts.get("finetune/scratch/100%/seed0", lambda: calls.append("scratch") or {"x": 3})["x"] == 3
+    assert parts.get("finetune/mae-p0/100%/seed0", lambda: calls.append("read") or {"x": 4})["x"] == 1
+    assert calls == ["scratch"] and parts.pending == ["finetune/mae-p1/100%/seed1"]
+    parts.patterns = ("pixels/*", "frozen/*/1%/*")  # several patterns: any one chooses a part
+    assert parts.get("frozen/mae-p0/1%/seed0", lambda: {"x": 5})["x"] == 5
+    assert parts.get("frozen/mae-p0/10%/seed0", lambda: {"x": 6}) is None
+
+
+def test_fashion_mnist_parts_pattern_that_matches_no_part_is_refused(tmp_path, monkeypatch):
+    bench = _fashion_module()
+    _write_idx(tmp_path / "idx", per_class=20, test_per_class=2)
+    monkeypatch.setattr(bench, "pixel_logistic", lambda *a: {"accuracy": 70.0})
+    argv = ["--idx-dir", str(tmp_path / "idx"), "--workdir", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]
+    argv += ["--methods", "mae", "--kinds", "pixels", "--budgets", "10%", "--seeds", "0"]
+    monkeypatch.setattr(sys, "argv", ["bench_fashion_mnist.py", *argv, "--parts", "pixels/*", "finetune/scrach/*"])
+    with pytest.raises(SystemExit, match=r"--parts finetune/scrach/\* matches no part of this plan.*pixels/10%/seed0"):
+        bench.main()
+    assert (tmp_path / "r" / "pixels__10%__seed0.json").exists()  # the pattern that matched ran
+
+
 def test_fashion_mnist_table_shows_a_part_another_invocation_stored_while_this_one_ran(tmp_path, monkeypatch, capsys):
     """Two invocations share the parts, one core each: the one that finds a part locked must still table it when the
     other has stored it by the time the table is written."""
